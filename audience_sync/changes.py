@@ -1,0 +1,58 @@
+"""The unit of delivery: one change of one user's value for one computation, and what became of it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+from .values import JsonValue
+
+ChangeKind = Literal["entered", "exited", "changed"]
+OutcomeStatus = Literal["sent", "failed", "skipped", "pending"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """A pending diff row, decoded: what to tell ``destination`` about ``user_id``."""
+
+    diff_id: int
+    run_id: int
+    destination: str
+    computation_key: str
+    computation_class: Literal["audience", "trait"]
+    user_id: str
+    email: str | None
+    change: ChangeKind
+    old_value: JsonValue
+    new_value: JsonValue
+    message_id: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a destination did with a change.
+
+    ``sent``: acknowledged, the snapshot advances. ``failed``: refused for good, with the destination's reason.
+    ``skipped``: not deliverable to this destination (for example no email). ``pending``: not acknowledged
+    (transient failure or not attempted); the next run sends it again.
+    """
+
+    status: OutcomeStatus
+    error: str | None = None
+
+
+SENT = Outcome("sent")
+
+
+def message_id(
+    destination: str, key: str, user_id: str, new_value: str | None, base_run_id: int | None, salt: str = ""
+) -> str:
+    """A deterministic message id (43 characters) for a change.
+
+    The same change computed again after a crash (same snapshot base, same new value) gets the same id, so a
+    re-send dedupes at destinations that honour message ids; a later change of the same user gets another.
+    ``salt`` separates deliberate re-sends (a resync run) from the original.
+    """
+    text = "\x1f".join((destination, key, user_id, new_value or "\x00", str(base_run_id), salt))
+    return "as-" + hashlib.sha256(text.encode()).hexdigest()[:40]

@@ -1,0 +1,356 @@
+"""Configuration: a TOML file turned into a frozen, validated :class:`Config`.
+
+This is the only module that reads ``os.environ``. Secrets are named in the file by ``*_env`` keys and read
+from the environment once, here; they live in the config as :class:`pydantic.SecretStr` and are never printed.
+Every problem in a file is reported at once, each with the file and the key path; an unknown key is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError, KeyCollisionError
+from .keys import is_valid_key, trait_key
+
+DEFAULT_CONFIG_PATH = "config/audience_sync.toml"
+CONFIG_ENV_VAR = "AUDIENCE_SYNC_CONFIG"
+DEFAULT_STATE_URL = "sqlite:///audience_sync.db"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``"90s"``, ``"15m"``, ``"3h"`` or ``"1d"``; ValueError otherwise."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like '30s', '15m', '3h' or '1d'")
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be longer than zero")
+    return seconds
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StateConfig(_Section):
+    url: str = DEFAULT_STATE_URL
+
+
+class SourceConfig(_Section):
+    url: str | None = None
+    chunk_size: int = Field(default=10_000, ge=1, le=1_000_000)
+
+
+class ScheduleConfig(_Section):
+    every: str | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+    jitter: str | None = None
+
+    @field_validator("every", "jitter")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> ScheduleConfig:
+        if self.every is not None and self.cron is not None:
+            raise ValueError("give either `every` or `cron`, not both")
+        return self
+
+
+class _DestinationBase(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    send: tuple[Literal["identify", "track"], ...] = ("identify",)
+    max_retries: int = Field(default=5, ge=0, le=100)
+    rate_limit: float | None = Field(default=None, gt=0)
+    concurrency: int = Field(default=4, ge=1, le=256)
+    timeout: float = Field(default=10.0, gt=0)
+    chunk_size: int = Field(default=1_000, ge=1, le=100_000)
+
+    @field_validator("send")
+    @classmethod
+    def _send_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("must name at least one of 'identify', 'track'")
+        return value
+
+    @property
+    def required_identifiers(self) -> tuple[str, ...]:
+        """Identifiers a change needs before this destination can take it (``user_id`` always exists)."""
+        return ()
+
+
+def _read_secret(owner: BaseModel, field: str, info: ValidationInfo) -> SecretStr:
+    """The secret in the environment variable that ``owner.<field>`` names; ValueError when unset or empty."""
+    var = getattr(owner, field)
+    environ: Mapping[str, str] = (info.context or {}).get("environ", {})
+    value = environ.get(var)
+    if not value:
+        raise ValueError(f"environment variable {var} (named by `{field}`) is not set")
+    return SecretStr(value)
+
+
+class GistDestination(_DestinationBase):
+    type: Literal["gist"]
+    api_key_env: str = Field(min_length=1)
+    endpoint: str = "https://api.getgist.com"
+    entered_event: str = "Audience Entered"
+    exited_event: str = "Audience Exited"
+    trait_event: str = "Trait Computed"
+    _api_key: SecretStr = PrivateAttr(default=SecretStr(""))
+
+    @model_validator(mode="after")
+    def _resolve_secret(self, info: ValidationInfo) -> GistDestination:
+        self._api_key = _read_secret(self, "api_key_env", info)
+        return self
+
+    @property
+    def api_key(self) -> SecretStr:
+        """The API key read from the environment; print it only through ``get_secret_value``."""
+        return self._api_key
+
+    @property
+    def required_identifiers(self) -> tuple[str, ...]:
+        return ("email",)
+
+
+class JsonlDestination(_DestinationBase):
+    type: Literal["jsonl"]
+    path: str | None = None
+
+    @property
+    def output_path(self) -> Path:
+        """Where the sink appends its lines: ``path``, or ``out/<name>.jsonl`` in the working directory."""
+        return Path(self.path) if self.path else Path("out") / f"{self.name}.jsonl"
+
+
+DestinationConfig = Annotated[GistDestination | JsonlDestination, Field(discriminator="type")]
+
+
+class _ComputationBase(_Section):
+    name: str = Field(min_length=1)
+    key: str | None = None
+    sql: str | None = None
+    file: str | None = None
+    destinations: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> _ComputationBase:
+        if (self.sql is None) == (self.file is None):
+            raise ValueError("give exactly one of `sql` or `file`")
+        if self.key is not None and not is_valid_key(self.key):
+            raise ValueError(f"key {self.key!r} must be snake_case: lowercase letters, digits and underscores")
+        if self.key is None and not trait_key(self.name):
+            raise ValueError(f"name {self.name!r} has no letter or digit to make a key from; set `key`")
+        if self.file is not None and Path(self.file).suffix.lower() not in (".csv", ".parquet", ".pq"):
+            raise ValueError(f"file {self.file!r} must end in .csv or .parquet")
+        return self
+
+
+class AudienceConfig(_ComputationBase):
+    pass
+
+
+class TraitConfig(_ComputationBase):
+    pass
+
+
+class _RawConfig(_Section):
+    state: StateConfig = StateConfig()
+    source: SourceConfig = SourceConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    destinations: tuple[DestinationConfig, ...] = ()
+    audiences: tuple[AudienceConfig, ...] = ()
+    computed_traits: tuple[TraitConfig, ...] = ()
+
+
+ComputationClass = Literal["audience", "trait"]
+
+
+@dataclass(frozen=True)
+class Computation:
+    """One audience or computed trait, resolved: its key, where its rows come from, where it goes."""
+
+    key: str
+    name: str
+    computation_class: ComputationClass
+    sql: str | None
+    file: str | None
+    destinations: tuple[str, ...]
+
+    @property
+    def definition_hash(self) -> str:
+        """A short fingerprint of the definition, recorded so that a changed query can be noticed."""
+        text = f"{self.computation_class}\0{self.sql or ''}\0{self.file or ''}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration. ``path`` is the file it came from (for messages)."""
+
+    path: str
+    state_url: str
+    source_url: str
+    source_chunk_size: int
+    schedule: ScheduleConfig
+    destinations: tuple[GistDestination | JsonlDestination, ...]
+    computations: tuple[Computation, ...]
+
+    def destination(self, name: str) -> GistDestination | JsonlDestination:
+        """The destination called ``name``; ConfigError naming the known ones otherwise."""
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        known = ", ".join(d.name for d in self.destinations) or "none"
+        raise ConfigError(f"{self.path}: no destination named {name!r} (configured: {known})", path=self.path)
+
+    def computation(self, key: str) -> Computation:
+        """The computation with trait key ``key``; ConfigError naming the known keys otherwise."""
+        for comp in self.computations:
+            if key in (comp.key, comp.name):
+                return comp
+        known = ", ".join(c.key for c in self.computations) or "none"
+        raise ConfigError(f"{self.path}: no audience or trait with key {key!r} (configured: {known})", path=self.path)
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> str:
+    """``$AUDIENCE_SYNC_CONFIG`` if set, else ``config/audience_sync.toml``."""
+    env = os.environ if environ is None else environ
+    return env.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH
+
+
+def _location(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
+    """Render a pydantic error location as a TOML key path, naming array items by their `name`."""
+    parts: list[str] = []
+    node: Any = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and item < len(node):
+                node = node[item]
+                if isinstance(node, dict) and isinstance(node.get("name"), str):
+                    label += f" ({node['name']!r})"
+            parts.append(label)
+        elif isinstance(node, list) and isinstance(item, str):
+            continue  # the discriminator tag of a destination: already clear from the item's name
+        else:
+            parts.append(("." if parts else "") + item)
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"
+
+
+def _format_errors(path: str, error: ValidationError, data: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for err in error.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling against the config reference)"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"unknown destination type {err['input']!r} (expected 'gist' or 'jsonl')"
+        problems.append(f"{path}: {_location(err['loc'], data)}: {msg}")
+    return problems
+
+
+def _resolve(path: str, raw: _RawConfig) -> Config:
+    problems: list[str] = []
+    collisions: list[tuple[str, tuple[str, str]]] = []
+    dest_names = [d.name for d in raw.destinations]
+    for name in sorted({n for n in dest_names if dest_names.count(n) > 1}):
+        problems.append(f"{path}: destinations: two destinations are named {name!r}")
+
+    computations: list[Computation] = []
+    seen: dict[str, str] = {}
+    entries: list[tuple[str, ComputationClass, _ComputationBase]] = [
+        *((f"audiences[{i}]", "audience", a) for i, a in enumerate(raw.audiences)),
+        *((f"computed_traits[{i}]", "trait", t) for i, t in enumerate(raw.computed_traits)),
+    ]
+    for where, cls, entry in entries:
+        key = entry.key or trait_key(entry.name)
+        if key in seen:
+            collisions.append((key, (seen[key], entry.name)))
+            problems.append(
+                f"{path}: {where} ({entry.name!r}): trait key {key!r} is already used by {seen[key]!r}; "
+                f"give one of them an explicit `key`"
+            )
+        seen[key] = entry.name
+        targets = entry.destinations if entry.destinations is not None else tuple(dest_names)
+        for target in targets:
+            if target not in dest_names:
+                problems.append(
+                    f"{path}: {where} ({entry.name!r}).destinations: no destination named {target!r} "
+                    f"(configured: {', '.join(dest_names) or 'none'})"
+                )
+        computations.append(Computation(key, entry.name, cls, entry.sql, entry.file, tuple(targets)))
+    if collisions:
+        key, names = collisions[0]
+        raise KeyCollisionError("invalid configuration:\n  " + "\n  ".join(problems), key=key, names=names)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems), path=path, problems=problems)
+    return Config(
+        path=path,
+        state_url=raw.state.url,
+        source_url=raw.source.url or raw.state.url,
+        source_chunk_size=raw.source.chunk_size,
+        schedule=raw.schedule,
+        destinations=raw.destinations,
+        computations=tuple(computations),
+    )
+
+
+def parse_config(text: str, *, path: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:
+    """Validate TOML text into a :class:`Config`; ConfigError listing every problem with its key path."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}", path=path) from None
+    env = os.environ if environ is None else environ
+    try:
+        raw = _RawConfig.model_validate(data, context={"environ": env})
+    except ValidationError as exc:
+        problems = _format_errors(path, exc, data)
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems), path=path, problems=problems) from None
+    return _resolve(path, raw)
+
+
+def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the config file at ``path`` (default: :func:`default_config_path`).
+
+    Guarantees: either a fully valid config whose secrets were all found in the environment, or a
+    :class:`ConfigError` (exit code 2) listing every problem with the file and key path.
+    """
+    file = str(path) if path is not None else default_config_path(environ)
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{file}: config file not found (pass --config or set ${CONFIG_ENV_VAR})", path=file
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read config file: {exc}", path=file) from None
+    return parse_config(text, path=file, environ=environ)

@@ -1,0 +1,70 @@
+"""Delivery: a run's pending changes for one destination, chunk by chunk, through its adapter.
+
+Each chunk is handed to the adapter, then its outcomes are recorded in one transaction that also advances
+the snapshot for what was acknowledged. A kill between the two leaves the chunk pending: the next run
+recomputes it and re-sends at most that chunk, with the same message ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from .destinations.base import Destination
+from .errors import CredentialsRejected, DestinationError
+from .progress import NoProgress, Progress
+from .store import outbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeliveryReport:
+    """What happened to one destination in a run. ``error`` is set when it had to stop early."""
+
+    destination: str
+    attempted: int = 0
+    error: str | None = None
+    credentials_rejected: bool = False
+
+
+def deliver_pending(
+    engine: Engine,
+    run_id: int,
+    destination: Destination,
+    *,
+    chunk_size: int,
+    salt: str = "",
+    progress: Progress | None = None,
+) -> DeliveryReport:
+    """Send the run's pending changes for ``destination`` and record each outcome.
+
+    Guarantees: a change is marked ``sent`` (and its snapshot advanced) only after the adapter reported it
+    acknowledged; a destination-wide failure (credentials refused, sink unwritable) stops this destination,
+    records what it had acknowledged, and leaves the rest pending with the reason.
+    """
+    progress = progress or NoProgress()
+    report = DeliveryReport(destination.name)
+    task = f"sending to {destination.name}"
+    progress.begin(task)
+    try:
+        for chunk in outbox.pending_chunks(engine, run_id, destination.name, chunk_size, salt):
+            try:
+                outcomes = destination.deliver(chunk)
+            except DestinationError as exc:
+                with engine.begin() as conn:
+                    outbox.record(conn, [c for c in chunk if c.diff_id in exc.partial], exc.partial)
+                    outbox.keep_pending(conn, run_id, destination.name, f"not sent: {exc}")
+                report.error = str(exc)
+                report.credentials_rejected = isinstance(exc, CredentialsRejected)
+                log.error("%s", exc)
+                return report
+            with engine.begin() as conn:
+                outbox.record(conn, chunk, outcomes)
+            report.attempted += len(chunk)
+            progress.advance(task, len(chunk))
+    finally:
+        progress.end(task)
+    return report

@@ -1,0 +1,122 @@
+"""The exception tree of audience-sync.
+
+Every error the library raises on purpose derives from :class:`AudienceSyncError`, carries its culprit
+(file, key, audience, user, destination) as attributes and in its message, and maps to one exit code::
+
+    AudienceSyncError                    exit 1 unless stated
+    ├── ConfigError                      exit 2  bad TOML, unknown key, missing env var, bad value
+    │   └── KeyCollisionError            exit 2  two computations on one key, or a retired key reused
+    ├── SourceError                      exit 1  failing query, missing column, unreadable file, bad data
+    ├── StoreError                       exit 1  state database unreachable, too new, or inconsistent
+    ├── LockHeld                         exit 1  another run holds the run lock
+    ├── GuardTripped                     exit 1  an audience would lose too many members at once
+    ├── DestinationError                         a destination refused or failed a call
+    │   ├── TransientDestinationError            worth retrying; the change stays pending
+    │   └── PermanentDestinationError            not worth retrying; the change is failed
+    │       └── CredentialsRejected      exit 1  401/403: the destination refused our credentials
+    └── RunFailed                        exit 1  the run stopped; says what is pending and how to look
+
+Messages never contain secrets: configuration holds them as ``pydantic.SecretStr`` and nothing formats them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AudienceSyncError(Exception):
+    """Root of every error audience-sync raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(AudienceSyncError):
+    """The configuration cannot be used; raised before anything is computed or sent."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str | None = None, problems: list[str] | None = None) -> None:
+        self.path = path
+        self.problems = problems or []
+        super().__init__(message)
+
+
+class KeyCollisionError(ConfigError):
+    """Two computations map to one trait key, or a key that belonged to a retired computation is reused."""
+
+    def __init__(self, message: str, *, key: str, names: tuple[str, ...] = ()) -> None:
+        self.key = key
+        self.names = names
+        super().__init__(message)
+
+
+class SourceError(AudienceSyncError):
+    """A computation's source failed or returned unusable data; no diff of the run was stored."""
+
+    def __init__(self, message: str, *, computation: str, user_id: str | None = None) -> None:
+        self.computation = computation
+        self.user_id = user_id
+        super().__init__(message)
+
+
+class StoreError(AudienceSyncError):
+    """The state database cannot be used as it is."""
+
+
+class LockHeld(AudienceSyncError):
+    """Another run holds the lock for this state database."""
+
+    def __init__(self, message: str, *, holder: str) -> None:
+        self.holder = holder
+        super().__init__(message)
+
+
+class GuardTripped(AudienceSyncError):
+    """An audience would lose more than its allowed share of members in one run; nothing of it was sent."""
+
+    def __init__(self, message: str, *, computation: str, share: float) -> None:
+        self.computation = computation
+        self.share = share
+        super().__init__(message)
+
+
+class DestinationError(AudienceSyncError):
+    """A destination failed or refused a call."""
+
+    def __init__(self, message: str, *, destination: str, status_code: int | None = None) -> None:
+        self.destination = destination
+        self.status_code = status_code
+        #: outcomes of the changes a destination handled before it had to stop (``diff_id`` -> Outcome)
+        self.partial: dict[int, Any] = {}
+        super().__init__(message)
+
+
+class TransientDestinationError(DestinationError):
+    """A failure worth retrying (network error, timeout, 408, 429, most 5xx)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        destination: str,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, destination=destination, status_code=status_code)
+
+
+class PermanentDestinationError(DestinationError):
+    """A failure that retrying will not fix (most 4xx); carries the destination's own reason."""
+
+
+class CredentialsRejected(PermanentDestinationError):
+    """The destination answered 401 or 403: every further call would fail the same way."""
+
+
+class RunFailed(AudienceSyncError):
+    """A run stopped before it finished; the message says what is still pending and how to inspect it."""
+
+    def __init__(self, message: str, *, run_id: int | None) -> None:
+        self.run_id = run_id
+        super().__init__(message)

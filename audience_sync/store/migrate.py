@@ -1,0 +1,78 @@
+"""Applying the Alembic migrations that own the state database's schema."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import StoreError
+from .engine import redact_url
+
+log = logging.getLogger(__name__)
+
+
+def migrations_dir() -> Path:
+    """Where the migration scripts are: inside the installed package, or ``migrations/`` in a checkout."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "_migrations", package.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise StoreError("the migration scripts are missing from this installation of audience-sync")
+
+
+def alembic_config(engine: Engine) -> AlembicConfig:
+    """An Alembic config that runs the packaged migrations on ``engine``."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None for an empty database."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine) -> str:
+    """Bring the state database to the newest schema and return its revision.
+
+    Guarantees: each migration runs in its own transaction, so an interrupted upgrade leaves the database
+    at a known revision and the next upgrade resumes. Raises StoreError when the database is at a revision
+    this version does not know (written by a newer audience-sync) or cannot be reached.
+    """
+    cfg = alembic_config(engine)
+    script = ScriptDirectory.from_config(cfg)
+    head = script.get_current_head()
+    assert head is not None
+    try:
+        current = current_revision(engine)
+    except SQLAlchemyError as exc:
+        raise StoreError(
+            f"cannot open the state database {redact_url(str(engine.url))}: "
+            f"{exc.__class__.__name__}: {str(exc.orig if hasattr(exc, 'orig') else exc).strip()}"
+        ) from None
+    if current == head:
+        return head
+    if current is not None:
+        try:
+            script.get_revision(current)
+        except Exception:
+            raise StoreError(
+                f"the state database {redact_url(str(engine.url))} is at schema revision {current!r}, "
+                f"which this version of audience-sync does not know (newest known: {head!r}); "
+                f"it was written by a newer audience-sync: upgrade audience-sync"
+            ) from None
+    log.info("upgrading state database %s from %s to %s", redact_url(str(engine.url)), current, head)
+    try:
+        command.upgrade(cfg, "head")
+    except SQLAlchemyError as exc:
+        raise StoreError(f"migrating the state database failed: {exc}") from None
+    return head

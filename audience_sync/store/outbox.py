@@ -1,0 +1,157 @@
+"""The outbox: reading a run's pending changes in chunks, and recording what destinations did with them.
+
+Recording is where the delivery contract lives: the snapshot row of a change advances in the same
+transaction that marks the change ``sent``, and only for changes the destination acknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, select, tuple_, update
+
+from ..changes import Change, Outcome, message_id
+from ..values import decode
+from .dialect import upsert
+from .schema import DiffRow, SnapshotRow, table_of, utcnow
+
+diffs = table_of(DiffRow)
+snapshot = table_of(SnapshotRow)
+
+_FIELDS = (
+    diffs.c.id,
+    diffs.c.run_id,
+    diffs.c.destination,
+    diffs.c.computation_key,
+    diffs.c.computation_class,
+    diffs.c.user_id,
+    diffs.c.email,
+    diffs.c.change,
+    diffs.c.old_value,
+    diffs.c.new_value,
+    diffs.c.base_run_id,
+)
+
+
+def _change(row: Any, salt: str) -> Change:
+    return Change(
+        diff_id=row.id,
+        run_id=row.run_id,
+        destination=row.destination,
+        computation_key=row.computation_key,
+        computation_class=row.computation_class,
+        user_id=row.user_id,
+        email=row.email,
+        change=row.change,
+        old_value=decode(row.old_value),
+        new_value=decode(row.new_value),
+        message_id=message_id(row.destination, row.computation_key, row.user_id, row.new_value, row.base_run_id, salt),
+    )
+
+
+def pending_chunks(
+    engine: Engine, run_id: int, destination: str, chunk_size: int, salt: str = ""
+) -> Iterator[list[Change]]:
+    """Yield the run's pending changes for ``destination`` in chunks ordered by user.
+
+    Guarantees: all of one user's changes are in the same chunk (so a destination can send them in one
+    call); each change is yielded once even if it stays pending; memory is bounded by the chunk size
+    (plus one user's changes).
+    """
+    after: tuple[str, int] = ("", -1)
+    base = select(*_FIELDS).where(
+        diffs.c.run_id == run_id, diffs.c.destination == destination, diffs.c.status == "pending"
+    )
+    while True:
+        with engine.connect() as conn:
+            rows = list(
+                conn.execute(
+                    base.where(tuple_(diffs.c.user_id, diffs.c.id) > tuple_(*after))
+                    .order_by(diffs.c.user_id, diffs.c.id)
+                    .limit(chunk_size)
+                )
+            )
+            if not rows:
+                return
+            last = rows[-1]
+            if len(rows) == chunk_size:  # complete the last user's changes
+                rows.extend(
+                    conn.execute(base.where(diffs.c.user_id == last.user_id, diffs.c.id > last.id).order_by(diffs.c.id))
+                )
+        after = (rows[-1].user_id, rows[-1].id)
+        yield [_change(r, salt) for r in rows]
+
+
+def record(conn: Connection, changes: Sequence[Change], outcomes: Mapping[int, Outcome]) -> None:
+    """Store each change's outcome and advance the snapshot for those that were sent.
+
+    Call inside one transaction: then the snapshot and the diff rows can never disagree. A change with no
+    outcome stays pending, with its attempt counted.
+    """
+    now = utcnow()
+    params = []
+    for ch in changes:
+        outcome = outcomes.get(ch.diff_id, Outcome("pending", "not attempted"))
+        params.append(
+            {
+                "b_id": ch.diff_id,
+                "b_status": outcome.status,
+                "b_error": outcome.error,
+                "b_message_id": ch.message_id,
+                "b_sent_at": now if outcome.status == "sent" else None,
+            }
+        )
+    if not params:
+        return
+    conn.execute(
+        update(diffs)
+        .where(diffs.c.id == bindparam("b_id"))
+        .values(
+            status=bindparam("b_status"),
+            error=bindparam("b_error"),
+            message_id=bindparam("b_message_id"),
+            sent_at=bindparam("b_sent_at"),
+            attempts=diffs.c.attempts + 1,
+        ),
+        params,
+    )
+    sent = [ch.diff_id for ch in changes if outcomes.get(ch.diff_id, Outcome("pending")).status == "sent"]
+    for start in range(0, len(sent), 5_000):
+        _advance_snapshot(conn, sent[start : start + 5_000], now)
+
+
+def _advance_snapshot(conn: Connection, diff_ids: Sequence[int], now: Any) -> None:
+    stmt = upsert(conn, snapshot)
+    source = select(
+        diffs.c.destination,
+        diffs.c.computation_key,
+        diffs.c.user_id,
+        diffs.c.new_value,
+        diffs.c.email,
+        diffs.c.run_id,
+        bindparam("now", now, type_=snapshot.c.updated_at.type),
+    ).where(diffs.c.id.in_(list(diff_ids)), diffs.c.status == "sent")
+    stmt = stmt.from_select(
+        ["destination", "computation_key", "user_id", "value", "email", "run_id", "updated_at"], source
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[snapshot.c.destination, snapshot.c.computation_key, snapshot.c.user_id],
+        set_={
+            "value": stmt.excluded.value,
+            "email": stmt.excluded.email,
+            "run_id": stmt.excluded.run_id,
+            "updated_at": stmt.excluded.updated_at,
+        },
+    )
+    conn.execute(stmt)
+
+
+def keep_pending(conn: Connection, run_id: int, destination: str, reason: str) -> int:
+    """Give every still-pending change of the run for ``destination`` an error saying why it was not sent."""
+    result = conn.execute(
+        update(diffs)
+        .where(diffs.c.run_id == run_id, diffs.c.destination == destination, diffs.c.status == "pending")
+        .values(error=reason)
+    )
+    return result.rowcount

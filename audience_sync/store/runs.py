@@ -1,0 +1,97 @@
+"""The ``sync_runs`` table: opening, closing and reading runs."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, func, select, update
+
+from .schema import DiffRow, SyncRun, table_of, utcnow
+
+runs = table_of(SyncRun)
+diffs = table_of(DiffRow)
+
+COUNT_KEYS = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending")
+
+
+def open_run(
+    conn: Connection, *, mode: str, trigger: str, destinations: Sequence[str], computations: Sequence[str]
+) -> int:
+    """Insert a ``running`` run and return its id."""
+    result = conn.execute(
+        runs.insert()
+        .values(
+            mode=mode,
+            trigger=trigger,
+            status="running",
+            started_at=utcnow(),
+            destinations=list(destinations),
+            computations=list(computations),
+            counts={},
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+        .returning(runs.c.id)
+    )
+    return int(result.scalar_one())
+
+
+def close_run(conn: Connection, run_id: int, *, status: str, counts: dict[str, Any], error: str | None = None) -> None:
+    """Mark a run finished with its final status, counts and error text."""
+    conn.execute(
+        update(runs).where(runs.c.id == run_id).values(status=status, finished_at=utcnow(), counts=counts, error=error)
+    )
+
+
+def count_changes(conn: Connection, run_id: int) -> dict[str, Any]:
+    """Counts of a run's diff rows: totals, and the same per destination and per computation.
+
+    ``entered``/``exited``/``changed`` count changes by kind; ``sent``/``failed``/``skipped``/``pending`` by
+    what became of them.
+    """
+    rows = conn.execute(
+        select(diffs.c.destination, diffs.c.computation_key, diffs.c.change, diffs.c.status, func.count())
+        .where(diffs.c.run_id == run_id)
+        .group_by(diffs.c.destination, diffs.c.computation_key, diffs.c.change, diffs.c.status)
+    ).all()
+    totals = dict.fromkeys(COUNT_KEYS, 0)
+    per_destination: dict[str, dict[str, int]] = {}
+    per_computation: dict[str, dict[str, int]] = {}
+    for destination, key, change, status, n in rows:
+        for bucket in (
+            totals,
+            per_destination.setdefault(destination, dict.fromkeys(COUNT_KEYS, 0)),
+            per_computation.setdefault(key, dict.fromkeys(COUNT_KEYS, 0)),
+        ):
+            bucket[change] = bucket.get(change, 0) + n
+            bucket[status] = bucket.get(status, 0) + n
+    return {**totals, "destinations": per_destination, "computations": per_computation}
+
+
+def list_runs(conn: Connection, *, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest ``limit`` runs, newest first, as plain dicts (``run_id`` instead of ``id``)."""
+    result = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).mappings().all()
+    return [{"run_id": r["id"], **{k: v for k, v in r.items() if k != "id"}} for r in result]
+
+
+def latest_run_id(conn: Connection) -> int | None:
+    """The id of the newest run, or None when there is none."""
+    return conn.execute(select(func.max(runs.c.id))).scalar_one_or_none()
+
+
+def abandon_stale_runs(conn: Connection, destinations: Sequence[str], *, reason: str) -> list[int]:
+    """Mark runs still ``running`` on any of ``destinations`` as failed with ``reason``; return their ids.
+
+    Only call this while holding those destinations' run locks: then no such run can still be alive.
+    """
+    mine = set(destinations)
+    rows = conn.execute(select(runs.c.id, runs.c.destinations).where(runs.c.status == "running")).all()
+    stale = [r.id for r in rows if mine & set(r.destinations or [])]
+    if stale:
+        conn.execute(
+            update(runs).where(runs.c.id.in_(stale)).values(status="failed", finished_at=utcnow(), error=reason)
+        )
+    return stale

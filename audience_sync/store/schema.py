@@ -1,0 +1,176 @@
+"""The state database's tables, as typed SQLAlchemy models. Alembic's ``target_metadata`` is ``Base.metadata``.
+
+People query these tables directly (the README documents them); change them only through a migration.
+
+- ``computations``: every audience and computed trait ever synced, with the key fixed at first sync.
+- ``sync_runs``: one row per run.
+- ``staging``: a run's current memberships and values, loaded from the sources, deleted when the run ends.
+- ``snapshot``: per destination, computation and user, the value the destination acknowledged, and the
+  identifiers it was sent with. Audiences store ``true``/``false``; traits store JSON, NULL for "no value".
+- ``diffs``: the outbox and the audit trail: every change of every run and what became of it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Integer primary keys that autoincrement on every backend (SQLite only autoincrements INTEGER).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware (SQLite drops the zone otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.UTC) if dialect.name != "sqlite" else value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware in UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table behind a model, typed as the ``Table`` it is (for set-based statements)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+class ComputationRow(Base):
+    __tablename__ = "computations"
+
+    key: Mapped[str] = mapped_column(String(150), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    computation_class: Mapped[str] = mapped_column(String(16))
+    definition_hash: Mapped[str] = mapped_column(String(64))
+    first_synced_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    retired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class SyncRun(Base):
+    __tablename__ = "sync_runs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    trigger: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    destinations: Mapped[list[str]] = mapped_column(JSON, default=list)
+    computations: Mapped[list[str]] = mapped_column(JSON, default=list)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_sync_runs_status", "status"),)
+
+
+class StagingRow(Base):
+    __tablename__ = "staging"
+
+    run_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    computation_key: Mapped[str] = mapped_column(String(150), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    email: Mapped[str | None] = mapped_column(String(320), default=None)
+    value: Mapped[str | None] = mapped_column(Text, default=None)
+    conflict_value: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class SnapshotRow(Base):
+    __tablename__ = "snapshot"
+
+    destination: Mapped[str] = mapped_column(String(100), primary_key=True)
+    computation_key: Mapped[str] = mapped_column(String(150), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[str | None] = mapped_column(Text, default=None)
+    email: Mapped[str | None] = mapped_column(String(320), default=None)
+    run_id: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class DiffRow(Base):
+    __tablename__ = "diffs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("sync_runs.id"))
+    destination: Mapped[str] = mapped_column(String(100))
+    computation_key: Mapped[str] = mapped_column(String(150))
+    computation_class: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(320), default=None)
+    change: Mapped[str] = mapped_column(String(16))
+    old_value: Mapped[str | None] = mapped_column(Text, default=None)
+    new_value: Mapped[str | None] = mapped_column(Text, default=None)
+    #: the run that delivered the snapshot value this change starts from; part of the message id
+    base_run_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    message_id: Mapped[str | None] = mapped_column(String(100), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    __table_args__ = (
+        Index("ix_diffs_delivery", "run_id", "destination", "status", "user_id"),
+        Index("ix_diffs_user", "destination", "computation_key", "user_id"),
+        Index("ix_diffs_status", "status"),
+    )
+
+
+#: Values of ``diffs.change``.
+CHANGES = ("entered", "exited", "changed")
+#: Values of ``diffs.status``. ``superseded``: still pending when a later run recomputed the change.
+STATUSES = ("pending", "sent", "failed", "skipped", "superseded")
+#: Values of ``sync_runs.mode`` and ``sync_runs.status``.
+MODES = ("incremental", "resync", "dry_run")
+RUN_STATUSES = ("running", "succeeded", "partial", "failed")
+
+
+class RunLock(Base):
+    """One row per held lock (``destination:<name>``); a lease that its holder renews while it runs."""
+
+    __tablename__ = "run_locks"
+
+    name: Mapped[str] = mapped_column(String(150), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(300))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    acquired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

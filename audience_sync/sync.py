@@ -1,0 +1,287 @@
+"""One run, end to end: the function the CLI, the scheduler and the tests all call.
+
+    config -> sources -> staging -> diff (outbox rows) -> destinations -> acknowledged rows advance the snapshot
+
+Order of effects, and why it is safe to kill the process at any point:
+1. migrations, key checks and the run lock come before anything is read or written;
+2. sources are staged under the run's id; a source failure deletes the run's staging and stores no diff;
+3. every change of the run is inserted in one transaction, so the outbox never holds half a diff;
+4. delivery records outcomes and advances the snapshot chunk by chunk, after the destination acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import Engine
+
+from .config import Computation, Config
+from .delivery import DeliveryReport, deliver_pending
+from .destinations import build_destination
+from .diff import skip_unreachable, supersede_pending, write_changes
+from .errors import AudienceSyncError, ConfigError, SourceError
+from .progress import NoProgress, Progress
+from .sources import SourceStats, normalize, read_rows
+from .store import registry, runs, staging
+from .store.engine import create_state_engine
+from .store.lock import HeldLock, run_lock
+from .store.migrate import upgrade
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["incremental", "resync"]
+
+
+@dataclass
+class RunResult:
+    """The outcome of a run, as ``run --json`` prints it."""
+
+    run_id: int
+    mode: str
+    status: str
+    counts: dict[str, Any]
+    error: str | None = None
+    duration_seconds: float = 0.0
+    destinations: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """0 all delivered (or nothing to do), 3 some changes still pending or failed, 1 the run failed."""
+        return {"succeeded": 0, "partial": 3}.get(self.status, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (no secrets: only names, counts and the destinations' reasons)."""
+        return {
+            "run_id": self.run_id,
+            "mode": self.mode,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "counts": self.counts,
+            "error": self.error,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "destinations": self.destinations,
+        }
+
+
+def select_targets(
+    config: Config, destinations: Sequence[str] | None, audiences: Sequence[str] | None
+) -> tuple[list[str], list[Computation]]:
+    """The destination names and computations a run covers; ConfigError for an unknown name or key."""
+    dest_names = (
+        [config.destination(d).name for d in destinations] if destinations else [d.name for d in config.destinations]
+    )
+    comps = [config.computation(k) for k in audiences] if audiences else list(config.computations)
+    comps = [c for c in comps if set(c.destinations) & set(dest_names)]
+    if not dest_names:
+        raise ConfigError(f"{config.path}: no destinations configured: add a [[destinations]] table")
+    return dest_names, comps
+
+
+def _stage(
+    engine: Engine,
+    source: Engine,
+    config: Config,
+    run_id: int,
+    comps: Sequence[Computation],
+    progress: Progress,
+) -> dict[str, dict[str, int]]:
+    stats: dict[str, dict[str, int]] = {}
+    for comp in comps:
+        task = f"reading {comp.key}"
+        progress.begin(task)
+        st = SourceStats()
+        for raw in read_rows(comp, source, config.source_chunk_size):
+            rows = normalize(comp, raw, st)
+            with engine.begin() as conn:
+                staging.insert_rows(conn, run_id, comp.key, rows)
+            progress.advance(task, len(raw))
+        progress.end(task)
+        with engine.connect() as conn:
+            conflict = staging.first_conflict(conn, run_id, comp.key)
+            members = staging.count_members(conn, run_id, comp.key)
+        if conflict is not None:
+            user, first, second = conflict
+            raise SourceError(
+                f"trait {comp.name!r} ({comp.key}): user {user!r} has two different values "
+                f"({first} and {second}); a trait needs one value per user",
+                computation=comp.key,
+                user_id=user,
+            )
+        if st.null_user_ids:
+            log.warning("%s: dropped %d rows with a null user_id", comp.key, st.null_user_ids)
+        stats[comp.key] = {
+            "rows": st.rows,
+            "members": members,
+            "null_user_ids": st.null_user_ids,
+            "null_values": st.null_values,
+        }
+    return stats
+
+
+def _diff(
+    engine: Engine,
+    config: Config,
+    run_id: int,
+    dest_names: Sequence[str],
+    comps: Sequence[Computation],
+    *,
+    resync: bool,
+    dry_run: bool,
+    users: Sequence[str] | None,
+) -> None:
+    with engine.begin() as conn:
+        for name in dest_names:
+            dest = config.destination(name)
+            targeted = [c for c in comps if name in c.destinations]
+            if not dry_run:
+                supersede_pending(conn, run_id, name, [c.key for c in targeted])
+            for comp in targeted:
+                write_changes(conn, run_id, name, comp, resync=resync, users=users)
+            required = dest.required_identifiers
+            if required:
+                skip_unreachable(
+                    conn,
+                    run_id,
+                    name,
+                    required,
+                    f"no email: destination {name!r} ({dest.type}) requires {' and '.join(('user_id', *required))}",
+                )
+        if not dry_run:
+            registry.register(conn, comps)
+
+
+def run_sync(
+    config: Config,
+    *,
+    mode: Mode = "incremental",
+    destinations: Sequence[str] | None = None,
+    audiences: Sequence[str] | None = None,
+    users: Sequence[str] | None = None,
+    dry_run: bool = False,
+    trigger: str = "cli",
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run one sync and return its result; the run's row in ``sync_runs`` says the same.
+
+    Guarantees: only changed users are sent (all current members on ``mode="resync"``); a change is marked
+    sent and advances the snapshot only once its destination acknowledged it; a source failure stores no diff;
+    ``dry_run`` stores the diff of a ``dry_run`` run and sends nothing. Raises ConfigError/KeyCollisionError
+    before anything is written, LockHeld when another run holds a destination, SourceError after marking the
+    run failed. Destination failures do not raise: they are in the result (status ``partial`` or ``failed``).
+    """
+    started = time.monotonic()
+    progress = progress or NoProgress()
+    dest_names, comps = select_targets(config, destinations, audiences)
+    engine = create_state_engine(config.state_url)
+    source = (
+        engine
+        if config.source_url == config.state_url
+        else create_state_engine(config.source_url, what="source database")
+    )
+    try:
+        upgrade(engine)
+        with engine.connect() as conn:
+            registry.check_keys(conn, comps)
+        with run_lock(engine, dest_names) as lock:
+            return _locked_run(
+                engine,
+                source,
+                config,
+                dest_names,
+                comps,
+                held=lock,
+                mode="dry_run" if dry_run else mode,
+                users=users,
+                trigger=trigger,
+                progress=progress,
+                started=started,
+                full=not destinations and not audiences,
+            )
+    finally:
+        engine.dispose()
+        if source is not engine:
+            source.dispose()
+
+
+def _locked_run(
+    engine: Engine,
+    source: Engine,
+    config: Config,
+    dest_names: list[str],
+    comps: list[Computation],
+    *,
+    held: HeldLock,
+    mode: str,
+    users: Sequence[str] | None,
+    trigger: str,
+    progress: Progress,
+    started: float,
+    full: bool,
+) -> RunResult:
+    dry_run = mode == "dry_run"
+    with engine.begin() as conn:
+        runs.abandon_stale_runs(conn, dest_names, reason="abandoned: its process stopped before finishing")
+        run_id = runs.open_run(
+            conn, mode=mode, trigger=trigger, destinations=dest_names, computations=[c.key for c in comps]
+        )
+    held.run_id = run_id
+    log.info("run %d (%s): %d computations to %s", run_id, mode, len(comps), ", ".join(dest_names))
+    try:
+        source_stats = _stage(engine, source, config, run_id, comps, progress)
+        _diff(engine, config, run_id, dest_names, comps, resync=mode == "resync", dry_run=dry_run, users=users)
+    except AudienceSyncError as exc:
+        with engine.begin() as conn:
+            runs.close_run(conn, run_id, status="failed", counts=runs.count_changes(conn, run_id), error=str(exc))
+        raise
+    finally:
+        with engine.begin() as conn:
+            staging.clear(conn, run_id)
+
+    reports: dict[str, DeliveryReport] = {}
+    if not dry_run:
+        salt = f"resync:{run_id}" if mode == "resync" else ""
+        for name in dest_names:
+            dest_config = config.destination(name)
+            with build_destination(dest_config) as adapter:
+                reports[name] = deliver_pending(
+                    engine, run_id, adapter, chunk_size=dest_config.chunk_size, salt=salt, progress=progress
+                )
+    with engine.begin() as conn:
+        counts = runs.count_changes(conn, run_id)
+        counts["sources"] = source_stats
+        if any(r.credentials_rejected for r in reports.values()):
+            status = "failed"
+        elif counts["pending"] or counts["failed"] or any(r.error for r in reports.values()):
+            status = "partial"
+        else:
+            status = "succeeded"
+        if dry_run:
+            status = "succeeded"
+        errors = [f"{r.destination}: {r.error}" for r in reports.values() if r.error]
+        error = "; ".join(errors) or None
+        runs.close_run(conn, run_id, status=status, counts=counts, error=error)
+        if full and not dry_run:
+            retired = registry.retire_missing(conn, [c.key for c in config.computations])
+            if retired:
+                log.info("retired keys no longer configured: %s (nothing is sent for them)", ", ".join(retired))
+    result = RunResult(
+        run_id=run_id,
+        mode=mode,
+        status=status,
+        counts=counts,
+        error=error,
+        duration_seconds=time.monotonic() - started,
+        destinations={n: {"error": r.error, "changes_attempted": r.attempted} for n, r in reports.items()},
+    )
+    log.info(
+        "run %d %s in %.1fs: %s",
+        run_id,
+        status,
+        result.duration_seconds,
+        {k: counts[k] for k in runs.COUNT_KEYS},
+    )
+    return result
