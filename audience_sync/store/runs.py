@@ -95,3 +95,8 @@ def abandon_stale_runs(conn: Connection, destinations: Sequence[str], *, reason:
             update(runs).where(runs.c.id.in_(stale)).values(status="failed", finished_at=utcnow(), error=reason)
         )
     return stale
+
+
+def run_exists(conn: Connection, run_id: int) -> bool:
+    """True when a run with this id exists."""
+    return conn.execute(select(runs.c.id).where(runs.c.id == run_id)).first() is not None

@@ -1,0 +1,355 @@
+"""The ``audience-sync`` command: parse, call one library function, render, map errors to exit codes.
+
+Exit codes: 0 every deliverable change delivered (or nothing to do); 1 the run failed; 2 usage or config
+error; 3 the run finished but some changes failed delivery and stay pending.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from . import __version__, queries, report
+from .config import Config, load_config
+from .errors import AudienceSyncError
+from .progress import NoProgress, Progress, RichProgress
+from .store.schema import STATUSES
+from .sync import RunResult, run_sync
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+def _console(*, to_stderr: bool = False) -> Console:
+    """A console; when output is not a terminal, wide enough that tables do not wrap in logs and mail."""
+    console = Console(stderr=to_stderr)
+    if not console.is_terminal:
+        console = Console(stderr=to_stderr, width=200)
+    return console
+
+
+stdout = _console()
+stderr = _console(to_stderr=True)
+
+EXIT_USAGE = 2
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("audience_sync")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def common_options(func: F) -> F:
+    """``--config`` and ``--log-level``, taken by every command."""
+
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Config file (default: $AUDIENCE_SYNC_CONFIG, else config/audience_sync.toml).",
+    )
+    @click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        default="warning",
+        show_default=True,
+        help="Log detail on stderr.",
+    )
+    @functools.wraps(func)
+    def wrapper(*args: Any, config_path: str | None, log_level: str, **kwargs: Any) -> Any:
+        _configure_logging(log_level)
+        return func(*args, config_path=config_path, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def format_option(func: F) -> F:
+    return click.option(
+        "--format", "fmt", type=click.Choice(report.FORMATS), default="table", show_default=True, help="Output format."
+    )(func)
+
+
+def _progress() -> Progress | RichProgress:
+    return RichProgress(stderr) if stderr.is_terminal else NoProgress()
+
+
+def _run(config: Config, as_json: bool, **kwargs: Any) -> None:
+    progress = _progress()
+    if isinstance(progress, RichProgress):
+        with progress:
+            result = run_sync(config, progress=progress, **kwargs)
+    else:
+        result = run_sync(config, progress=progress, **kwargs)
+    _finish(result, as_json)
+
+
+def _finish(result: RunResult, as_json: bool) -> None:
+    if as_json:
+        click.echo(report.to_json(result.to_dict()))
+    else:
+        report.print_run_summary(stdout, result.to_dict())
+    sys.exit(result.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="audience-sync")
+def cli() -> None:
+    """Sync audiences and computed traits from your warehouse to user-property destinations.
+
+    Each run computes every audience's members and every trait's values, compares them with what each
+    destination last acknowledged, and sends only the changes.
+    """
+
+
+filters = [
+    click.option(
+        "--destination", "destinations", multiple=True, metavar="NAME", help="Only this destination (repeatable)."
+    ),
+    click.option(
+        "--audience",
+        "audiences",
+        multiple=True,
+        metavar="KEY",
+        help="Only this audience or trait, by key or name (repeatable).",
+    ),
+    click.option("--dry-run", is_flag=True, help="Compute and store the diff as a dry_run; send nothing."),
+    click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON."),
+    click.option("--force", is_flag=True, help="Send even when a safety guard would hold an audience back."),
+]
+
+
+def with_filters(func: F) -> F:
+    for option in reversed(filters):
+        func = option(func)
+    return func
+
+
+@cli.command()
+@common_options
+@with_filters
+def run(
+    config_path: str | None,
+    destinations: tuple[str, ...],
+    audiences: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+    force: bool,
+) -> None:
+    """One incremental run: send only the users whose membership or value changed."""
+    config = load_config(config_path)
+    _run(config, as_json, destinations=destinations or None, audiences=audiences or None, dry_run=dry_run)
+
+
+@cli.command()
+@common_options
+@with_filters
+@click.option("--user", "users", multiple=True, metavar="ID", help="Only this user id (repeatable).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def resync(
+    config_path: str | None,
+    destinations: tuple[str, ...],
+    audiences: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+    force: bool,
+    users: tuple[str, ...],
+    yes: bool,
+) -> None:
+    """Full resync: every current member gets its current value again; users who left get false/null."""
+    config = load_config(config_path)
+    if not yes and not dry_run:
+        if not sys.stdin.isatty():
+            raise click.UsageError("resync re-sends every current member's value: pass --yes to confirm")
+        scope = ", ".join(audiences) or "every audience and trait"
+        click.confirm(f"Re-send {scope} to {', '.join(destinations) or 'every destination'}?", abort=True)
+    _run(
+        config,
+        as_json,
+        mode="resync",
+        destinations=destinations or None,
+        audiences=audiences or None,
+        users=users or None,
+        dry_run=dry_run,
+    )
+
+
+@cli.command()
+@common_options
+@click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest run).")
+@click.option("--audience", "computation", metavar="KEY", default=None, help="Only this audience or trait key.")
+@click.option("--destination", default=None, metavar="NAME", help="Only this destination.")
+@click.option("--status", type=click.Choice(STATUSES), default=None, help="Only changes with this status.")
+@format_option
+def diff(
+    config_path: str | None,
+    run_id: int | None,
+    computation: str | None,
+    destination: str | None,
+    status: str | None,
+    fmt: str,
+) -> None:
+    """The changes of a run: who entered, exited or changed, and what became of each."""
+    config = load_config(config_path)
+    rid, rows = queries.list_diffs(
+        config, run_id=run_id, computation=computation, status=status, destination=destination
+    )
+    _emit(
+        rows,
+        report.DIFF_COLUMNS,
+        fmt,
+        title=f"diff of run {rid}" if rid else "no runs yet",
+        json_columns=("old_value", "new_value"),
+    )
+
+
+@cli.command()
+@common_options
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@format_option
+def runs(config_path: str | None, limit: int, fmt: str) -> None:
+    """Run history, newest first."""
+    config = load_config(config_path)
+    rows = queries.list_runs(config, limit=limit)
+    if fmt == "json":
+        click.echo(report.to_json(rows))
+        return
+    _emit(report.runs_rows(rows), report.RUN_COLUMNS, fmt, title="runs")
+
+
+@cli.command()
+@common_options
+@click.option("--history", is_flag=True, help="Include retired keys.")
+@click.option(
+    "--revive", metavar="KEY", default=None, help="Let a retired key be used again (the same audience returning)."
+)
+@format_option
+def audiences(config_path: str | None, history: bool, revive: str | None, fmt: str) -> None:
+    """Configured audiences and traits: key, class, status and current size per destination."""
+    config = load_config(config_path)
+    if revive:
+        queries.revive(config, revive)
+        stderr.print(f"key {revive!r} is active again; the next run continues from its snapshot")
+    rows = queries.audiences_overview(config, include_retired=history)
+    if fmt == "json":
+        click.echo(report.to_json(rows))
+        return
+    for row in rows:
+        row["size"] = ", ".join(f"{d}: {n}" for d, n in row["sizes"].items())
+    _emit(rows, ("name", "key", "class", "status", "size"), fmt, title="audiences and traits")
+
+
+@cli.command()
+@common_options
+@click.argument("key")
+@click.option("--destination", default=None, metavar="NAME", help="Only this destination.")
+@format_option
+def members(config_path: str | None, key: str, destination: str | None, fmt: str) -> None:
+    """Users a destination holds KEY for (audience members, or users with a trait value)."""
+    config = load_config(config_path)
+    rows = queries.members(config, key, destination=destination)
+    _emit(
+        rows,
+        ("destination", "user_id", "email", "value", "updated_at"),
+        fmt,
+        title=f"members of {key}",
+        json_columns=("value",),
+    )
+
+
+@cli.group()
+def db() -> None:
+    """State database maintenance."""
+
+
+@db.command("upgrade")
+@common_options
+def db_upgrade(config_path: str | None) -> None:
+    """Apply pending schema migrations to the state database (run does this too)."""
+    config = load_config(config_path)
+    revision = queries.upgrade_database(config)
+    stdout.print(f"state database at schema revision {revision}")
+
+
+@cli.command()
+@common_options
+@click.option(
+    "--warehouse",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("demo/warehouse.db"),
+    show_default=True,
+    help="Where the demo shop lives (the config's [source] url).",
+)
+@click.option(
+    "--newsletter",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("demo/newsletter.csv"),
+    show_default=True,
+    help="The demo's file-based audience.",
+)
+def demo(config_path: str | None, warehouse: Path, newsletter: Path) -> None:
+    """Run the demo: build a small shop, sync it, move it a day forward, sync only what changed."""
+    from . import demo as shop
+
+    config = load_config(config_path)
+    if not warehouse.exists():
+        shop.build_shop(warehouse, newsletter)
+        stdout.print(f"[bold]Built the demo shop[/bold] in {warehouse} (day {shop.shop_day(warehouse)}).")
+        _demo_run(config, "First sync: every current member is sent.")
+    day = shop.advance_day(warehouse, newsletter)
+    stdout.print(f"\n[bold]The shop moved to {day}[/bold]: new orders, newsletter sign-ups and opt-outs.")
+    _demo_run(config, "Incremental sync: only users whose membership or value changed are sent.")
+    outputs = ", ".join(str(getattr(d, "output_path", d.name)) for d in config.destinations)
+    stdout.print(
+        f"\nSent calls are in {outputs}. Next: `audience-sync runs`, `audience-sync diff`, "
+        f"`audience-sync audiences`; run `audience-sync demo` again for another day."
+    )
+
+
+def _demo_run(config: Config, title: str) -> None:
+    stdout.print(title)
+    result = run_sync(config, progress=NoProgress(), trigger="demo")
+    report.print_run_summary(stdout, result.to_dict())
+    if result.exit_code:
+        sys.exit(result.exit_code)
+
+
+def _emit(
+    rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str, *, title: str, json_columns: tuple[str, ...] = ()
+) -> None:
+    if fmt == "json":
+        click.echo(report.to_json(rows))
+    elif fmt == "csv":
+        click.echo(report.to_csv(rows, columns, json_columns=json_columns), nl=False)
+    else:
+        report.print_table(stdout, rows, columns, title=title, json_columns=json_columns)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the command and turns every error into a message and its exit code."""
+    try:
+        cli.main(args=argv, prog_name="audience-sync", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        stderr.print("aborted")
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+    except AudienceSyncError as exc:
+        stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,128 @@
+"""Rendering runs, diffs and audiences as a table, JSON or CSV. No business logic lives here."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+FORMATS = ("table", "json", "csv")
+
+RUN_COLUMNS = (
+    "run_id",
+    "mode",
+    "status",
+    "started_at",
+    "finished_at",
+    "entered",
+    "exited",
+    "changed",
+    "sent",
+    "failed",
+    "skipped",
+    "pending",
+    "error",
+)
+DIFF_COLUMNS = (
+    "run_id",
+    "destination",
+    "computation_key",
+    "user_id",
+    "email",
+    "change",
+    "old_value",
+    "new_value",
+    "status",
+    "attempts",
+    "error",
+)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def to_json(data: Any) -> str:
+    """JSON text for ``data`` (datetimes as ISO 8601), indented for people and parseable by scripts."""
+    return json.dumps(data, default=_default, indent=2, ensure_ascii=False)
+
+
+def _cell(value: Any, *, json_values: bool) -> str:
+    if value is None:
+        return "" if not json_values else "null"
+    if isinstance(value, dt.datetime):
+        return value.isoformat(timespec="seconds") if json_values else f"{value:%Y-%m-%d %H:%M:%S}"
+    if json_values or isinstance(value, bool | list | dict):
+        return json.dumps(value, ensure_ascii=False, default=_default)
+    return str(value)
+
+
+def _flatten_run(run: dict[str, Any]) -> dict[str, Any]:
+    counts = run.get("counts") or {}
+    return {
+        **run,
+        **{k: counts.get(k, 0) for k in ("entered", "exited", "changed", "sent", "failed", "skipped", "pending")},
+    }
+
+
+def runs_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs with their totals lifted out of ``counts`` for tables and CSV."""
+    return [_flatten_run(r) for r in runs]
+
+
+def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, json_columns: Sequence[str] = ()) -> str:
+    """CSV with a header; values in ``json_columns`` are written as JSON (``true``, ``5``, ``"x"``, ``null``)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(c), json_values=c in json_columns) for c in columns])
+    return buffer.getvalue()
+
+
+def print_table(
+    console: Console,
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    *,
+    title: str | None = None,
+    json_columns: Sequence[str] = (),
+) -> None:
+    """Print ``rows`` as a rich table (or a one-line note when there are none)."""
+    if not rows:
+        console.print(f"[dim]{title + ': ' if title else ''}nothing to show[/dim]")
+        return
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(c), json_values=c in json_columns) for c in columns))
+    console.print(table)
+
+
+def print_run_summary(console: Console, result: dict[str, Any]) -> None:
+    """A run's outcome for people: per destination counts, errors, and where to look next."""
+    counts = result["counts"]
+    table = Table(title=f"run {result['run_id']} ({result['mode']}): {result['status']}", header_style="bold")
+    keys = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending")
+    table.add_column("destination")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for name, c in sorted(counts.get("destinations", {}).items()):
+        table.add_row(name, *(str(c.get(k, 0)) for k in keys))
+    table.add_row("[bold]total[/bold]", *(f"[bold]{counts.get(k, 0)}[/bold]" for k in keys))
+    console.print(table)
+    for key, st in sorted(counts.get("sources", {}).items()):
+        extra = f", {st['null_user_ids']} rows without user_id dropped" if st.get("null_user_ids") else ""
+        console.print(f"  {key}: {st['members']} users from {st['rows']} source rows{extra}")
+    if result.get("error"):
+        console.print(f"[red]{result['error']}[/red]")
+    console.print(f"[dim]details: audience-sync diff --run {result['run_id']}[/dim]")
