@@ -26,9 +26,12 @@ def read_sql(engine: Engine, comp: Computation, chunk_size: int) -> Iterator[lis
     result. Raises SourceError naming the computation and the database's own reason.
     """
     assert comp.sql is not None
+    sql = comp.sql
+    if engine.dialect.paramstyle in ("format", "pyformat"):  # the driver parses % even without parameters
+        sql = sql.replace("%", "%%")
     try:
         with engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, max_row_buffer=chunk_size).exec_driver_sql(comp.sql)
+            result = conn.execution_options(stream_results=True, max_row_buffer=chunk_size).exec_driver_sql(sql)
             if not result.returns_rows:
                 raise SourceError(
                     f"{comp.computation_class} {comp.name!r} ({comp.key}): the query returns no rows (is it a SELECT?)",
