@@ -105,9 +105,8 @@ class _DestinationBase(_Section):
         return ()
 
 
-def _read_secret(owner: BaseModel, field: str, info: ValidationInfo) -> SecretStr:
-    """The secret in the environment variable that ``owner.<field>`` names; ValueError when unset or empty."""
-    var = getattr(owner, field)
+def _secret_from_env(var: str, field: str, info: ValidationInfo) -> SecretStr:
+    """The secret in environment variable ``var``; ValueError naming it when it is unset or empty."""
     environ: Mapping[str, str] = (info.context or {}).get("environ", {})
     value = environ.get(var)
     if not value:
@@ -124,9 +123,15 @@ class GistDestination(_DestinationBase):
     trait_event: str = "Trait Computed"
     _api_key: SecretStr = PrivateAttr(default=SecretStr(""))
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_var_is_set(cls, var: str, info: ValidationInfo) -> str:
+        _secret_from_env(var, "api_key_env", info)
+        return var
+
     @model_validator(mode="after")
     def _resolve_secret(self, info: ValidationInfo) -> GistDestination:
-        self._api_key = _read_secret(self, "api_key_env", info)
+        self._api_key = _secret_from_env(self.api_key_env, "api_key_env", info)
         return self
 
     @property
@@ -149,6 +154,7 @@ class JsonlDestination(_DestinationBase):
         return Path(self.path) if self.path else Path("out") / f"{self.name}.jsonl"
 
 
+_DESTINATION_TYPES = "'gist' or 'jsonl'"
 DestinationConfig = Annotated[GistDestination | JsonlDestination, Field(discriminator="type")]
 
 
@@ -257,7 +263,7 @@ def _location(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
                 if isinstance(node, dict) and isinstance(node.get("name"), str):
                     label += f" ({node['name']!r})"
             parts.append(label)
-        elif isinstance(node, list) and isinstance(item, str):
+        elif isinstance(node, dict) and item not in node and item == node.get("type"):
             continue  # the discriminator tag of a destination: already clear from the item's name
         else:
             parts.append(("." if parts else "") + item)
@@ -272,7 +278,9 @@ def _format_errors(path: str, error: ValidationError, data: Mapping[str, Any]) -
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling against the config reference)"
         elif err["type"] == "union_tag_invalid":
-            msg = f"unknown destination type {err['input']!r} (expected 'gist' or 'jsonl')"
+            msg = f"unknown destination type {err['ctx']['tag']!r} (expected {err['ctx']['expected_tags']})"
+        elif err["type"] == "union_tag_not_found":
+            msg = f"missing `type` (expected {_DESTINATION_TYPES})"
         problems.append(f"{path}: {_location(err['loc'], data)}: {msg}")
     return problems
 
