@@ -26,6 +26,7 @@ from .sync import RunResult, run_sync
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
 def _console(*, to_stderr: bool = False) -> Console:
     """A console; when output is not a terminal, wide enough that tables do not wrap in logs and mail."""
     console = Console(stderr=to_stderr)

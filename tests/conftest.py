@@ -96,8 +96,9 @@ class Warehouse:
     def set_trait(self, trait: str, values: Mapping[str, tuple[str | None, Any]]) -> None:
         with self._db() as db:
             db.execute("DELETE FROM trait_values WHERE trait = ?", (trait,))
-            db.executemany("INSERT INTO trait_values VALUES (?, ?, ?, ?)",
-                           [(trait, u, e, v) for u, (e, v) in values.items()])
+            db.executemany(
+                "INSERT INTO trait_values VALUES (?, ?, ?, ?)", [(trait, u, e, v) for u, (e, v) in values.items()]
+            )
 
     @staticmethod
     def audience_sql(audience: str) -> str:

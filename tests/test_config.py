@@ -37,13 +37,17 @@ def test_valid_config_resolves_keys_targets_and_secret() -> None:
 
 def test_every_problem_is_reported_at_once_with_its_key_path() -> None:
     text = GOOD.replace('api_key_env = "GIST_API_KEY"', 'api_key_env = "GIST_API_KEY"\nrate_limt = 5').replace(
-        'sql = "SELECT 1 AS user_id"', 'sql = "SELECT 1 AS user_id"\nfile = "x.csv"')
+        'sql = "SELECT 1 AS user_id"', 'sql = "SELECT 1 AS user_id"\nfile = "x.csv"'
+    )
     with pytest.raises(ConfigError) as err:
         parse_config(text, path="c.toml", environ={})
     message = str(err.value)
     assert err.value.exit_code == 2
     assert "c.toml: destinations[0] ('gist').rate_limt: unknown key" in message
-    assert "c.toml: destinations[0] ('gist').api_key_env: environment variable GIST_API_KEY (named by `api_key_env`) is not set" in message
+    assert (
+        "c.toml: destinations[0] ('gist').api_key_env: "
+        "environment variable GIST_API_KEY (named by `api_key_env`) is not set" in message
+    )
     assert "c.toml: audiences[0] ('Order Completed Last 30days'): give exactly one of `sql` or `file`" in message
     assert len(err.value.problems) == 3
 
@@ -109,7 +113,7 @@ sql = "SELECT 1 AS user_id"
 
 
 def test_missing_config_file_and_default_path(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="nope.toml: config file not found"):
+    with pytest.raises(ConfigError, match=r"nope\.toml: config file not found"):
         load_config(tmp_path / "nope.toml")
     path = tmp_path / "env.toml"
     path.write_text('[[destinations]]\nname = "d"\ntype = "jsonl"\n')

@@ -15,14 +15,16 @@ KEY_ENV = {"GIST_API_KEY": "gist-test-key"}
 
 def gist_destination(fake: FakeGist, **options: object) -> str:
     extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in options.items())
-    return f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "GIST_API_KEY"\nendpoint = "{fake.url}"\n{extra}'
+    head = '[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "GIST_API_KEY"\n'
+    return f'{head}endpoint = "{fake.url}"\n{extra}'
 
 
 def test_identify_posts_contacts_with_all_changed_keys_of_a_user(harness: Harness, gist: FakeGist) -> None:
     harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
     harness.warehouse.set_trait("Lifetime Value", {"u1": ("a@x.io", 120.5)})
-    config = harness.config(gist_destination(gist) + harness.audience("VIP") + harness.trait("Lifetime Value"),
-                            environ=KEY_ENV)
+    config = harness.config(
+        gist_destination(gist) + harness.audience("VIP") + harness.trait("Lifetime Value"), environ=KEY_ENV
+    )
     result = harness.run(config)
     assert result.exit_code == 0 and result.counts["sent"] == 3
     bodies = sorted((json.loads(r["body"]) for r in gist.requests), key=lambda b: b["user_id"])
@@ -37,7 +39,8 @@ def test_identify_posts_contacts_with_all_changed_keys_of_a_user(harness: Harnes
     gist.requests.clear()
     harness.run(config)
     assert [json.loads(r["body"]) for r in gist.requests] == [
-        {"user_id": "u1", "email": "a@x.io", "custom_properties": {"vip": False}}]
+        {"user_id": "u1", "email": "a@x.io", "custom_properties": {"vip": False}}
+    ]
     assert gist.properties("u1") == {"vip": False, "lifetime_value": 120.5}
 
 
@@ -60,7 +63,8 @@ def test_users_without_email_are_skipped_then_sent_once_they_have_one(harness: H
 def test_permanent_error_is_failed_with_gists_reason_and_retried_next_run(harness: Harness, gist: FakeGist) -> None:
     harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
     gist.user_faults["u1"] = __import__("tests.fakes.gist", fromlist=["Fault"]).Fault(
-        422, {"errors": [{"code": "parameter_invalid", "message": "Email is invalid"}]})
+        422, {"errors": [{"code": "parameter_invalid", "message": "Email is invalid"}]}
+    )
     config = harness.config(gist_destination(gist) + harness.audience("VIP"), environ=KEY_ENV)
     result = harness.run(config)
     assert result.exit_code == 3 and result.status == "partial"
@@ -103,8 +107,9 @@ def test_lost_answer_is_resent_and_converges(harness: Harness, gist: FakeGist) -
 
 def test_rejected_credentials_stop_the_destination_with_exit_1(harness: Harness, gist: FakeGist) -> None:
     harness.warehouse.set_members("VIP", {f"u{i}": f"{i}@x.io" for i in range(5)})
-    config = harness.config(gist_destination(gist) + harness.audience("VIP"),
-                            environ={"GIST_API_KEY": "wrong-key-value"})
+    config = harness.config(
+        gist_destination(gist) + harness.audience("VIP"), environ={"GIST_API_KEY": "wrong-key-value"}
+    )
     result = harness.run(config)
     assert result.exit_code == 1 and result.status == "failed"
     assert "refused our credentials" in (result.error or "")
@@ -114,7 +119,10 @@ def test_rejected_credentials_stop_the_destination_with_exit_1(harness: Harness,
     assert "wrong-key-value" not in json.dumps(result.to_dict())
     engine = create_engine(harness.state_url)
     with engine.connect() as conn:
-        dump = " ".join(str(row) for table in ("diffs", "sync_runs", "snapshot")
-                        for row in conn.execute(text(f"SELECT * FROM {table}")))
+        dump = " ".join(
+            str(row)
+            for table in ("diffs", "sync_runs", "snapshot")
+            for row in conn.execute(text(f"SELECT * FROM {table}"))
+        )
     engine.dispose()
     assert "wrong-key-value" not in dump

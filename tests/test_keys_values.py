@@ -13,13 +13,16 @@ from audience_sync.keys import is_valid_key, trait_key
 from audience_sync.values import decode, encode
 
 
-@pytest.mark.parametrize(("name", "key"), [
-    ("Order Completed Last 30days", "order_completed_last_30days"),
-    ("Café VIPs ☕", "cafe_vips"),
-    ("High-Value (LTV > 500)", "high_value_ltv_500"),
-    ("  Lifetime   Value ", "lifetime_value"),
-    ("Über München", "uber_munchen"),
-])
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("Order Completed Last 30days", "order_completed_last_30days"),
+        ("Café VIPs ☕", "cafe_vips"),
+        ("High-Value (LTV > 500)", "high_value_ltv_500"),
+        ("  Lifetime   Value ", "lifetime_value"),
+        ("Über München", "uber_munchen"),
+    ],
+)
 def test_keys_are_snake_case_as_engage_makes_them(name: str, key: str) -> None:
     assert trait_key(name) == key
 

@@ -14,8 +14,14 @@ from audience_sync.sources import SourceStats, normalize, read_rows
 
 
 def comp(cls: str = "audience", *, sql: str | None = None, file: Path | None = None) -> Computation:
-    return Computation(key="k", name="K", computation_class=cls,  # type: ignore[arg-type]
-                       sql=sql, file=str(file) if file else None, destinations=("d",))
+    return Computation(
+        key="k",
+        name="K",
+        computation_class=cls,  # type: ignore[arg-type]
+        sql=sql,
+        file=str(file) if file else None,
+        destinations=("d",),
+    )
 
 
 def rows(c: Computation, chunk_size: int = 2, url: str = "sqlite://") -> tuple[list[list[tuple]], SourceStats]:  # type: ignore[type-arg]
@@ -49,10 +55,13 @@ def test_parquet_source(tmp_path: Path) -> None:
     assert chunks == [[("1", None, "[1,2]"), ("2", None, "[]")]]
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("email\na@x.io\n", r"audience 'K' \(k\): file '.*vip.csv' has no 'user_id' column \(columns: email\)"),
-    ("", r"file '.*vip.csv': is empty"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("email\na@x.io\n", r"audience 'K' \(k\): file '.*vip.csv' has no 'user_id' column \(columns: email\)"),
+        ("", r"file '.*vip.csv': is empty"),
+    ],
+)
 def test_bad_csv_names_the_file_and_the_problem(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "vip.csv"
     path.write_text(content)

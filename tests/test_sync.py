@@ -51,8 +51,9 @@ def test_churn_sends_exactly_the_changed_users(harness: Harness) -> None:
 
 
 def test_trait_changes_nulls_and_falsy_values(harness: Harness) -> None:
-    harness.warehouse.set_trait("Score", {"u1": ("a@x.io", 10), "u2": ("b@x.io", 0), "u3": ("c@x.io", ""),
-                                          "u4": ("d@x.io", None)})
+    harness.warehouse.set_trait(
+        "Score", {"u1": ("a@x.io", 10), "u2": ("b@x.io", 0), "u3": ("c@x.io", ""), "u4": ("d@x.io", None)}
+    )
     config = harness.config(harness.jsonl_destination() + harness.trait("Score"))
     first = harness.run(config)
     # 0 and "" are values and are sent; NULL means "no value" and is not
@@ -74,8 +75,7 @@ def test_zero_and_false_are_different_values(harness: Harness, tmp_path) -> None
 
     path = tmp_path / "flags.parquet"
     pd.DataFrame({"user_id": ["u1", "u2"], "email": ["a@x.io", "b@x.io"], "value": [0, 1]}).to_parquet(path)
-    config = harness.config(harness.jsonl_destination()
-                            + f'[[computed_traits]]\nname = "Flag"\nfile = "{path}"\n')
+    config = harness.config(harness.jsonl_destination() + f'[[computed_traits]]\nname = "Flag"\nfile = "{path}"\n')
     harness.run(config)
     assert harness.sent(harness.new_calls()) == {("u1", "flag"): 0, ("u2", "flag"): 1}
     pd.DataFrame({"user_id": ["u1", "u2"], "email": ["a@x.io", "b@x.io"], "value": [False, True]}).to_parquet(path)
@@ -92,18 +92,24 @@ def test_new_destination_and_new_audience_get_a_full_initial_sync(harness: Harne
     harness.run(one)
     assert harness.sent(harness.new_calls("one")) == {("u1", "vip"): True, ("u2", "vip"): True}
 
-    both = harness.config(harness.jsonl_destination("one") + harness.jsonl_destination("two")
-                          + harness.audience("VIP") + harness.audience("Churned"))
+    both = harness.config(
+        harness.jsonl_destination("one")
+        + harness.jsonl_destination("two")
+        + harness.audience("VIP")
+        + harness.audience("Churned")
+    )
     harness.run(both)
     assert harness.sent(harness.new_calls("one")) == {("u9", "churned"): True}
-    assert harness.sent(harness.new_calls("two")) == {("u1", "vip"): True, ("u2", "vip"): True,
-                                                     ("u9", "churned"): True}
+    assert harness.sent(harness.new_calls("two")) == {("u1", "vip"): True, ("u2", "vip"): True, ("u9", "churned"): True}
 
 
 def test_audience_destinations_limit_where_it_goes(harness: Harness) -> None:
     harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
-    config = harness.config(harness.jsonl_destination("one") + harness.jsonl_destination("two")
-                            + harness.audience("VIP", destinations=["two"]))
+    config = harness.config(
+        harness.jsonl_destination("one")
+        + harness.jsonl_destination("two")
+        + harness.audience("VIP", destinations=["two"])
+    )
     harness.run(config)
     assert harness.new_calls("one") == []
     assert harness.sent(harness.new_calls("two")) == {("u1", "vip"): True}
@@ -115,9 +121,11 @@ def test_dry_run_stores_the_diff_and_sends_nothing(harness: Harness) -> None:
     result = harness.run(config, dry_run=True)
     assert result.mode == "dry_run" and result.exit_code == 0
     assert harness.new_calls() == []
-    run_id, rows = list_diffs(config, run_id=result.run_id)
-    assert {(r["user_id"], r["change"], r["status"]) for r in rows} == {("u1", "entered", "pending"),
-                                                                        ("u2", "entered", "pending")}
+    _, rows = list_diffs(config, run_id=result.run_id)
+    assert {(r["user_id"], r["change"], r["status"]) for r in rows} == {
+        ("u1", "entered", "pending"),
+        ("u2", "entered", "pending"),
+    }
     engine = create_engine(harness.state_url)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(table_of(SnapshotRow))).scalar_one() == 0
@@ -163,13 +171,18 @@ def test_runs_and_diff_rows_are_inspectable(harness: Harness) -> None:
     rid, rows = list_diffs(config)
     assert rid == second.run_id
     assert sorted((r["user_id"], r["change"], r["old_value"], r["new_value"], r["status"]) for r in rows) == [
-        ("u1", "exited", True, False, "sent"), ("u2", "entered", None, True, "sent")]
+        ("u1", "exited", True, False, "sent"),
+        ("u2", "entered", None, True, "sent"),
+    ]
 
 
 def test_source_failure_stores_no_diff_and_marks_the_run_failed(harness: Harness) -> None:
     harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
-    config = harness.config(harness.jsonl_destination() + harness.audience("VIP")
-                            + '[[audiences]]\nname = "Broken"\nsql = "SELECT user_id FROM no_such_table"\n')
+    config = harness.config(
+        harness.jsonl_destination()
+        + harness.audience("VIP")
+        + '[[audiences]]\nname = "Broken"\nsql = "SELECT user_id FROM no_such_table"\n'
+    )
     with pytest.raises(SourceError, match=r"'Broken' \(broken\): query failed: .*no_such_table"):
         harness.run(config)
     runs = list_runs(config)
@@ -211,17 +224,24 @@ def test_removed_key_is_retired_and_not_silently_reused(harness: Harness) -> Non
     harness.run(harness.config(harness.jsonl_destination() + harness.audience("Other")))
     assert harness.new_calls() == []
     # a different audience may not take the retired key
-    with pytest.raises(KeyCollisionError, match="'vip'.*retired"):
-        harness.run(harness.config(harness.jsonl_destination() + harness.audience("Other")
-                                   + '[[audiences]]\nname = "Very Important"\nkey = "vip"\nsql = "SELECT 1 AS user_id"\n'))
+    with pytest.raises(KeyCollisionError, match=r"'vip'.*retired"):
+        harness.run(
+            harness.config(
+                harness.jsonl_destination()
+                + harness.audience("Other")
+                + '[[audiences]]\nname = "Very Important"\nkey = "vip"\nsql = "SELECT 1 AS user_id"\n'
+            )
+        )
 
 
 def test_renaming_with_an_explicit_key_keeps_the_snapshot(harness: Harness) -> None:
     harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
     harness.run(harness.config(harness.jsonl_destination() + harness.audience("VIP")))
     harness.new_calls()
-    renamed = harness.config(harness.jsonl_destination()
-                             + f'[[audiences]]\nname = "Top Customers"\nkey = "vip"\nsql = "{harness.warehouse.audience_sql("VIP")}"\n')
+    renamed = harness.config(
+        harness.jsonl_destination()
+        + f'[[audiences]]\nname = "Top Customers"\nkey = "vip"\nsql = "{harness.warehouse.audience_sql("VIP")}"\n'
+    )
     result = harness.run(renamed)
     assert harness.new_calls() == [] and result.counts["entered"] == 0
 
@@ -235,11 +255,16 @@ def test_postgres_source_is_the_state_database_by_default(pg_url: str, tmp_path)
     engine = create_engine(pg_url)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE shop_users (id integer, email text, score numeric, tags text[])"))
-        conn.execute(text("INSERT INTO shop_users VALUES (1, 'a@x.io', 12.50, ARRAY['a','b']), "
-                          "(2, 'b@x.io', 3, ARRAY[]::text[]), (3, NULL, NULL, NULL)"))
+        conn.execute(
+            text(
+                "INSERT INTO shop_users VALUES (1, 'a@x.io', 12.50, ARRAY['a','b']), "
+                "(2, 'b@x.io', 3, ARRAY[]::text[]), (3, NULL, NULL, NULL)"
+            )
+        )
     engine.dispose()
     out = tmp_path / "out.jsonl"
-    config = parse_config(f'''
+    config = parse_config(
+        f'''
 [state]
 url = "{pg_url}"
 [[destinations]]
@@ -255,9 +280,17 @@ sql = "SELECT id AS user_id, email, score AS value FROM shop_users"
 [[computed_traits]]
 name = "Tags"
 sql = "SELECT id AS user_id, email, tags AS value FROM shop_users"
-''', environ={})
+''',
+        environ={},
+    )
     result = run_sync(config)
     assert result.exit_code == 0
     sent = Harness.sent([__import__("json").loads(line) for line in out.read_text().splitlines()])
-    assert sent == {("1", "has_email"): True, ("2", "has_email"): True, ("1", "score"): 12.5, ("2", "score"): 3,
-                    ("1", "tags"): ["a", "b"], ("2", "tags"): []}
+    assert sent == {
+        ("1", "has_email"): True,
+        ("2", "has_email"): True,
+        ("1", "score"): 12.5,
+        ("2", "score"): 3,
+        ("1", "tags"): ["a", "b"],
+        ("2", "tags"): [],
+    }

@@ -1,13 +1,13 @@
-"""File sources: CSV and Parquet, read in chunks through pandas and pyarrow."""
+"""File sources: CSV and Parquet, read in chunks through pandas and pyarrow.
+
+pandas and pyarrow are imported when a file is read, not when the command starts.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
-import pyarrow.parquet as pq
 
 from ..config import Computation
 from ..errors import SourceError
@@ -24,12 +24,16 @@ def _fail(comp: Computation, path: Path, reason: str) -> SourceError:
 
 def _plain(value: Any) -> Any:
     """pandas' missing markers become None; everything else is left to the value encoder."""
+    import pandas as pd
+
     if value is pd.NA or value is pd.NaT:
         return None
     return value
 
 
 def _read_csv(comp: Computation, path: Path, chunk_size: int) -> Iterator[list[RawRow]]:
+    import pandas as pd
+
     try:
         header = pd.read_csv(path, nrows=0).columns
     except pd.errors.EmptyDataError:
@@ -50,6 +54,8 @@ def _read_csv(comp: Computation, path: Path, chunk_size: int) -> Iterator[list[R
 
 
 def _read_parquet(comp: Computation, path: Path, chunk_size: int) -> Iterator[list[RawRow]]:
+    import pyarrow.parquet as pq
+
     parquet = pq.ParquetFile(path)
     names = parquet.schema_arrow.names
     uid, email, value = locate(comp, names, f"file {str(path)!r}")
@@ -70,6 +76,8 @@ def read_file(comp: Computation, chunk_size: int) -> Iterator[list[RawRow]]:
     computation and the file when it is missing, unreadable or lacks a column.
     """
     assert comp.file is not None
+    import pandas as pd
+
     path = Path(comp.file)
     if not path.is_file():
         raise _fail(comp, path, "not found" if not path.exists() else "is not a file")

@@ -43,8 +43,14 @@ class FakeGist:
         self._server.shutdown()
         self._server.server_close()
 
-    def fail_next(self, count: int, status: int, body: dict[str, Any] | None = None,
-                  headers: dict[str, str] | None = None, apply_first: bool = False) -> None:
+    def fail_next(
+        self,
+        count: int,
+        status: int,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        apply_first: bool = False,
+    ) -> None:
         for _ in range(count):
             self.faults.append(Fault(status, body, headers or {}, apply_first))
 
@@ -80,8 +86,9 @@ class FakeGist:
                 with fake.lock:
                     fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": raw.decode()})
                     if self.headers.get("Authorization") != f"Bearer {fake.api_key}":
-                        return self._answer(401, {"errors": [{"code": "unauthorized",
-                                                              "message": "Invalid access token"}]})
+                        return self._answer(
+                            401, {"errors": [{"code": "unauthorized", "message": "Invalid access token"}]}
+                        )
                     if self.path != "/contacts":
                         return self._answer(404, {"errors": [{"code": "not_found", "message": "Not found"}]})
                     try:
@@ -90,16 +97,20 @@ class FakeGist:
                         return self._answer(400, {"errors": [{"code": "bad_request", "message": "Invalid JSON"}]})
                     missing = [k for k in ("user_id", "email") if not body.get(k)]
                     if missing:
-                        return self._answer(422, {"errors": [{"code": "parameter_invalid",
-                                                              "message": f"{missing[0]} is required"}]})
-                    fault = fake.user_faults.get(str(body["user_id"])) or (fake.faults.popleft() if fake.faults
-                                                                           else None)
+                        return self._answer(
+                            422, {"errors": [{"code": "parameter_invalid", "message": f"{missing[0]} is required"}]}
+                        )
+                    fault = fake.user_faults.get(str(body["user_id"])) or (
+                        fake.faults.popleft() if fake.faults else None
+                    )
                     if fault is not None:
                         if fault.apply_first:
                             fake._apply(body)
-                        return self._answer(fault.status, fault.body or {"errors": [{"code": "error",
-                                                                                    "message": "injected"}]},
-                                            fault.headers)
+                        return self._answer(
+                            fault.status,
+                            fault.body or {"errors": [{"code": "error", "message": "injected"}]},
+                            fault.headers,
+                        )
                     contact = fake._apply(body)
                 return self._answer(200, {"contact": contact})
 

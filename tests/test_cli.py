@@ -1,0 +1,194 @@
+"""The command line as scripts and people use it: real processes, exit codes, JSON/CSV output, no tracebacks."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Harness, Warehouse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "audience_sync", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        input=stdin,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path, state_url: str, warehouse: Warehouse) -> Path:
+    warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
+    warehouse.set_trait("Score", {"u1": ("a@x.io", 3)})
+    (tmp_path / "audience_sync.toml").write_text(
+        f'[state]\nurl = "{state_url}"\n[source]\nurl = "{warehouse.url}"\n'
+        + Harness(tmp_path, state_url, warehouse).jsonl_destination()
+        + Harness.audience("VIP")
+        + Harness.trait("Score")
+    )
+    return tmp_path
+
+
+def run_json(project: Path, *args: str) -> tuple[int, Any]:
+    proc = cli(*args, "--config", "audience_sync.toml", cwd=project)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None
+
+
+def test_run_diff_runs_in_json_and_csv(project: Path) -> None:
+    code, summary = run_json(project, "run", "--json")
+    assert code == 0
+    assert summary["status"] == "succeeded" and summary["counts"]["entered"] == 3 and summary["counts"]["sent"] == 3
+
+    code, rows = run_json(project, "diff", "--format", "json")
+    assert code == 0
+    assert {
+        "run_id",
+        "destination",
+        "computation_key",
+        "user_id",
+        "change",
+        "old_value",
+        "new_value",
+        "status",
+        "error",
+    } <= set(rows[0])
+    assert sorted((r["computation_key"], r["user_id"], r["new_value"]) for r in rows) == [
+        ("score", "u1", 3),
+        ("vip", "u1", True),
+        ("vip", "u2", True),
+    ]
+
+    code, rows = run_json(project, "diff", "--audience", "score", "--format", "json")
+    assert [r["user_id"] for r in rows] == ["u1"]
+
+    proc = cli("diff", "--format", "csv", "--config", "audience_sync.toml", cwd=project)
+    table = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert len(table) == 3 and table[0]["new_value"] in ("3", "true")
+
+    code, runs = run_json(project, "runs", "--format", "json")
+    assert runs[0]["run_id"] == summary["run_id"] and runs[0]["mode"] == "incremental"
+    assert {"started_at", "finished_at", "counts", "status"} <= set(runs[0])
+    assert {"entered", "exited", "changed", "sent", "failed", "skipped"} <= set(runs[0]["counts"])
+
+    code, again = run_json(project, "run", "--json")
+    assert code == 0 and again["counts"]["sent"] == 0
+
+
+def test_dry_run_resync_audiences_members(project: Path) -> None:
+    code, dry = run_json(project, "run", "--dry-run", "--json")
+    assert code == 0 and dry["mode"] == "dry_run" and dry["counts"]["sent"] == 0
+    assert not (project / "file.jsonl").exists()
+
+    proc = cli("resync", "--config", "audience_sync.toml", cwd=project, stdin="")
+    assert proc.returncode == 2 and "--yes" in proc.stderr
+
+    code, resync = run_json(project, "resync", "--yes", "--json")
+    assert code == 0 and resync["mode"] == "resync" and resync["counts"]["sent"] == 3
+
+    code, overview = run_json(project, "audiences", "--format", "json")
+    assert [(a["key"], a["class"], a["status"], a["sizes"]) for a in overview] == [
+        ("vip", "audience", "active", {"file": 2}),
+        ("score", "trait", "active", {"file": 1}),
+    ]
+
+    code, members = run_json(project, "members", "vip", "--format", "json")
+    assert [(m["user_id"], m["value"]) for m in members] == [("u1", True), ("u2", True)]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("run", "--destination", "nope"), 2, "no destination named 'nope' (configured: file)"),
+        (("run", "--audience", "nope"), 2, "no audience or trait with key 'nope'"),
+        (("diff", "--run", "99"), 2, "there is no run 99"),
+        (("run", "--bogus"), 2, "No such option"),
+    ],
+)
+def test_usage_errors_exit_2(project: Path, args: tuple[str, ...], code: int, message: str) -> None:
+    proc = cli(*args, "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == code, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_config_error_exits_2_and_sends_nothing(project: Path) -> None:
+    (project / "bad.toml").write_text(
+        (project / "audience_sync.toml").read_text() + "\n[[destinations]]\n"
+        'name = "g"\ntype = "gist"\napi_key_env = "NO_SUCH_VAR_FOR_TEST"\n'
+    )
+    proc = cli("run", "--config", "bad.toml", cwd=project)
+    assert proc.returncode == 2
+    assert "bad.toml: destinations[1] ('g').api_key_env: environment variable NO_SUCH_VAR_FOR_TEST" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (project / "file.jsonl").exists()
+    proc = cli("run", cwd=project, env={"AUDIENCE_SYNC_CONFIG": str(project / "missing.toml")})
+    assert proc.returncode == 2 and "missing.toml: config file not found" in proc.stderr
+
+
+def test_source_error_exits_1_naming_the_audience(project: Path) -> None:
+    text = (project / "audience_sync.toml").read_text()
+    (project / "audience_sync.toml").write_text(
+        text + '[[audiences]]\nname = "Broken"\nsql = "SELECT email FROM members"\n'
+    )
+    proc = cli("run", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 1
+    assert "audience 'Broken' (broken): the query has no 'user_id' column (columns: email)" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (project / "file.jsonl").exists()
+
+
+def test_lock_held_exits_1_naming_the_holder(project: Path, state_url: str) -> None:
+    import datetime as dt
+
+    from sqlalchemy import create_engine
+
+    from audience_sync.store.lock import acquire
+    from audience_sync.store.migrate import upgrade
+
+    engine = create_engine(state_url)
+    upgrade(engine)
+    acquire(engine, ["destination:file"], "someone-else", dt.timedelta(minutes=5))
+    engine.dispose()
+    proc = cli("run", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 1
+    assert "another run holds the lock for destination:file" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
+
+
+def test_db_upgrade(project: Path) -> None:
+    proc = cli("db", "upgrade", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 0 and "schema revision 0001" in proc.stdout
+
+
+def test_demo_from_a_fresh_directory(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    proc = cli("demo", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "First sync" in proc.stdout and "Incremental sync" in proc.stdout
+    calls = [json.loads(line) for line in (tmp_path / "out" / "demo.jsonl").read_text().splitlines()]
+    keys = {k for c in calls for k in c["traits"] if k != "email"}
+    assert keys == {
+        "order_completed_last_30days",
+        "high_value_ltv_500",
+        "cafe_vips",
+        "newsletter_subscribers",
+        "lifetime_value",
+        "favorite_category",
+    }
+    runs = json.loads(cli("runs", "--format", "json", cwd=tmp_path).stdout)
+    assert [r["status"] for r in runs] == ["succeeded", "succeeded"]
+    assert runs[0]["counts"]["sent"] < runs[1]["counts"]["sent"]  # the second run sends only changes

@@ -1,0 +1,90 @@
+"""The state database itself: migrations own the schema, and the run lock keeps runs apart."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, text
+
+from audience_sync.errors import LockHeld, StoreError
+from audience_sync.store.lock import acquire, release, run_lock
+from audience_sync.store.migrate import current_revision, upgrade
+from audience_sync.store.schema import Base
+
+
+def test_migrations_build_exactly_the_models_schema(state_url: str) -> None:
+    engine = create_engine(state_url)
+    assert current_revision(engine) is None
+    assert upgrade(engine) == "0001"
+    assert upgrade(engine) == "0001"  # idempotent
+    with engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diffs == []
+
+
+def test_a_database_from_a_newer_version_is_refused(state_url: str) -> None:
+    engine = create_engine(state_url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(StoreError, match="schema revision '9999', which this version of audience-sync does not know"):
+        upgrade(engine)
+    engine.dispose()
+
+
+def test_unreachable_state_database_is_a_clear_error() -> None:
+    engine = create_engine("postgresql+psycopg://nobody:secretpw@127.0.0.1:1/none")
+    with pytest.raises(StoreError, match="cannot open the state database") as err:
+        upgrade(engine)
+    assert "secretpw" not in str(err.value)
+
+
+def test_second_holder_is_refused_until_release(state_url: str) -> None:
+    engine = create_engine(state_url)
+    upgrade(engine)
+    acquire(engine, ["destination:a", "destination:b"], "first", dt.timedelta(minutes=5))
+    with pytest.raises(LockHeld, match="another run holds the lock for destination:b"):
+        acquire(engine, ["destination:b", "destination:c"], "second", dt.timedelta(minutes=5))
+    # all-or-nothing: the refused holder did not keep destination:c
+    acquire(engine, ["destination:c"], "third", dt.timedelta(minutes=5))
+    release(engine, ["destination:a", "destination:b"], "first")
+    acquire(engine, ["destination:b"], "second", dt.timedelta(minutes=5))
+    engine.dispose()
+
+
+def test_expired_lease_and_dead_holder_are_taken_over(state_url: str) -> None:
+    engine = create_engine(state_url)
+    upgrade(engine)
+    acquire(engine, ["destination:a"], "stale", dt.timedelta(seconds=-1))  # already expired
+    acquire(engine, ["destination:a"], "fresh", dt.timedelta(minutes=5))
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE run_locks SET pid = :pid, holder = 'dead' WHERE name = 'destination:a'"),
+            {"pid": int(dead.stdout)},
+        )
+    acquire(engine, ["destination:a"], "after-dead", dt.timedelta(minutes=5))
+    engine.dispose()
+
+
+def test_held_lock_renews_its_lease_and_releases(state_url: str) -> None:
+    engine = create_engine(state_url)
+    upgrade(engine)
+    with run_lock(engine, ["x"], lease=dt.timedelta(seconds=0.3)) as held:
+        held.run_id = 42
+        import time
+
+        time.sleep(0.5)  # longer than the lease: only the heartbeat keeps it
+        with pytest.raises(LockHeld):
+            acquire(engine, ["destination:x"], "other", dt.timedelta(minutes=5))
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT run_id FROM run_locks")).scalar_one() == 42
+    acquire(engine, ["destination:x"], "other", dt.timedelta(minutes=5))
+    engine.dispose()
