@@ -36,7 +36,6 @@ def deliver_pending(
     destination: Destination,
     *,
     chunk_size: int,
-    salt: str = "",
     progress: Progress | None = None,
 ) -> DeliveryReport:
     """Send the run's pending changes for ``destination`` and record each outcome.
@@ -50,7 +49,7 @@ def deliver_pending(
     task = f"sending to {destination.name}"
     progress.begin(task)
     try:
-        for chunk in outbox.pending_chunks(engine, run_id, destination.name, chunk_size, salt):
+        for chunk in outbox.pending_chunks(engine, run_id, destination.name, chunk_size):
             try:
                 outcomes = destination.deliver(chunk)
             except DestinationError as exc:

@@ -1,6 +1,6 @@
 """The set-based diff: a run's staged truth against each destination's snapshot, into the outbox.
 
-Every statement here is one ``INSERT ... SELECT`` or ``UPDATE`` over whole computations; no member passes
+Every statement here is one ``INSERT ... SELECT`` or ``UPDATE`` over a whole computation; no member passes
 through Python. Semantics (per destination and computation):
 
 - audience: ``entered`` (new value ``true``) for a staged user the snapshot does not hold as ``true``;
@@ -10,21 +10,25 @@ through Python. Semantics (per destination and computation):
 - resync: every staged user is written even when unchanged; exits as above.
 
 An exit goes to the email the destination last received (kept in the snapshot); other changes use the
-staged email, falling back to the snapshot's.
+staged email, falling back to the snapshot's. Each row gets its deterministic message id here, computed in
+SQL exactly as :func:`audience_sync.changes.message_id` computes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Connection,
+    FromClause,
     Integer,
     String,
     and_,
+    cast,
     func,
     literal,
     or_,
@@ -32,8 +36,10 @@ from sqlalchemy import (
     update,
 )
 
+from .changes import SEPARATOR
 from .config import Computation
 from .store.schema import DiffRow, SnapshotRow, StagingRow, UTCDateTime, table_of, utcnow
+from .store.sqlfuncs import sha256_hex
 from .values import FALSE, TRUE
 
 diffs = table_of(DiffRow)
@@ -48,46 +54,71 @@ _COLUMNS = [
     "old_value",
     "new_value",
     "base_run_id",
+    "message_id",
     "status",
     "attempts",
     "created_at",
 ]
 
 
-def _insert(
-    conn: Connection,
-    run_id: int,
-    dest: str,
-    comp: Computation,
-    change: Any,
-    user_id: Any,
-    email: Any,
-    old: Any,
-    new: Any,
-    base: Any,
-    source: Any,
-    where: list[ColumnElement[bool]],
-) -> int:
-    sel = (
-        select(
-            literal(run_id, BigInteger),
-            literal(dest, String),
-            literal(comp.key, String),
-            literal(comp.computation_class, String),
-            user_id,
-            email,
-            change,
-            old,
-            new,
-            base,
-            literal("pending", String),
-            literal(0, Integer),
-            literal(utcnow(), UTCDateTime),
+@dataclass(frozen=True)
+class _Target:
+    run_id: int
+    destination: str
+    comp: Computation
+    salt: str
+
+    def message_id(self, user_id: Any, new_value: Any, base_run_id: Any) -> ColumnElement[str]:
+        sep = literal(SEPARATOR, String)
+        text = (
+            literal(self.destination, String)
+            + sep
+            + literal(self.comp.key, String)
+            + sep
+            + user_id
+            + sep
+            + func.coalesce(new_value, literal("null", String))
+            + sep
+            + func.coalesce(cast(base_run_id, String), literal("", String))
+            + sep
+            + literal(self.salt, String)
         )
-        .select_from(source)
-        .where(*where)
-    )
-    return conn.execute(diffs.insert().from_select(_COLUMNS, sel)).rowcount
+        return literal("as-", String) + func.substr(sha256_hex(text), 1, 40)
+
+    def insert(
+        self,
+        conn: Connection,
+        change: str,
+        *,
+        user_id: Any,
+        email: Any,
+        old: Any,
+        new: Any,
+        base: Any,
+        source: FromClause,
+        where: Sequence[ColumnElement[bool]],
+    ) -> int:
+        sel = (
+            select(
+                literal(self.run_id, BigInteger),
+                literal(self.destination, String),
+                literal(self.comp.key, String),
+                literal(self.comp.computation_class, String),
+                user_id,
+                email,
+                literal(change, String),
+                old,
+                new,
+                base,
+                self.message_id(user_id, new, base),
+                literal("pending", String),
+                literal(0, Integer),
+                literal(utcnow(), UTCDateTime),
+            )
+            .select_from(source)
+            .where(*where)
+        )
+        return conn.execute(diffs.insert().from_select(_COLUMNS, sel)).rowcount
 
 
 def write_changes(
@@ -103,14 +134,16 @@ def write_changes(
 
     ``users`` limits the diff to those user ids (for ``resync --user``).
     """
+    target = _Target(run_id, dest, comp, f"resync:{run_id}" if resync else "")
     s = table_of(StagingRow).alias("s")
     p = table_of(SnapshotRow).alias("p")
-    on = and_(p.c.destination == dest, p.c.computation_key == s.c.computation_key, p.c.user_id == s.c.user_id)
-    staged = s.outerjoin(p, on)
-    in_staging: list[ColumnElement[bool]] = [s.c.run_id == run_id, s.c.computation_key == comp.key]
+    staged = s.outerjoin(
+        p, and_(p.c.destination == dest, p.c.computation_key == s.c.computation_key, p.c.user_id == s.c.user_id)
+    )
     gone = p.outerjoin(
         s, and_(s.c.run_id == run_id, s.c.computation_key == p.c.computation_key, s.c.user_id == p.c.user_id)
     )
+    in_staging: list[ColumnElement[bool]] = [s.c.run_id == run_id, s.c.computation_key == comp.key]
     in_snapshot: list[ColumnElement[bool]] = [
         p.c.destination == dest,
         p.c.computation_key == comp.key,
@@ -119,83 +152,33 @@ def write_changes(
     if users is not None:
         in_staging.append(s.c.user_id.in_(list(users)))
         in_snapshot.append(p.c.user_id.in_(list(users)))
-    email = func.coalesce(s.c.email, p.c.email)
-    n = 0
+    current: dict[str, Any] = {
+        "user_id": s.c.user_id,
+        "email": func.coalesce(s.c.email, p.c.email),
+        "old": p.c.value,
+        "base": p.c.run_id,
+        "source": staged,
+    }
+    left: dict[str, Any] = {
+        "user_id": p.c.user_id,
+        "email": p.c.email,
+        "old": p.c.value,
+        "base": p.c.run_id,
+        "source": gone,
+    }
     if comp.computation_class == "audience":
-        entered = [] if resync else [or_(p.c.value.is_(None), p.c.value != TRUE)]
-        n += _insert(
-            conn,
-            run_id,
-            dest,
-            comp,
-            literal("entered", String),
-            s.c.user_id,
-            email,
-            p.c.value,
-            literal(TRUE, String),
-            p.c.run_id,
-            staged,
-            in_staging + entered,
+        not_member = [] if resync else [or_(p.c.value.is_(None), p.c.value != TRUE)]
+        return target.insert(
+            conn, "entered", new=literal(TRUE, String), where=in_staging + not_member, **current
+        ) + target.insert(conn, "exited", new=literal(FALSE, String), where=[*in_snapshot, p.c.value == TRUE], **left)
+    differs = [] if resync else [p.c.value != s.c.value]
+    return (
+        target.insert(conn, "entered", new=s.c.value, where=[*in_staging, p.c.value.is_(None)], **current)
+        + target.insert(
+            conn, "changed", new=s.c.value, where=[*in_staging, p.c.value.is_not(None), *differs], **current
         )
-        n += _insert(
-            conn,
-            run_id,
-            dest,
-            comp,
-            literal("exited", String),
-            p.c.user_id,
-            p.c.email,
-            p.c.value,
-            literal(FALSE, String),
-            p.c.run_id,
-            gone,
-            [*in_snapshot, p.c.value == TRUE],
-        )
-        return n
-    changed = [] if resync else [p.c.value != s.c.value]
-    n += _insert(
-        conn,
-        run_id,
-        dest,
-        comp,
-        literal("entered", String),
-        s.c.user_id,
-        email,
-        p.c.value,
-        s.c.value,
-        p.c.run_id,
-        staged,
-        [*in_staging, p.c.value.is_(None)],
+        + target.insert(conn, "exited", new=literal(None, String), where=[*in_snapshot, p.c.value.is_not(None)], **left)
     )
-    n += _insert(
-        conn,
-        run_id,
-        dest,
-        comp,
-        literal("changed", String),
-        s.c.user_id,
-        email,
-        p.c.value,
-        s.c.value,
-        p.c.run_id,
-        staged,
-        [*in_staging, p.c.value.is_not(None), *changed],
-    )
-    n += _insert(
-        conn,
-        run_id,
-        dest,
-        comp,
-        literal("exited", String),
-        p.c.user_id,
-        p.c.email,
-        p.c.value,
-        literal(None, String),
-        p.c.run_id,
-        gone,
-        [*in_snapshot, p.c.value.is_not(None)],
-    )
-    return n
 
 
 def skip_unreachable(conn: Connection, run_id: int, dest: str, required: Sequence[str], reason: str) -> int:
@@ -205,10 +188,7 @@ def skip_unreachable(conn: Connection, run_id: int, dest: str, required: Sequenc
     result = conn.execute(
         update(diffs)
         .where(
-            diffs.c.run_id == run_id,
-            diffs.c.destination == dest,
-            diffs.c.status == "pending",
-            diffs.c.email.is_(None),
+            diffs.c.run_id == run_id, diffs.c.destination == dest, diffs.c.status == "pending", diffs.c.email.is_(None)
         )
         .values(status="skipped", error=reason)
     )

@@ -27,6 +27,7 @@ from .errors import AudienceSyncError, ConfigError, SourceError
 from .progress import NoProgress, Progress
 from .sources import SourceStats, normalize, read_rows
 from .store import registry, runs, staging
+from .store.dialect import analyze
 from .store.engine import create_state_engine
 from .store.lock import HeldLock, run_lock
 from .store.migrate import upgrade
@@ -134,6 +135,7 @@ def _diff(
     users: Sequence[str] | None,
 ) -> None:
     with engine.begin() as conn:
+        analyze(conn, "staging")
         for name in dest_names:
             dest = config.destination(name)
             targeted = [c for c in comps if name in c.destinations]
@@ -152,6 +154,7 @@ def _diff(
                 )
         if not dry_run:
             registry.register(conn, comps)
+        analyze(conn, "diffs")
 
 
 def run_sync(
@@ -243,12 +246,11 @@ def _locked_run(
 
     reports: dict[str, DeliveryReport] = {}
     if not dry_run:
-        salt = f"resync:{run_id}" if mode == "resync" else ""
         for name in dest_names:
             dest_config = config.destination(name)
             with build_destination(dest_config) as adapter:
                 reports[name] = deliver_pending(
-                    engine, run_id, adapter, chunk_size=dest_config.chunk_size, salt=salt, progress=progress
+                    engine, run_id, adapter, chunk_size=dest_config.chunk_size, progress=progress
                 )
     with engine.begin() as conn:
         counts = runs.count_changes(conn, run_id)

@@ -294,3 +294,35 @@ sql = "SELECT id AS user_id, email, tags AS value FROM shop_users"
         ("1", "tags"): ["a", "b"],
         ("2", "tags"): [],
     }
+
+
+def test_message_ids_are_computed_in_sql_as_defined_and_repeat_after_a_lost_run(harness: Harness) -> None:
+    from sqlalchemy import text
+
+    from audience_sync.changes import message_id
+
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io", "ü2": "b@x.io"})
+    harness.warehouse.set_trait("Score", {"u1": ("a@x.io", "x")})
+    config = harness.config(harness.jsonl_destination() + harness.audience("VIP") + harness.trait("Score"))
+    first = harness.run(config)
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
+    harness.run(config, dry_run=True)
+    resync = harness.run(config, mode="resync")
+    engine = create_engine(harness.state_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT d.destination, d.computation_key, d.user_id, d.new_value, d.base_run_id, "
+                "d.message_id, r.mode, d.run_id FROM diffs d JOIN sync_runs r ON r.id = d.run_id"
+            )
+        ).all()
+    engine.dispose()
+    assert len(rows) == 3 + 1 + 3
+    for dest, key, user, new, base, mid, mode, run_id in rows:
+        salt = f"resync:{run_id}" if mode == "resync" else ""
+        assert mid == message_id(dest, key, user, new, base, salt)
+        assert len(mid) < 100
+    dry = [r for r in rows if r.mode == "dry_run"]
+    real_exit = [r for r in rows if r.run_id == resync.run_id and r.user_id == "ü2"]
+    assert dry[0].message_id != real_exit[0].message_id  # resync ids are salted
+    assert first.run_id < resync.run_id

@@ -18,3 +18,13 @@ def upsert(conn: Connection, table: Table) -> Any:
     if name == "postgresql":
         return postgresql.insert(table)
     raise StoreError(f"the state database must be SQLite or PostgreSQL, not {name}")
+
+
+def analyze(conn: Connection, table: str) -> None:
+    """Refresh the planner's statistics on ``table`` after a bulk change (PostgreSQL; SQLite plans without).
+
+    Without it PostgreSQL plans for the table as it was before the load, and may pick a nested loop or a
+    full sort where an index range would do.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"ANALYZE {table}")

@@ -6,12 +6,13 @@ transaction that marks the change ``sent``, and only for changes the destination
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, select, tuple_, update
 
-from ..changes import Change, Outcome, message_id
+from ..changes import NOT_ATTEMPTED, SENT, Change, Outcome
 from ..values import decode
 from .dialect import upsert
 from .schema import DiffRow, SnapshotRow, table_of, utcnow
@@ -30,11 +31,12 @@ _FIELDS = (
     diffs.c.change,
     diffs.c.old_value,
     diffs.c.new_value,
-    diffs.c.base_run_id,
+    diffs.c.message_id,
 )
+_ID_BATCH = 5_000  # ids per IN (...) list: well under every backend's parameter limit
 
 
-def _change(row: Any, salt: str) -> Change:
+def _change(row: Any) -> Change:
     return Change(
         diff_id=row.id,
         run_id=row.run_id,
@@ -46,13 +48,11 @@ def _change(row: Any, salt: str) -> Change:
         change=row.change,
         old_value=decode(row.old_value),
         new_value=decode(row.new_value),
-        message_id=message_id(row.destination, row.computation_key, row.user_id, row.new_value, row.base_run_id, salt),
+        message_id=row.message_id,
     )
 
 
-def pending_chunks(
-    engine: Engine, run_id: int, destination: str, chunk_size: int, salt: str = ""
-) -> Iterator[list[Change]]:
+def pending_chunks(engine: Engine, run_id: int, destination: str, chunk_size: int) -> Iterator[list[Change]]:
     """Yield the run's pending changes for ``destination`` in chunks ordered by user.
 
     Guarantees: all of one user's changes are in the same chunk (so a destination can send them in one
@@ -67,7 +67,7 @@ def pending_chunks(
         with engine.connect() as conn:
             rows = list(
                 conn.execute(
-                    base.where(tuple_(diffs.c.user_id, diffs.c.id) > tuple_(*after))
+                    base.where(diffs.c.user_id >= after[0], tuple_(diffs.c.user_id, diffs.c.id) > tuple_(*after))
                     .order_by(diffs.c.user_id, diffs.c.id)
                     .limit(chunk_size)
                 )
@@ -80,45 +80,34 @@ def pending_chunks(
                     conn.execute(base.where(diffs.c.user_id == last.user_id, diffs.c.id > last.id).order_by(diffs.c.id))
                 )
         after = (rows[-1].user_id, rows[-1].id)
-        yield [_change(r, salt) for r in rows]
+        yield [_change(r) for r in rows]
 
 
 def record(conn: Connection, changes: Sequence[Change], outcomes: Mapping[int, Outcome]) -> None:
     """Store each change's outcome and advance the snapshot for those that were sent.
 
     Call inside one transaction: then the snapshot and the diff rows can never disagree. A change with no
-    outcome stays pending, with its attempt counted.
+    outcome stays pending, with its attempt counted. One UPDATE per distinct outcome, not one per row.
     """
     now = utcnow()
-    params = []
+    groups: dict[Outcome, list[int]] = defaultdict(list)
     for ch in changes:
-        outcome = outcomes.get(ch.diff_id, Outcome("pending", "not attempted"))
-        params.append(
-            {
-                "b_id": ch.diff_id,
-                "b_status": outcome.status,
-                "b_error": outcome.error,
-                "b_message_id": ch.message_id,
-                "b_sent_at": now if outcome.status == "sent" else None,
-            }
-        )
-    if not params:
-        return
-    conn.execute(
-        update(diffs)
-        .where(diffs.c.id == bindparam("b_id"))
-        .values(
-            status=bindparam("b_status"),
-            error=bindparam("b_error"),
-            message_id=bindparam("b_message_id"),
-            sent_at=bindparam("b_sent_at"),
-            attempts=diffs.c.attempts + 1,
-        ),
-        params,
-    )
-    sent = [ch.diff_id for ch in changes if outcomes.get(ch.diff_id, Outcome("pending")).status == "sent"]
-    for start in range(0, len(sent), 5_000):
-        _advance_snapshot(conn, sent[start : start + 5_000], now)
+        groups[outcomes.get(ch.diff_id, NOT_ATTEMPTED)].append(ch.diff_id)
+    for outcome, ids in groups.items():
+        for start in range(0, len(ids), _ID_BATCH):
+            conn.execute(
+                update(diffs)
+                .where(diffs.c.id.in_(ids[start : start + _ID_BATCH]))
+                .values(
+                    status=outcome.status,
+                    error=outcome.error,
+                    attempts=diffs.c.attempts + 1,
+                    sent_at=now if outcome.status == "sent" else None,
+                )
+            )
+    sent = groups.get(SENT, [])
+    for start in range(0, len(sent), _ID_BATCH):
+        _advance_snapshot(conn, sent[start : start + _ID_BATCH], now)
 
 
 def _advance_snapshot(conn: Connection, diff_ids: Sequence[int], now: Any) -> None:

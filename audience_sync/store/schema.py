@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -147,9 +148,17 @@ class DiffRow(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
 
     __table_args__ = (
-        Index("ix_diffs_delivery", "run_id", "destination", "status", "user_id"),
+        # delivery reads a run's pending rows in (user_id, id) order, a chunk at a time
+        Index("ix_diffs_delivery", "run_id", "destination", "status", "user_id", "id"),
         Index("ix_diffs_user", "destination", "computation_key", "user_id"),
-        Index("ix_diffs_status", "status"),
+        # the outbox proper: what is still owed, whatever the run
+        Index(
+            "ix_diffs_pending",
+            "destination",
+            "computation_key",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
     )
 
 

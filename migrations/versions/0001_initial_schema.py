@@ -96,8 +96,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("diffs", schema=None) as batch_op:
-        batch_op.create_index("ix_diffs_delivery", ["run_id", "destination", "status", "user_id"], unique=False)
-        batch_op.create_index("ix_diffs_status", ["status"], unique=False)
+        batch_op.create_index("ix_diffs_delivery", ["run_id", "destination", "status", "user_id", "id"], unique=False)
+        batch_op.create_index(
+            "ix_diffs_pending",
+            ["destination", "computation_key"],
+            unique=False,
+            postgresql_where=sa.text("status = 'pending'"),
+            sqlite_where=sa.text("status = 'pending'"),
+        )
         batch_op.create_index("ix_diffs_user", ["destination", "computation_key", "user_id"], unique=False)
 
     op.create_table(
@@ -117,7 +123,7 @@ def downgrade() -> None:
     op.drop_table("run_locks")
     with op.batch_alter_table("diffs", schema=None) as batch_op:
         batch_op.drop_index("ix_diffs_user")
-        batch_op.drop_index("ix_diffs_status")
+        batch_op.drop_index("ix_diffs_pending")
         batch_op.drop_index("ix_diffs_delivery")
 
     op.drop_table("diffs")
