@@ -91,6 +91,11 @@ class _DestinationBase(_Section):
     concurrency: int = Field(default=4, ge=1, le=256)
     timeout: float = Field(default=10.0, gt=0)
     chunk_size: int = Field(default=1_000, ge=1, le=100_000)
+    # Engage-shaped messages: context.personas ids and track event names
+    space_id: str = Field(default="audience-sync", min_length=1)
+    entered_event: str = "Audience Entered"
+    exited_event: str = "Audience Exited"
+    trait_event: str = "Trait Computed"
 
     @field_validator("send")
     @classmethod
@@ -118,9 +123,6 @@ class GistDestination(_DestinationBase):
     type: Literal["gist"]
     api_key_env: str = Field(min_length=1)
     endpoint: str = "https://api.getgist.com"
-    entered_event: str = "Audience Entered"
-    exited_event: str = "Audience Exited"
-    trait_event: str = "Trait Computed"
     _api_key: SecretStr = PrivateAttr(default=SecretStr(""))
 
     @field_validator("api_key_env")
@@ -154,8 +156,81 @@ class JsonlDestination(_DestinationBase):
         return Path(self.path) if self.path else Path("out") / f"{self.name}.jsonl"
 
 
-_DESTINATION_TYPES = "'gist' or 'jsonl'"
-DestinationConfig = Annotated[GistDestination | JsonlDestination, Field(discriminator="type")]
+class SegmentDestination(_DestinationBase):
+    type: Literal["segment"]
+    write_key_env: str = Field(min_length=1)
+    endpoint: str = "https://api.segment.io"
+    integrations: dict[str, bool] | None = None
+    max_batch_messages: int = Field(default=2_500, ge=1, le=2_500)
+    max_batch_bytes: int = Field(default=475_000, ge=1_000, le=500_000)
+    chunk_size: int = Field(default=10_000, ge=1, le=100_000)
+    _write_key: SecretStr = PrivateAttr(default=SecretStr(""))
+
+    @field_validator("write_key_env")
+    @classmethod
+    def _env_var_is_set(cls, var: str, info: ValidationInfo) -> str:
+        _secret_from_env(var, "write_key_env", info)
+        return var
+
+    @model_validator(mode="after")
+    def _resolve_secret(self, info: ValidationInfo) -> SegmentDestination:
+        self._write_key = _secret_from_env(self.write_key_env, "write_key_env", info)
+        return self
+
+    @property
+    def write_key(self) -> SecretStr:
+        """The write key read from the environment."""
+        return self._write_key
+
+
+class WebhookDestination(_DestinationBase):
+    type: Literal["webhook"]
+    url: str = Field(min_length=1)
+    #: header name -> environment variable holding its value (for tokens)
+    headers_env: dict[str, str] = Field(default_factory=dict)
+    #: environment variable holding the HMAC-SHA256 key; the signature goes in ``signature_header``
+    signing_secret_env: str | None = None
+    signature_header: str = "X-Signature-256"
+    #: 0 posts one message per request; N posts ``{"batch": [...]}`` with up to N messages
+    batch_size: int = Field(default=0, ge=0, le=10_000)
+    integrations: dict[str, bool] | None = None
+    _secrets: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+
+    @field_validator("headers_env")
+    @classmethod
+    def _header_vars_are_set(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        for var in value.values():
+            _secret_from_env(var, "headers_env", info)
+        return value
+
+    @field_validator("signing_secret_env")
+    @classmethod
+    def _signing_var_is_set(cls, var: str | None, info: ValidationInfo) -> str | None:
+        if var is not None:
+            _secret_from_env(var, "signing_secret_env", info)
+        return var
+
+    @model_validator(mode="after")
+    def _resolve_secrets(self, info: ValidationInfo) -> WebhookDestination:
+        self._secrets = {h: _secret_from_env(v, "headers_env", info) for h, v in self.headers_env.items()}
+        if self.signing_secret_env:
+            self._secrets[""] = _secret_from_env(self.signing_secret_env, "signing_secret_env", info)
+        return self
+
+    @property
+    def secret_headers(self) -> dict[str, SecretStr]:
+        """Header name -> value, read from the environment."""
+        return {h: v for h, v in self._secrets.items() if h}
+
+    @property
+    def signing_secret(self) -> SecretStr | None:
+        """The HMAC key, when signing is configured."""
+        return self._secrets.get("")
+
+
+AnyDestination = GistDestination | SegmentDestination | WebhookDestination | JsonlDestination
+_DESTINATION_TYPES = "'gist', 'segment', 'webhook' or 'jsonl'"
+DestinationConfig = Annotated[AnyDestination, Field(discriminator="type")]
 
 
 class _ComputationBase(_Section):
@@ -225,10 +300,10 @@ class Config:
     source_url: str
     source_chunk_size: int
     schedule: ScheduleConfig
-    destinations: tuple[GistDestination | JsonlDestination, ...]
+    destinations: tuple[AnyDestination, ...]
     computations: tuple[Computation, ...]
 
-    def destination(self, name: str) -> GistDestination | JsonlDestination:
+    def destination(self, name: str) -> AnyDestination:
         """The destination called ``name``; ConfigError naming the known ones otherwise."""
         for dest in self.destinations:
             if dest.name == name:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -157,6 +158,23 @@ def _diff(
         analyze(conn, "diffs")
 
 
+def _deliver_one(engine: Engine, config: Config, run_id: int, name: str, progress: Progress) -> DeliveryReport:
+    dest_config = config.destination(name)
+    with build_destination(dest_config) as adapter:
+        return deliver_pending(engine, run_id, adapter, chunk_size=dest_config.chunk_size, progress=progress)
+
+
+def _deliver_all(
+    engine: Engine, config: Config, run_id: int, dest_names: Sequence[str], progress: Progress
+) -> dict[str, DeliveryReport]:
+    """Deliver to every destination at once, each on its own thread: a slow or failing one holds up no other."""
+    if len(dest_names) == 1:
+        return {dest_names[0]: _deliver_one(engine, config, run_id, dest_names[0], progress)}
+    with ThreadPoolExecutor(max_workers=len(dest_names), thread_name_prefix="deliver") as pool:
+        futures = {name: pool.submit(_deliver_one, engine, config, run_id, name, progress) for name in dest_names}
+        return {name: future.result() for name, future in futures.items()}
+
+
 def run_sync(
     config: Config,
     *,
@@ -244,14 +262,7 @@ def _locked_run(
         with engine.begin() as conn:
             staging.clear(conn, run_id)
 
-    reports: dict[str, DeliveryReport] = {}
-    if not dry_run:
-        for name in dest_names:
-            dest_config = config.destination(name)
-            with build_destination(dest_config) as adapter:
-                reports[name] = deliver_pending(
-                    engine, run_id, adapter, chunk_size=dest_config.chunk_size, progress=progress
-                )
+    reports = {} if dry_run else _deliver_all(engine, config, run_id, dest_names, progress)
     with engine.begin() as conn:
         counts = runs.count_changes(conn, run_id)
         counts["sources"] = source_stats

@@ -106,14 +106,14 @@ def test_lost_answer_is_resent_and_converges(harness: Harness, gist: FakeGist) -
 
 
 def test_rejected_credentials_stop_the_destination_with_exit_1(harness: Harness, gist: FakeGist) -> None:
-    harness.warehouse.set_members("VIP", {f"u{i}": f"{i}@x.io" for i in range(5)})
+    harness.warehouse.set_members("VIP", {f"u{i}": f"{i}@x.io" for i in range(30)})
     config = harness.config(
         gist_destination(gist) + harness.audience("VIP"), environ={"GIST_API_KEY": "wrong-key-value"}
     )
     result = harness.run(config)
     assert result.exit_code == 1 and result.status == "failed"
     assert "refused our credentials" in (result.error or "")
-    assert len(gist.requests) == 1  # stopped at once, not one failure per user
+    assert len(gist.requests) <= 4  # stopped at once: at most the calls in flight (concurrency 4), not 30
     _, rows = list_diffs(config, run_id=result.run_id)
     assert {r["status"] for r in rows} == {"pending"}
     assert "wrong-key-value" not in json.dumps(result.to_dict())

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from ..config import GistDestination, JsonlDestination
+from ..config import AnyDestination, GistDestination, JsonlDestination, SegmentDestination
 from .base import Destination
 from .gist import GistContacts
 from .jsonl import JsonlSink
+from .segment import SegmentBatch
+from .webhook import Webhook
 
 __all__ = ["Destination", "build_destination"]
 
 
-def build_destination(config: GistDestination | JsonlDestination) -> Destination:
+def build_destination(config: AnyDestination) -> Destination:
     """The adapter for a destination's config."""
     if isinstance(config, GistDestination):
         return GistContacts(config)
-    return JsonlSink(config)
+    if isinstance(config, SegmentDestination):
+        return SegmentBatch(config)
+    if isinstance(config, JsonlDestination):
+        return JsonlSink(config)
+    return Webhook(config)

@@ -17,9 +17,6 @@ class Destination(ABC):
     our credentials, so that the run stops calling it at once.
     """
 
-    #: identifiers a change must carry to be deliverable here (``user_id`` always is)
-    required_identifiers: tuple[str, ...] = ()
-
     def __init__(self, name: str) -> None:
         self.name = name
 

@@ -1,4 +1,7 @@
-"""Gist: identify as ``POST /contacts`` (all of a user's changed keys in one call), Bearer auth."""
+"""Gist: identify as ``POST /contacts`` (all of a user's changed keys in one call), track as ``POST /events``.
+
+Bearer auth. Users without ``user_id`` and ``email`` never reach this module: the diff marks them skipped.
+"""
 
 from __future__ import annotations
 
@@ -10,65 +13,79 @@ import httpx
 
 from ..changes import SENT, Change, Outcome
 from ..config import GistDestination
-from ..errors import CredentialsRejected, PermanentDestinationError, TransientDestinationError
+from ..errors import PermanentDestinationError, TransientDestinationError
 from .base import Destination
-from .http import RetryPolicy, call_with_retries
+from .batching import encode, merge
+from .http import HttpSender, RetryPolicy
+from .messages import MessageOptions, event_name, track_properties
+
+#: one HTTP call: its path, its JSON body, and the changes it carries
+Call = tuple[str, dict[str, Any], list[Change]]
 
 
 class GistContacts(Destination):
-    """Creates or updates one Gist contact per user with ``custom_properties`` set to the changed values.
-
-    Users without an email are never sent (the diff marks them skipped). The API key goes only into the
-    ``Authorization`` header.
-    """
-
-    required_identifiers = ("user_id", "email")
+    """Creates or updates one Gist contact per user with ``custom_properties`` set to the changed values, and
+    with ``send`` including ``track`` posts an event per change. A change is sent when all its calls were."""
 
     def __init__(self, config: GistDestination, *, transport: httpx.BaseTransport | None = None) -> None:
         super().__init__(config.name)
-        self.policy = RetryPolicy(max_retries=config.max_retries)
-        self.client = httpx.Client(
-            base_url=config.endpoint.rstrip("/"),
-            headers={
-                "Authorization": f"Bearer {config.api_key.get_secret_value()}",
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "User-Agent": "audience-sync",
-            },
+        self.config = config
+        self.options = MessageOptions.of(config)
+        self.sender = HttpSender(
+            destination=config.name,
+            base_url=config.endpoint,
             timeout=config.timeout,
+            concurrency=config.concurrency,
+            policy=RetryPolicy(max_retries=config.max_retries),
+            rate_limit=config.rate_limit,
             transport=transport,
+            headers={"Authorization": f"Bearer {config.api_key.get_secret_value()}", "Accept": "application/json"},
         )
 
-    def _contact(self, changes: list[Change]) -> dict[str, Any]:
-        first = changes[0]
-        email = next((c.email for c in changes if c.email), None)
-        return {
-            "user_id": first.user_id,
-            "email": email,
-            "custom_properties": {c.computation_key: c.new_value for c in changes},
-        }
+    def calls(self, changes: Sequence[Change]) -> list[Call]:
+        """The HTTP calls for a chunk: a contact per user (identify), an event per change (track)."""
+        out: list[Call] = []
+        for user_id, group in groupby(changes, key=lambda c: c.user_id):
+            user_changes = list(group)
+            email = next((c.email for c in user_changes if c.email), None)
+            if "identify" in self.config.send:
+                contact = {
+                    "user_id": user_id,
+                    "email": email,
+                    "custom_properties": {c.computation_key: c.new_value for c in user_changes},
+                }
+                out.append(("/contacts", contact, user_changes))
+            if "track" in self.config.send:
+                for c in user_changes:
+                    event = {
+                        "event_name": event_name(c, self.options),
+                        "email": c.email or email,
+                        "user_id": user_id,
+                        "properties": track_properties(c),
+                    }
+                    out.append(("/events", event, [c]))
+        return out
+
+    def _call(self, call: Call) -> list[tuple[int, Outcome]]:
+        path, payload, changes = call
+        try:
+            self.sender.post(path, content=encode(payload))
+            outcome = SENT
+        except TransientDestinationError as exc:
+            outcome = Outcome("pending", str(exc))
+        except PermanentDestinationError as exc:
+            if exc.__class__ is not PermanentDestinationError:
+                raise  # CredentialsRejected: settled by the sender
+            outcome = Outcome("failed", str(exc))
+        return [(c.diff_id, outcome) for c in changes]
 
     def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:
-        outcomes: dict[int, Outcome] = {}
-        for _user, group in groupby(changes, key=lambda c: c.user_id):
-            user_changes = list(group)
-            body = self._contact(user_changes)
-            try:
-                call_with_retries(
-                    lambda body=body: self.client.post("/contacts", json=body),  # type: ignore[misc]
-                    destination=self.name,
-                    policy=self.policy,
-                )
-                outcome = SENT
-            except CredentialsRejected as exc:
-                exc.partial = outcomes  # what was delivered before the refusal is still recorded
-                raise
-            except TransientDestinationError as exc:
-                outcome = Outcome("pending", str(exc))
-            except PermanentDestinationError as exc:
-                outcome = Outcome("failed", str(exc))
-            outcomes.update(dict.fromkeys((c.diff_id for c in user_changes), outcome))
+        done, refused = self.sender.map_settled(self._call, self.calls(changes))
+        outcomes = merge(done)
+        if refused is not None:
+            refused.partial = outcomes
+            raise refused
         return outcomes
 
     def close(self) -> None:
-        self.client.close()
+        self.sender.close()

@@ -10,14 +10,19 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
-from ..errors import CredentialsRejected, PermanentDestinationError, TransientDestinationError
+from ..errors import CredentialsRejected, DestinationError, PermanentDestinationError, TransientDestinationError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 NOT_RETRIED_5XX = frozenset({501, 505})
 MAX_ERROR_TEXT = 500
@@ -127,3 +132,124 @@ def call_with_retries(
         if attempt > policy.max_retries:
             raise failure
         sleep(policy.delay(attempt, failure.retry_after, rng))
+
+
+class TokenBucket:
+    """Paces calls to ``rate`` per second, allowing bursts of ``burst`` calls; safe to share between threads.
+
+    Over any long stretch the number of calls is at most ``rate * seconds + burst``.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float = 1.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = burst
+        self._updated = clock()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        """Block until a call may be made, then take its token."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            self._tokens -= 1
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            self._sleep(wait)
+
+
+class HttpSender:
+    """One pooled httpx client per destination, with its retry policy, rate limit and worker pool.
+
+    ``post`` is safe to call from many threads; ``map`` runs a function over items on at most
+    ``concurrency`` threads. Once :meth:`stop` is called (credentials refused), calls not yet started raise
+    the stored error instead of going out.
+    """
+
+    def __init__(
+        self,
+        *,
+        destination: str,
+        base_url: str,
+        timeout: float,
+        concurrency: int,
+        policy: RetryPolicy,
+        rate_limit: float | None = None,
+        headers: dict[str, str] | None = None,
+        auth: httpx.Auth | tuple[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.destination = destination
+        self.policy = policy
+        self.concurrency = concurrency
+        self.bucket = TokenBucket(rate_limit, burst=1.0, sleep=sleep) if rate_limit else None
+        self._sleep = sleep
+        self._stopped: DestinationError | None = None
+        self.client = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"User-Agent": "audience-sync", **(headers or {})},
+            auth=auth,
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            transport=transport,
+        )
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"send-{destination}")
+
+    def stop(self, error: DestinationError) -> None:
+        """Refuse every call not yet started with ``error``."""
+        self._stopped = error
+
+    def post(self, path: str, *, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+        """POST ``content`` (JSON bytes) with retries; a 2xx response or the error its failure maps to."""
+
+        def send() -> httpx.Response:
+            if self._stopped is not None:
+                raise self._stopped
+            if self.bucket is not None:
+                self.bucket.acquire()
+            return self.client.post(
+                path, content=content, headers={"Content-Type": "application/json", **(headers or {})}
+            )
+
+        try:
+            return call_with_retries(send, destination=self.destination, policy=self.policy, sleep=self._sleep)
+        except CredentialsRejected as exc:
+            self.stop(exc)
+            raise
+
+    def map_settled(self, fn: Callable[[T], list[R]], items: Iterable[T]) -> tuple[list[R], CredentialsRejected | None]:
+        """Run ``fn`` over ``items`` on the worker pool and concatenate the results of the calls that finished.
+
+        When the destination refused our credentials, the refusal is returned beside the results of the items
+        that completed, so that what was delivered before it can still be recorded.
+        """
+
+        def run(item: T) -> tuple[list[R], CredentialsRejected | None]:
+            try:
+                return fn(item), None
+            except CredentialsRejected as exc:
+                return [], exc
+
+        done: list[R] = []
+        refused: CredentialsRejected | None = None
+        for results, error in self._pool.map(run, items):
+            done.extend(results)
+            refused = refused or error
+        return done, refused
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.client.close()

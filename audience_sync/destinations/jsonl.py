@@ -12,7 +12,7 @@ from ..changes import SENT, Change, Outcome
 from ..config import JsonlDestination
 from ..errors import PermanentDestinationError
 from .base import Destination
-from .messages import identify, track
+from .messages import MessageOptions, messages_for
 
 
 class JsonlSink(Destination):
@@ -26,6 +26,7 @@ class JsonlSink(Destination):
         super().__init__(config.name)
         self.path: Path = config.output_path
         self.send = config.send
+        self.options = MessageOptions.of(config)
         self._file: IO[str] | None = None
 
     def _open(self) -> IO[str]:
@@ -42,12 +43,7 @@ class JsonlSink(Destination):
 
     def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:
         out = self._open()
-        lines = []
-        for ch in changes:
-            if "identify" in self.send:
-                lines.append(json.dumps(identify(ch), ensure_ascii=False))
-            if "track" in self.send:
-                lines.append(json.dumps(track(ch), ensure_ascii=False))
+        lines = [json.dumps(m, ensure_ascii=False) for ch in changes for m in messages_for(ch, self.send, self.options)]
         try:
             out.write("".join(line + "\n" for line in lines))
             out.flush()

@@ -3,67 +3,113 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from ..changes import Change
 
-ENTERED_EVENT = "Audience Entered"
-EXITED_EVENT = "Audience Exited"
-TRAIT_EVENT = "Trait Computed"
+
+@dataclass(frozen=True)
+class MessageOptions:
+    """What a destination's config says about message shape: personas ids, event names, integrations."""
+
+    space_id: str = "audience-sync"
+    entered_event: str = "Audience Entered"
+    exited_event: str = "Audience Exited"
+    trait_event: str = "Trait Computed"
+    integrations: dict[str, bool] | None = None
+
+    @classmethod
+    def of(cls, config: Any) -> MessageOptions:
+        """Options from a destination config (any object with those attributes)."""
+        return cls(
+            space_id=config.space_id,
+            entered_event=config.entered_event,
+            exited_event=config.exited_event,
+            trait_event=config.trait_event,
+            integrations=getattr(config, "integrations", None),
+        )
 
 
-def personas_context(change: Change, *, space_id: str = "audience-sync") -> dict[str, str]:
+DEFAULT = MessageOptions()
+
+
+def personas_context(change: Change, options: MessageOptions = DEFAULT) -> dict[str, str]:
     """``context.personas`` as Engage sets it, with ids derived from the key so they are stable."""
     prefix = "aud" if change.computation_class == "audience" else "tra"
     return {
         "computation_class": change.computation_class,
         "computation_id": f"{prefix}_{change.computation_key}",
         "computation_key": change.computation_key,
-        "namespace": f"spa_{space_id}",
-        "space_id": space_id,
+        "namespace": f"spa_{options.space_id}",
+        "space_id": options.space_id,
     }
 
 
-def _timestamp(now: dt.datetime | None) -> str:
+def timestamp(now: dt.datetime | None = None) -> str:
+    """ISO-8601 UTC with milliseconds and a ``Z``, as Segment's libraries write it."""
     return (now or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def identify(change: Change, *, now: dt.datetime | None = None) -> dict[str, Any]:
+def _finish(
+    message: dict[str, Any], change: Change, options: MessageOptions, now: dt.datetime | None, suffix: str = ""
+) -> dict[str, Any]:
+    message["messageId"] = change.message_id + suffix
+    message["timestamp"] = timestamp(now)
+    if options.integrations is not None:
+        message["integrations"] = options.integrations
+    return message
+
+
+def identify(change: Change, options: MessageOptions = DEFAULT, *, now: dt.datetime | None = None) -> dict[str, Any]:
     """The identify call Engage sends for a change: one computation key, plus ``email`` when known."""
     traits: dict[str, Any] = {change.computation_key: change.new_value}
     if change.email is not None:
         traits["email"] = change.email
-    return {
+    message = {
         "type": "identify",
         "userId": change.user_id,
         "traits": traits,
-        "context": {"personas": personas_context(change)},
-        "messageId": change.message_id,
-        "timestamp": _timestamp(now),
+        "context": {"personas": personas_context(change, options)},
     }
+    return _finish(message, change, options, now)
 
 
-def event_name(
-    change: Change, *, entered: str = ENTERED_EVENT, exited: str = EXITED_EVENT, trait: str = TRAIT_EVENT
-) -> str:
+def event_name(change: Change, options: MessageOptions = DEFAULT) -> str:
     """The track event for a change: entered/exited for audiences, computed for traits."""
     if change.computation_class == "trait":
-        return trait
-    return entered if change.new_value is True else exited
+        return options.trait_event
+    return options.entered_event if change.new_value is True else options.exited_event
 
 
-def track(change: Change, *, now: dt.datetime | None = None, event: str | None = None) -> dict[str, Any]:
-    """The track event Engage sends for a change, with the email in ``context.traits``."""
+def track_properties(change: Change) -> dict[str, Any]:
+    """``audience_key``/``trait_key`` and ``<key>: value``, as Engage's track events carry them."""
     key_name = "audience_key" if change.computation_class == "audience" else "trait_key"
-    context: dict[str, Any] = {"personas": personas_context(change)}
+    return {key_name: change.computation_key, change.computation_key: change.new_value}
+
+
+def track(change: Change, options: MessageOptions = DEFAULT, *, now: dt.datetime | None = None) -> dict[str, Any]:
+    """The track event Engage sends for a change, with the email in ``context.traits``."""
+    context: dict[str, Any] = {"personas": personas_context(change, options)}
     if change.email is not None:
         context["traits"] = {"email": change.email}
-    return {
+    message = {
         "type": "track",
         "userId": change.user_id,
-        "event": event or event_name(change),
-        "properties": {key_name: change.computation_key, change.computation_key: change.new_value},
+        "event": event_name(change, options),
+        "properties": track_properties(change),
         "context": context,
-        "messageId": change.message_id + "-t",
-        "timestamp": _timestamp(now),
     }
+    return _finish(message, change, options, now, suffix="-t")
+
+
+def messages_for(
+    change: Change, send: tuple[str, ...], options: MessageOptions = DEFAULT, *, now: dt.datetime | None = None
+) -> list[dict[str, Any]]:
+    """The messages a destination configured with ``send`` emits for a change, identify first."""
+    out = []
+    if "identify" in send:
+        out.append(identify(change, options, now=now))
+    if "track" in send:
+        out.append(track(change, options, now=now))
+    return out

@@ -1,0 +1,73 @@
+"""Batched delivery for Segment-spec destinations: packing messages into size-limited batches, and isolating
+the message a batch was refused for by splitting it in halves."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ..changes import SENT, Outcome
+from ..errors import CredentialsRejected, PermanentDestinationError, TransientDestinationError
+
+#: (diff_id, the message as compact JSON bytes)
+Encoded = tuple[int, bytes]
+_ENVELOPE = len(b'{"batch":[],"sentAt":"2026-01-01T00:00:00.000Z"}') + 16
+#: a batch refused with one of these is split to find the bad message; other refusals fail the whole batch
+SPLIT_ON = frozenset({400, 413})
+
+_RANK = {"sent": 0, "skipped": 1, "pending": 2, "failed": 3}
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """Compact JSON bytes of a message."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def body(items: Sequence[Encoded], sent_at: str) -> bytes:
+    """The ``{"batch": [...], "sentAt": ...}`` envelope around already-encoded messages."""
+    return b'{"batch":[' + b",".join(m for _, m in items) + b'],"sentAt":"' + sent_at.encode() + b'"}'
+
+
+def pack(items: Iterable[Encoded], *, max_count: int, max_bytes: int) -> list[list[Encoded]]:
+    """Group messages, in order, into batches of at most ``max_count`` messages and ``max_bytes`` of body."""
+    batches: list[list[Encoded]] = []
+    current: list[Encoded] = []
+    size = _ENVELOPE
+    for item in items:
+        added = len(item[1]) + 1
+        if current and (len(current) >= max_count or size + added > max_bytes):
+            batches.append(current)
+            current, size = [], _ENVELOPE
+        current.append(item)
+        size += added
+    if current:
+        batches.append(current)
+    return batches
+
+
+def merge(outcomes: Iterable[tuple[int, Outcome]]) -> dict[int, Outcome]:
+    """One outcome per change from the outcomes of its messages: the worst wins (failed > pending > sent)."""
+    merged: dict[int, Outcome] = {}
+    for diff_id, outcome in outcomes:
+        known = merged.get(diff_id)
+        if known is None or _RANK[outcome.status] > _RANK[known.status]:
+            merged[diff_id] = outcome
+    return merged
+
+
+def send_halving(post: Callable[[Sequence[Encoded]], object], items: Sequence[Encoded]) -> list[tuple[int, Outcome]]:
+    """Post ``items`` as one batch; when it is refused as a whole (400/413), split it until the culprits are
+    alone, and fail only them. Transient failures leave the batch pending; CredentialsRejected propagates."""
+    try:
+        post(items)
+    except CredentialsRejected:
+        raise
+    except TransientDestinationError as exc:
+        return [(i, Outcome("pending", str(exc))) for i, _ in items]
+    except PermanentDestinationError as exc:
+        if exc.status_code in SPLIT_ON and len(items) > 1:
+            half = len(items) // 2
+            return send_halving(post, items[:half]) + send_halving(post, items[half:])
+        return [(i, Outcome("failed", str(exc))) for i, _ in items]
+    return [(i, SENT) for i, _ in items]

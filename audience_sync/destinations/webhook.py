@@ -1,0 +1,71 @@
+"""A generic webhook: Segment-spec JSON, one message per request or ``{"batch": [...]}``, optionally signed."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+
+import httpx
+
+from ..changes import Change, Outcome
+from ..config import WebhookDestination
+from .base import Destination
+from .batching import Encoded, body, encode, merge, pack, send_halving
+from .http import HttpSender, RetryPolicy
+from .messages import MessageOptions, messages_for, timestamp
+
+SIGNATURE_PREFIX = "sha256="
+
+
+def signature(secret: bytes, payload: bytes) -> str:
+    """The signature header value: ``sha256=`` and the hex HMAC-SHA256 of the exact request body."""
+    return SIGNATURE_PREFIX + hmac.new(secret, payload, hashlib.sha256).hexdigest()
+
+
+class Webhook(Destination):
+    """POSTs Engage-shaped messages to ``url``.
+
+    With ``batch_size = 0`` each message is its own request (body: the message); otherwise up to
+    ``batch_size`` messages go in ``{"batch": [...], "sentAt": ...}``. With ``signing_secret_env`` every
+    request carries ``<signature_header>: sha256=<hex HMAC-SHA256 of the body>``.
+    """
+
+    def __init__(self, config: WebhookDestination, *, transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(config.name)
+        self.config = config
+        self.options = MessageOptions.of(config)
+        secret = config.signing_secret
+        self._secret = secret.get_secret_value().encode() if secret is not None else None
+        self.sender = HttpSender(
+            destination=config.name,
+            base_url=config.url,
+            timeout=config.timeout,
+            concurrency=config.concurrency,
+            policy=RetryPolicy(max_retries=config.max_retries),
+            rate_limit=config.rate_limit,
+            headers={k: v.get_secret_value() for k, v in config.secret_headers.items()},
+            transport=transport,
+        )
+
+    def _post(self, items: Sequence[Encoded]) -> object:
+        payload = items[0][1] if self.config.batch_size == 0 else body(items, timestamp())
+        headers = {self.config.signature_header: signature(self._secret, payload)} if self._secret else None
+        return self.sender.post("", content=payload, headers=headers)
+
+    def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:
+        encoded = [(c.diff_id, encode(m)) for c in changes for m in messages_for(c, self.config.send, self.options)]
+        if self.config.batch_size == 0:
+            batches = [[item] for item in encoded]
+        else:
+            batches = pack(encoded, max_count=self.config.batch_size, max_bytes=500_000)
+        results: list[tuple[int, Outcome]] = []
+        done, refused = self.sender.map_settled(lambda batch: send_halving(self._post, batch), batches)
+        outcomes = merge([*results, *done])
+        if refused is not None:
+            refused.partial = outcomes
+            raise refused
+        return outcomes
+
+    def close(self) -> None:
+        self.sender.close()
