@@ -69,6 +69,20 @@ def gist() -> Iterator[FakeGist]:
         server.stop()
 
 
+def toml_value(value: Any) -> str:
+    """A Python value as TOML (dicts become inline tables)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def toml_options(options: Mapping[str, Any]) -> str:
+    """``key = value`` lines for a table's options."""
+    return "".join(f"{k} = {toml_value(v)}\n" for k, v in options.items())
+
+
 class Warehouse:
     """A SQLite warehouse: ``members(audience, user_id, email)`` and ``trait_values(trait, user_id, email, value)``.
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import create_engine, text
 
 from audience_sync.queries import list_diffs
-from tests.conftest import Harness
+from tests.conftest import Harness, toml_options
 from tests.fakes.gist import FakeGist
 
 KEY_ENV = {"GIST_API_KEY": "gist-test-key"}
 
 
 def gist_destination(fake: FakeGist, **options: object) -> str:
-    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in options.items())
+    extra = toml_options(options)
     head = '[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "GIST_API_KEY"\n'
     return f'{head}endpoint = "{fake.url}"\n{extra}'
 
@@ -126,3 +127,96 @@ def test_rejected_credentials_stop_the_destination_with_exit_1(harness: Harness,
         )
     engine.dispose()
     assert "wrong-key-value" not in dump
+
+
+def test_track_mode_posts_events(harness: Harness, gist: FakeGist) -> None:
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
+    harness.warehouse.set_trait("Score", {"u1": ("a@x.io", 7)})
+    config = harness.config(
+        gist_destination(gist, send=["track"], entered_event="Joined VIP")
+        + harness.audience("VIP")
+        + harness.trait("Score"),
+        environ=KEY_ENV,
+    )
+    assert harness.run(config).exit_code == 0
+    events = sorted((json.loads(r["body"]) for r in gist.requests), key=lambda b: b["event_name"])
+    assert [r["path"] for r in gist.requests] == ["/events", "/events"]
+    assert events == [
+        {
+            "event_name": "Joined VIP",
+            "email": "a@x.io",
+            "user_id": "u1",
+            "properties": {"audience_key": "vip", "vip": True},
+        },
+        {
+            "event_name": "Trait Computed",
+            "email": "a@x.io",
+            "user_id": "u1",
+            "properties": {"trait_key": "score", "score": 7},
+        },
+    ]
+    assert sorted(gist.events, key=lambda b: b["event_name"]) == events
+
+
+def test_a_failing_destination_does_not_hold_up_another(harness: Harness, gist: FakeGist) -> None:
+    harness.warehouse.set_members("VIP", {f"u{i}": f"{i}@x.io" for i in range(10)})
+    config = harness.config(
+        gist_destination(gist, max_retries=0) + harness.jsonl_destination("file") + harness.audience("VIP"),
+        environ=KEY_ENV,
+    )
+    gist.fail_next(100, 500)
+    result = harness.run(config)
+    assert result.exit_code == 3
+    per_destination = result.counts["destinations"]
+    assert per_destination["file"]["sent"] == 10 and per_destination["file"]["pending"] == 0
+    assert per_destination["gist"]["pending"] == 10 and per_destination["gist"]["sent"] == 0
+    assert len(harness.new_calls("file")) == 10
+
+
+def test_repeated_runs_converge_under_random_faults(harness: Harness, gist: FakeGist) -> None:
+    """500s, 429s and answers lost after Gist applied the call: runs repeat until all is delivered; then Gist
+    holds exactly the truth and nothing is recorded as sent that Gist did not apply."""
+    import random
+
+    from tests.fakes.gist import Fault
+
+    rng = random.Random(11)
+    truth_members = {f"u{i}": f"{i}@x.io" for i in range(40)}
+    harness.warehouse.set_members("VIP", truth_members)
+    harness.warehouse.set_trait("Score", {u: (e, rng.randint(0, 3)) for u, e in truth_members.items()})
+    config = harness.config(
+        gist_destination(gist, max_retries=1) + harness.audience("VIP") + harness.trait("Score"), environ=KEY_ENV
+    )
+    for round_ in range(3):
+        if round_:
+            members = {u: e for u, e in truth_members.items() if rng.random() < 0.7}
+            harness.warehouse.set_members("VIP", members)
+            harness.warehouse.set_trait(
+                "Score", {u: (e, rng.randint(0, 3)) for u, e in truth_members.items() if rng.random() < 0.8}
+            )
+        for _ in range(30):
+            gist.faults.clear()
+            for _ in range(rng.randint(0, 6)):
+                gist.faults.append(
+                    rng.choice([Fault(500), Fault(429, headers={"Retry-After": "0"}), Fault(502, apply_first=True)])
+                )
+            outcome = harness.run(config)
+            if outcome.exit_code == 0:
+                break
+        else:
+            pytest.fail("runs did not converge")
+        gist.faults.clear()
+        # Gist holds the truth: members true, everyone else who was ever a member false; traits as computed
+        engine = create_engine(harness.state_url)
+        with engine.connect() as conn:
+            snapshot = {
+                (r[0], r[1]): r[2]
+                for r in conn.execute(
+                    text("SELECT user_id, computation_key, value FROM snapshot WHERE destination = 'gist'")
+                )
+            }
+        engine.dispose()
+        assert snapshot, "nothing was recorded"
+        for (user, key), value in snapshot.items():
+            # nothing recorded as sent that Gist did not apply
+            assert gist.properties(user).get(key) == (json.loads(value) if value is not None else None)

@@ -51,7 +51,7 @@ class Webhook(Destination):
     def _post(self, items: Sequence[Encoded]) -> object:
         payload = items[0][1] if self.config.batch_size == 0 else body(items, timestamp())
         headers = {self.config.signature_header: signature(self._secret, payload)} if self._secret else None
-        return self.sender.post("", content=payload, headers=headers)
+        return self.sender.post(self.config.url, content=payload, headers=headers)
 
     def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:
         encoded = [(c.diff_id, encode(m)) for c in changes for m in messages_for(c, self.config.send, self.options)]

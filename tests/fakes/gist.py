@@ -23,11 +23,13 @@ class FakeGist:
     def __init__(self, api_key: str = "gist-test-key") -> None:
         self.api_key = api_key
         self.contacts: dict[str, dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
         self.faults: deque[Fault] = deque()
         self.user_faults: dict[str, Fault] = {}
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     @property
@@ -57,16 +59,21 @@ class FakeGist:
     def properties(self, user_id: str) -> dict[str, Any]:
         return dict(self.contacts.get(user_id, {}).get("custom_properties", {}))
 
-    def _apply(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _apply(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if path == "/events":
+            self.events.append(body)
+            return {"event": body}
         contact = self.contacts.setdefault(body["user_id"], {"user_id": body["user_id"], "custom_properties": {}})
         contact["email"] = body["email"]
         contact["custom_properties"].update(body.get("custom_properties") or {})
-        return contact
+        return {"contact": contact}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
@@ -89,13 +96,14 @@ class FakeGist:
                         return self._answer(
                             401, {"errors": [{"code": "unauthorized", "message": "Invalid access token"}]}
                         )
-                    if self.path != "/contacts":
+                    if self.path not in ("/contacts", "/events"):
                         return self._answer(404, {"errors": [{"code": "not_found", "message": "Not found"}]})
                     try:
                         body = json.loads(raw)
                     except ValueError:
                         return self._answer(400, {"errors": [{"code": "bad_request", "message": "Invalid JSON"}]})
-                    missing = [k for k in ("user_id", "email") if not body.get(k)]
+                    required = ("user_id", "email") if self.path == "/contacts" else ("event_name", "email")
+                    missing = [k for k in required if not body.get(k)]
                     if missing:
                         return self._answer(
                             422, {"errors": [{"code": "parameter_invalid", "message": f"{missing[0]} is required"}]}
@@ -105,13 +113,13 @@ class FakeGist:
                     )
                     if fault is not None:
                         if fault.apply_first:
-                            fake._apply(body)
+                            fake._apply(self.path, body)
                         return self._answer(
                             fault.status,
                             fault.body or {"errors": [{"code": "error", "message": "injected"}]},
                             fault.headers,
                         )
-                    contact = fake._apply(body)
-                return self._answer(200, {"contact": contact})
+                    answer = fake._apply(self.path, body)
+                return self._answer(200, answer)
 
         return Handler
