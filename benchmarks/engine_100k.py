@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import sqlite3
 import subprocess
 import sys
@@ -26,25 +25,34 @@ from pathlib import Path
 def build(path: Path, users: int) -> None:
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT, ltv REAL, active INTEGER)")
-        db.executemany("INSERT INTO users VALUES (?, ?, ?, 1)",
-                       ((i, f"user{i}@example.com", float(i % 997)) for i in range(1, users + 1)))
+        db.executemany(
+            "INSERT INTO users VALUES (?, ?, ?, 1)",
+            ((i, f"user{i}@example.com", float(i % 997)) for i in range(1, users + 1)),
+        )
 
 
 def churn(path: Path, users: int) -> None:
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE users SET active = 0 WHERE id % 40 = 0")      # 2.5 % exit
-        db.execute("UPDATE users SET ltv = ltv + 1 WHERE id % 40 = 1")   # 2.5 % change value
+        db.execute("UPDATE users SET active = 0 WHERE id % 40 = 0")  # 2.5 % exit
+        db.execute("UPDATE users SET ltv = ltv + 1 WHERE id % 40 = 1")  # 2.5 % change value
 
 
 def timed_run(workdir: Path, config: Path) -> tuple[float, float, str]:
     """Wall seconds, peak RSS (MB) of the child, and its last output line."""
-    code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-            "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-            "dt = time.perf_counter() - t; "
-            "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode); "
-            "sys.stderr.write(p.stderr)")
-    proc = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "audience_sync", "run", "--json",
-                           "--config", str(config)], cwd=workdir, capture_output=True, text=True, check=True)
+    code = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "dt = time.perf_counter() - t; "
+        "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode); "
+        "sys.stderr.write(p.stderr)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, sys.executable, "-m", "audience_sync", "run", "--json", "--config", str(config)],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     seconds, rss_kb, rc = proc.stdout.split()
     if rc != "0":
         raise SystemExit(f"run failed ({rc}): {proc.stderr}")
@@ -65,11 +73,11 @@ def main() -> None:
 [state]
 url = "{state}"
 [source]
-url = "sqlite:///{work / 'wh.db'}"
+url = "sqlite:///{work / "wh.db"}"
 [[destinations]]
 name = "file"
 type = "jsonl"
-path = "{work / 'out.jsonl'}"
+path = "{work / "out.jsonl"}"
 [[audiences]]
 name = "Active"
 sql = "SELECT id AS user_id, email FROM users WHERE active = 1"
@@ -77,7 +85,10 @@ sql = "SELECT id AS user_id, email FROM users WHERE active = 1"
 name = "LTV"
 sql = "SELECT id AS user_id, email, ltv AS value FROM users"
 """)
-        print(f"# {args.users:,} users, 1 audience + 1 trait ({2 * args.users:,} memberships), state {state.split(':')[0]}")
+        print(
+            f"# {args.users:,} users, 1 audience + 1 trait ({2 * args.users:,} memberships), "
+            f"state {state.split(':')[0]}"
+        )
         print(f"# {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
         print("| run | wall s | peak RSS MB |")
         print("|---|---:|---:|")
