@@ -54,7 +54,7 @@ def deliver_pending(
                 outcomes = destination.deliver(chunk)
             except DestinationError as exc:
                 with engine.begin() as conn:
-                    outbox.record(conn, [c for c in chunk if c.diff_id in exc.partial], exc.partial)
+                    outbox.record(conn, chunk, exc.partial)
                     outbox.keep_pending(conn, run_id, destination.name, f"not sent: {exc}")
                 report.error = str(exc)
                 report.credentials_rejected = isinstance(exc, CredentialsRejected)

@@ -59,9 +59,15 @@ def encode(value: Any) -> str | None:
     return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+_COMMON: dict[str, JsonValue] = {TRUE: True, FALSE: False}
+
+
 def decode(text: str | None) -> JsonValue:
     """Inverse of :func:`encode`: SQL NULL decodes to None."""
     if text is None:
         return None
+    common = _COMMON.get(text)
+    if common is not None:
+        return common
     result: JsonValue = json.loads(text)
     return result

@@ -12,7 +12,7 @@ from ..changes import SENT, Change, Outcome
 from ..config import JsonlDestination
 from ..errors import PermanentDestinationError
 from .base import Destination
-from .messages import MessageOptions, messages_for
+from .messages import MessageOptions, messages_for, timestamp
 
 
 class JsonlSink(Destination):
@@ -43,7 +43,12 @@ class JsonlSink(Destination):
 
     def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:
         out = self._open()
-        lines = [json.dumps(m, ensure_ascii=False) for ch in changes for m in messages_for(ch, self.send, self.options)]
+        ts = timestamp()
+        lines = [
+            json.dumps(m, ensure_ascii=False)
+            for ch in changes
+            for m in messages_for(ch, self.send, self.options, ts=ts)
+        ]
         try:
             out.write("".join(line + "\n" for line in lines))
             out.flush()

@@ -52,16 +52,16 @@ def timestamp(now: dt.datetime | None = None) -> str:
 
 
 def _finish(
-    message: dict[str, Any], change: Change, options: MessageOptions, now: dt.datetime | None, suffix: str = ""
+    message: dict[str, Any], change: Change, options: MessageOptions, ts: str | None, suffix: str = ""
 ) -> dict[str, Any]:
     message["messageId"] = change.message_id + suffix
-    message["timestamp"] = timestamp(now)
+    message["timestamp"] = ts or timestamp()
     if options.integrations is not None:
         message["integrations"] = options.integrations
     return message
 
 
-def identify(change: Change, options: MessageOptions = DEFAULT, *, now: dt.datetime | None = None) -> dict[str, Any]:
+def identify(change: Change, options: MessageOptions = DEFAULT, *, ts: str | None = None) -> dict[str, Any]:
     """The identify call Engage sends for a change: one computation key, plus ``email`` when known."""
     traits: dict[str, Any] = {change.computation_key: change.new_value}
     if change.email is not None:
@@ -72,7 +72,7 @@ def identify(change: Change, options: MessageOptions = DEFAULT, *, now: dt.datet
         "traits": traits,
         "context": {"personas": personas_context(change, options)},
     }
-    return _finish(message, change, options, now)
+    return _finish(message, change, options, ts)
 
 
 def event_name(change: Change, options: MessageOptions = DEFAULT) -> str:
@@ -88,7 +88,7 @@ def track_properties(change: Change) -> dict[str, Any]:
     return {key_name: change.computation_key, change.computation_key: change.new_value}
 
 
-def track(change: Change, options: MessageOptions = DEFAULT, *, now: dt.datetime | None = None) -> dict[str, Any]:
+def track(change: Change, options: MessageOptions = DEFAULT, *, ts: str | None = None) -> dict[str, Any]:
     """The track event Engage sends for a change, with the email in ``context.traits``."""
     context: dict[str, Any] = {"personas": personas_context(change, options)}
     if change.email is not None:
@@ -100,16 +100,16 @@ def track(change: Change, options: MessageOptions = DEFAULT, *, now: dt.datetime
         "properties": track_properties(change),
         "context": context,
     }
-    return _finish(message, change, options, now, suffix="-t")
+    return _finish(message, change, options, ts, suffix="-t")
 
 
 def messages_for(
-    change: Change, send: tuple[str, ...], options: MessageOptions = DEFAULT, *, now: dt.datetime | None = None
+    change: Change, send: tuple[str, ...], options: MessageOptions = DEFAULT, *, ts: str | None = None
 ) -> list[dict[str, Any]]:
     """The messages a destination configured with ``send`` emits for a change, identify first."""
     out = []
     if "identify" in send:
-        out.append(identify(change, options, now=now))
+        out.append(identify(change, options, ts=ts))
     if "track" in send:
-        out.append(track(change, options, now=now))
+        out.append(track(change, options, ts=ts))
     return out

@@ -45,8 +45,9 @@ class SegmentBatch(Destination):
     def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:
         results: list[tuple[int, Outcome]] = []
         encoded: list[Encoded] = []
+        ts = timestamp()
         for change in changes:
-            for message in messages_for(change, self.config.send, self.options):
+            for message in messages_for(change, self.config.send, self.options, ts=ts):
                 data = encode(message)
                 if len(data) > MAX_MESSAGE_BYTES:
                     results.append(

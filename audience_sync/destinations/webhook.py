@@ -54,7 +54,10 @@ class Webhook(Destination):
         return self.sender.post(self.config.url, content=payload, headers=headers)
 
     def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:
-        encoded = [(c.diff_id, encode(m)) for c in changes for m in messages_for(c, self.config.send, self.options)]
+        ts = timestamp()
+        encoded = [
+            (c.diff_id, encode(m)) for c in changes for m in messages_for(c, self.config.send, self.options, ts=ts)
+        ]
         if self.config.batch_size == 0:
             batches = [[item] for item in encoded]
         else:

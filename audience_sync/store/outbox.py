@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, select, tuple_, update
+from sqlalchemy import ColumnElement, Connection, Engine, bindparam, select, tuple_, update
 
 from ..changes import NOT_ATTEMPTED, SENT, Change, Outcome
 from ..values import decode
@@ -83,34 +83,55 @@ def pending_chunks(engine: Engine, run_id: int, destination: str, chunk_size: in
         yield [_change(r) for r in rows]
 
 
-def record(conn: Connection, changes: Sequence[Change], outcomes: Mapping[int, Outcome]) -> None:
-    """Store each change's outcome and advance the snapshot for those that were sent.
+def _in_chunk(chunk: Sequence[Change]) -> list[ColumnElement[bool]]:
+    """The rows of a chunk by its key range: (run, destination) and (user_id, id) from its first to its last."""
+    first, last = chunk[0], chunk[-1]
+    return [
+        diffs.c.run_id == first.run_id,
+        diffs.c.destination == first.destination,
+        diffs.c.user_id >= first.user_id,
+        diffs.c.user_id <= last.user_id,
+        tuple_(diffs.c.user_id, diffs.c.id) >= tuple_(first.user_id, first.diff_id),
+        tuple_(diffs.c.user_id, diffs.c.id) <= tuple_(last.user_id, last.diff_id),
+    ]
 
-    Call inside one transaction: then the snapshot and the diff rows can never disagree. A change with no
-    outcome stays pending, with its attempt counted. One UPDATE per distinct outcome, not one per row.
+
+def record(conn: Connection, chunk: Sequence[Change], outcomes: Mapping[int, Outcome]) -> None:
+    """Store the outcome of each change of ``chunk`` and advance the snapshot for those that were sent.
+
+    ``chunk`` must be one chunk as :func:`pending_chunks` yielded it: then its rows are exactly the pending rows
+    of its key range, so the range is marked sent and copied to the snapshot in a few statements whatever the
+    chunk's size, after the changes that were not sent got their own outcome back. A change without an outcome
+    stays pending (``not attempted``). Call inside one transaction: the snapshot and the diff rows can then never
+    disagree, and nothing outside it ever sees a change marked sent that was not.
     """
+    if not chunk:
+        return
     now = utcnow()
-    groups: dict[Outcome, list[int]] = defaultdict(list)
-    for ch in changes:
-        groups[outcomes.get(ch.diff_id, NOT_ATTEMPTED)].append(ch.diff_id)
-    for outcome, ids in groups.items():
+    in_chunk = _in_chunk(chunk)
+    conn.execute(
+        update(diffs)
+        .where(*in_chunk, diffs.c.status == "pending")
+        .values(status="sent", error=None, sent_at=now, attempts=diffs.c.attempts + 1)
+    )
+    not_sent: dict[Outcome, list[int]] = defaultdict(list)
+    for ch in chunk:
+        outcome = outcomes.get(ch.diff_id, NOT_ATTEMPTED)
+        if outcome != SENT:
+            not_sent[outcome].append(ch.diff_id)
+    for outcome, ids in not_sent.items():
         for start in range(0, len(ids), _ID_BATCH):
             conn.execute(
                 update(diffs)
                 .where(diffs.c.id.in_(ids[start : start + _ID_BATCH]))
-                .values(
-                    status=outcome.status,
-                    error=outcome.error,
-                    attempts=diffs.c.attempts + 1,
-                    sent_at=now if outcome.status == "sent" else None,
-                )
+                .values(status=outcome.status, error=outcome.error, sent_at=None)
             )
-    sent = groups.get(SENT, [])
-    for start in range(0, len(sent), _ID_BATCH):
-        _advance_snapshot(conn, sent[start : start + _ID_BATCH], now)
+    if sum(map(len, not_sent.values())) < len(chunk):
+        _advance_snapshot(conn, [*in_chunk, diffs.c.status == "sent"], now)
 
 
-def _advance_snapshot(conn: Connection, diff_ids: Sequence[int], now: Any) -> None:
+def _advance_snapshot(conn: Connection, sent: Sequence[ColumnElement[bool]], now: Any) -> None:
+    """Copy the sent rows selected by ``sent`` into the snapshot: one INSERT ... SELECT ... ON CONFLICT."""
     stmt = upsert(conn, snapshot)
     source = select(
         diffs.c.destination,
@@ -120,7 +141,7 @@ def _advance_snapshot(conn: Connection, diff_ids: Sequence[int], now: Any) -> No
         diffs.c.email,
         diffs.c.run_id,
         bindparam("now", now, type_=snapshot.c.updated_at.type),
-    ).where(diffs.c.id.in_(list(diff_ids)), diffs.c.status == "sent")
+    ).where(*sent)
     stmt = stmt.from_select(
         ["destination", "computation_key", "user_id", "value", "email", "run_id", "updated_at"], source
     )
