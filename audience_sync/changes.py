@@ -12,7 +12,7 @@ ChangeKind = Literal["entered", "exited", "changed"]
 OutcomeStatus = Literal["sent", "failed", "skipped", "pending"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Change:
     """A pending diff row, decoded: what to tell ``destination`` about ``user_id``."""
 

@@ -70,7 +70,7 @@ def pending_chunks(engine: Engine, run_id: int, destination: str, chunk_size: in
                     base.where(diffs.c.user_id >= after[0], tuple_(diffs.c.user_id, diffs.c.id) > tuple_(*after))
                     .order_by(diffs.c.user_id, diffs.c.id)
                     .limit(chunk_size)
-                )
+                ).all()
             )
             if not rows:
                 return
