@@ -126,7 +126,7 @@ filters = [
     ),
     click.option("--dry-run", is_flag=True, help="Compute and store the diff as a dry_run; send nothing."),
     click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON."),
-    click.option("--force", is_flag=True, help="Send even when a safety guard would hold an audience back."),
+    click.option("--force", is_flag=True, help="Send even when the mass-exit guard would hold an audience back."),
 ]
 
 
@@ -149,7 +149,7 @@ def run(
 ) -> None:
     """One incremental run: send only the users whose membership or value changed."""
     config = load_config(config_path)
-    _run(config, as_json, destinations=destinations or None, audiences=audiences or None, dry_run=dry_run)
+    _run(config, as_json, destinations=destinations or None, audiences=audiences or None, dry_run=dry_run, force=force)
 
 
 @cli.command()
@@ -182,6 +182,7 @@ def resync(
         audiences=audiences or None,
         users=users or None,
         dry_run=dry_run,
+        force=force,
     )
 
 

@@ -233,12 +233,21 @@ _DESTINATION_TYPES = "'gist', 'segment', 'webhook' or 'jsonl'"
 DestinationConfig = Annotated[AnyDestination, Field(discriminator="type")]
 
 
+class GuardConfig(_Section):
+    """The mass-exit guard: hold a computation that would lose too many members in one run."""
+
+    max_exit_share: float = Field(default=0.5, gt=0, le=1)
+    min_size: int = Field(default=100, ge=0)
+
+
 class _ComputationBase(_Section):
     name: str = Field(min_length=1)
     key: str | None = None
     sql: str | None = None
     file: str | None = None
     destinations: tuple[str, ...] | None = None
+    #: overrides [guard] max_exit_share for this computation (1 turns the share check off)
+    max_exit_share: float | None = Field(default=None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> _ComputationBase:
@@ -265,6 +274,7 @@ class _RawConfig(_Section):
     state: StateConfig = StateConfig()
     source: SourceConfig = SourceConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    guard: GuardConfig = GuardConfig()
     destinations: tuple[DestinationConfig, ...] = ()
     audiences: tuple[AudienceConfig, ...] = ()
     computed_traits: tuple[TraitConfig, ...] = ()
@@ -283,6 +293,7 @@ class Computation:
     sql: str | None
     file: str | None
     destinations: tuple[str, ...]
+    max_exit_share: float = 0.5
 
     @property
     def definition_hash(self) -> str:
@@ -300,6 +311,7 @@ class Config:
     source_url: str
     source_chunk_size: int
     schedule: ScheduleConfig
+    guard: GuardConfig
     destinations: tuple[AnyDestination, ...]
     computations: tuple[Computation, ...]
 
@@ -389,7 +401,8 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
                     f"{path}: {where} ({entry.name!r}).destinations: no destination named {target!r} "
                     f"(configured: {', '.join(dest_names) or 'none'})"
                 )
-        computations.append(Computation(key, entry.name, cls, entry.sql, entry.file, tuple(targets)))
+        share = entry.max_exit_share if entry.max_exit_share is not None else raw.guard.max_exit_share
+        computations.append(Computation(key, entry.name, cls, entry.sql, entry.file, tuple(targets), share))
     if collisions:
         key, names = collisions[0]
         raise KeyCollisionError("invalid configuration:\n  " + "\n  ".join(problems), key=key, names=names)
@@ -401,6 +414,7 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
         source_url=raw.source.url or raw.state.url,
         source_chunk_size=raw.source.chunk_size,
         schedule=raw.schedule,
+        guard=raw.guard,
         destinations=raw.destinations,
         computations=tuple(computations),
     )

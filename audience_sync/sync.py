@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,6 +25,7 @@ from .delivery import DeliveryReport, deliver_pending
 from .destinations import build_destination
 from .diff import skip_unreachable, supersede_pending, write_changes
 from .errors import AudienceSyncError, ConfigError, SourceError
+from .guard import Hold, find_mass_exits, hold
 from .progress import NoProgress, Progress
 from .sources import SourceStats, normalize, read_rows
 from .store import registry, runs, staging
@@ -134,7 +135,11 @@ def _diff(
     resync: bool,
     dry_run: bool,
     users: Sequence[str] | None,
-) -> None:
+    force: bool,
+    staged: Mapping[str, int],
+) -> list[Hold]:
+    """Write every change of the run in one transaction, with the guard's holds; return the holds."""
+    holds: list[Hold] = []
     with engine.begin() as conn:
         analyze(conn, "staging")
         for name in dest_names:
@@ -153,9 +158,14 @@ def _diff(
                     required,
                     f"no email: destination {name!r} ({dest.type}) requires {' and '.join(('user_id', *required))}",
                 )
+            if not force:
+                holds += find_mass_exits(conn, run_id, name, targeted, staged, min_size=config.guard.min_size)
+        for held in holds:
+            hold(conn, run_id, held.comp.key, held.message())
         if not dry_run:
             registry.register(conn, comps)
         analyze(conn, "diffs")
+    return holds
 
 
 def _deliver_one(engine: Engine, config: Config, run_id: int, name: str, progress: Progress) -> DeliveryReport:
@@ -183,6 +193,7 @@ def run_sync(
     audiences: Sequence[str] | None = None,
     users: Sequence[str] | None = None,
     dry_run: bool = False,
+    force: bool = False,
     trigger: str = "cli",
     progress: Progress | None = None,
 ) -> RunResult:
@@ -193,6 +204,8 @@ def run_sync(
     ``dry_run`` stores the diff of a ``dry_run`` run and sends nothing. Raises ConfigError/KeyCollisionError
     before anything is written, LockHeld when another run holds a destination, SourceError after marking the
     run failed. Destination failures do not raise: they are in the result (status ``partial`` or ``failed``).
+    A computation that trips the mass-exit guard is held (nothing of it sent) and the run fails, unless
+    ``force``.
     """
     started = time.monotonic()
     progress = progress or NoProgress()
@@ -208,52 +221,62 @@ def run_sync(
         with engine.connect() as conn:
             registry.check_keys(conn, comps)
         with run_lock(engine, dest_names) as lock:
-            return _locked_run(
-                engine,
-                source,
-                config,
+            plan = _Plan(
                 dest_names,
                 comps,
-                held=lock,
-                mode="dry_run" if dry_run else mode,
-                users=users,
-                trigger=trigger,
-                progress=progress,
-                started=started,
+                "dry_run" if dry_run else mode,
+                users,
+                trigger,
+                force,
                 full=not destinations and not audiences,
             )
+            return _locked_run(engine, source, config, plan, held=lock, progress=progress, started=started)
     finally:
         engine.dispose()
         if source is not engine:
             source.dispose()
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What one run covers and how it behaves."""
+
+    dest_names: list[str]
+    comps: list[Computation]
+    mode: str
+    users: Sequence[str] | None
+    trigger: str
+    force: bool
+    full: bool  # no filters: computations missing from the config are retired afterwards
+
+
 def _locked_run(
-    engine: Engine,
-    source: Engine,
-    config: Config,
-    dest_names: list[str],
-    comps: list[Computation],
-    *,
-    held: HeldLock,
-    mode: str,
-    users: Sequence[str] | None,
-    trigger: str,
-    progress: Progress,
-    started: float,
-    full: bool,
+    engine: Engine, source: Engine, config: Config, plan: _Plan, *, held: HeldLock, progress: Progress, started: float
 ) -> RunResult:
+    dest_names, comps, mode = plan.dest_names, plan.comps, plan.mode
     dry_run = mode == "dry_run"
     with engine.begin() as conn:
         runs.abandon_stale_runs(conn, dest_names, reason="abandoned: its process stopped before finishing")
         run_id = runs.open_run(
-            conn, mode=mode, trigger=trigger, destinations=dest_names, computations=[c.key for c in comps]
+            conn, mode=mode, trigger=plan.trigger, destinations=dest_names, computations=[c.key for c in comps]
         )
     held.run_id = run_id
     log.info("run %d (%s): %d computations to %s", run_id, mode, len(comps), ", ".join(dest_names))
     try:
         source_stats = _stage(engine, source, config, run_id, comps, progress)
-        _diff(engine, config, run_id, dest_names, comps, resync=mode == "resync", dry_run=dry_run, users=users)
+        staged = {key: st["members"] for key, st in source_stats.items()}
+        holds = _diff(
+            engine,
+            config,
+            run_id,
+            dest_names,
+            comps,
+            resync=mode == "resync",
+            dry_run=dry_run,
+            users=plan.users,
+            force=plan.force,
+            staged=staged,
+        )
     except AudienceSyncError as exc:
         with engine.begin() as conn:
             runs.close_run(conn, run_id, status="failed", counts=runs.count_changes(conn, run_id), error=str(exc))
@@ -266,7 +289,7 @@ def _locked_run(
     with engine.begin() as conn:
         counts = runs.count_changes(conn, run_id)
         counts["sources"] = source_stats
-        if any(r.credentials_rejected for r in reports.values()):
+        if holds or any(r.credentials_rejected for r in reports.values()):
             status = "failed"
         elif counts["pending"] or counts["failed"] or any(r.error for r in reports.values()):
             status = "partial"
@@ -274,10 +297,10 @@ def _locked_run(
             status = "succeeded"
         if dry_run:
             status = "succeeded"
-        errors = [f"{r.destination}: {r.error}" for r in reports.values() if r.error]
+        errors = [h.message() for h in holds] + [f"{r.destination}: {r.error}" for r in reports.values() if r.error]
         error = "; ".join(errors) or None
         runs.close_run(conn, run_id, status=status, counts=counts, error=error)
-        if full and not dry_run:
+        if plan.full and not dry_run:
             retired = registry.retire_missing(conn, [c.key for c in config.computations])
             if retired:
                 log.info("retired keys no longer configured: %s (nothing is sent for them)", ", ".join(retired))

@@ -78,14 +78,14 @@ sql = "SELECT user_id, email, value FROM trait_values"
             environ={},
         )
         _write_truth(root / "wh.db", old_members, old_traits)
-        run_sync(config)
+        run_sync(config, force=True)
         held: dict[tuple[str, str], Any] = {}
         first = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
         _apply(held, first)
         assert _normalise(held) == _truth(old_members, old_traits)
 
         _write_truth(root / "wh.db", new_members, new_traits)
-        run_sync(config)
+        run_sync(config, force=True)
         lines = out.read_text().splitlines() if out.exists() else []
         second = [json.loads(line) for line in lines[len(first) :]]
         _apply(held, second)

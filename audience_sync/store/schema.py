@@ -164,8 +164,9 @@ class DiffRow(Base):
 
 #: Values of ``diffs.change``.
 CHANGES = ("entered", "exited", "changed")
-#: Values of ``diffs.status``. ``superseded``: still pending when a later run recomputed the change.
-STATUSES = ("pending", "sent", "failed", "skipped", "superseded")
+#: Values of ``diffs.status``. ``superseded``: still pending when a later run recomputed the change;
+#: ``held``: kept back by the mass-exit guard, never sent.
+STATUSES = ("pending", "sent", "failed", "skipped", "superseded", "held")
 #: Values of ``sync_runs.mode`` and ``sync_runs.status``.
 MODES = ("incremental", "resync", "dry_run")
 RUN_STATUSES = ("running", "succeeded", "partial", "failed")

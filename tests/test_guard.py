@@ -1,0 +1,64 @@
+"""The mass-exit guard: an upstream outage must not tell a destination that everybody left."""
+
+from __future__ import annotations
+
+from audience_sync.queries import list_diffs
+from tests.conftest import Harness
+
+BIG = {f"u{i:03d}": f"{i}@x.io" for i in range(200)}
+
+
+def test_losing_most_of_an_audience_is_held_and_nothing_of_it_is_sent(harness: Harness) -> None:
+    harness.warehouse.set_members("VIP", BIG)
+    harness.warehouse.set_members("Other", {"a": "a@x.io"})
+    config = harness.config(harness.jsonl_destination() + harness.audience("VIP") + harness.audience("Other"))
+    harness.run(config)
+    harness.new_calls()
+
+    harness.warehouse.set_members("VIP", dict(list(BIG.items())[:50]))  # 150 of 200 would exit: 75 %
+    harness.warehouse.set_members("Other", {"a": "a@x.io", "b": "b@x.io"})
+    result = harness.run(config)
+    assert result.exit_code == 1 and result.status == "failed"
+    assert "audience 'VIP' (vip) would lose 150 of 200 members (75%) at destination 'file'" in (result.error or "")
+    assert "--force" in (result.error or "")
+    assert harness.sent(harness.new_calls()) == {("b", "other"): True}  # other audiences still go out
+    _, rows = list_diffs(config, run_id=result.run_id, computation="vip")
+    assert {r["status"] for r in rows} == {"held"} and len(rows) == 150
+    assert result.counts["held"] == 150
+
+    forced = harness.run(config, force=True)
+    assert forced.exit_code == 0 and forced.counts["exited"] == 150
+    assert len(harness.new_calls()) == 150
+
+
+def test_an_empty_source_is_held_whatever_the_size(harness: Harness) -> None:
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
+    config = harness.config(harness.jsonl_destination() + harness.audience("VIP"))
+    harness.run(config)
+    harness.new_calls()
+    harness.warehouse.set_members("VIP", {})
+    result = harness.run(config)
+    assert result.exit_code == 1
+    assert "the source returned no rows, but destination 'file' holds 2 members" in (result.error or "")
+    assert harness.new_calls() == []
+
+
+def test_small_audiences_and_configured_shares_pass(harness: Harness) -> None:
+    harness.warehouse.set_members("VIP", {f"u{i}": f"{i}@x.io" for i in range(10)})
+    harness.warehouse.set_members("Churny", BIG)
+    config = harness.config(harness.jsonl_destination() + harness.audience("VIP")
+                            + harness.audience("Churny") + "max_exit_share = 0.9\n")
+    harness.run(config)
+    harness.warehouse.set_members("VIP", {"u0": "0@x.io"})  # 90 % of 10: under min_size 100
+    harness.warehouse.set_members("Churny", dict(list(BIG.items())[:40]))  # 80 %, allowed up to 90 %
+    result = harness.run(config)
+    assert result.exit_code == 0 and result.counts["exited"] == 9 + 160
+
+
+def test_guard_settings_come_from_the_config(harness: Harness) -> None:
+    harness.warehouse.set_members("VIP", {f"u{i}": f"{i}@x.io" for i in range(10)})
+    config = harness.config("[guard]\nmax_exit_share = 0.2\nmin_size = 5\n" + harness.jsonl_destination()
+                            + harness.audience("VIP"))
+    harness.run(config)
+    harness.warehouse.set_members("VIP", {f"u{i}": f"{i}@x.io" for i in range(7)})  # 30 % > 20 %
+    assert harness.run(config).exit_code == 1
