@@ -6,10 +6,13 @@ error; 3 the run finished but some changes failed delivery and stay pending.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -85,13 +88,33 @@ def _progress() -> Progress | RichProgress:
     return RichProgress(stderr) if stderr.is_terminal else NoProgress()
 
 
+@contextlib.contextmanager
+def _graceful_stop() -> Iterator[threading.Event]:
+    """An event set by the first SIGTERM or SIGINT, so a run finishes its chunk in flight and stops cleanly;
+    a second signal interrupts at once."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        stderr.print(
+            f"{signal.Signals(signum).name}: finishing the changes in flight, then stopping "
+            "(the rest stays pending for the next run)"
+        )
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _run(config: Config, as_json: bool, **kwargs: Any) -> None:
     progress = _progress()
-    if isinstance(progress, RichProgress):
-        with progress:
-            result = run_sync(config, progress=progress, **kwargs)
-    else:
-        result = run_sync(config, progress=progress, **kwargs)
+    with _graceful_stop() as stop, progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
+        result = run_sync(config, progress=progress, stop=stop, **kwargs)
     _finish(result, as_json)
 
 

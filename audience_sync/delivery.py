@@ -8,6 +8,7 @@ recomputes it and re-sends at most that chunk, with the same message ids.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -18,6 +19,8 @@ from .progress import NoProgress, Progress
 from .store import outbox
 
 log = logging.getLogger(__name__)
+
+STOPPED = "the run was asked to stop (SIGTERM/SIGINT) before sending this; the next run sends it"
 
 
 @dataclass
@@ -37,12 +40,14 @@ def deliver_pending(
     *,
     chunk_size: int,
     progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> DeliveryReport:
     """Send the run's pending changes for ``destination`` and record each outcome.
 
     Guarantees: a change is marked ``sent`` (and its snapshot advanced) only after the adapter reported it
     acknowledged; a destination-wide failure (credentials refused, sink unwritable) stops this destination,
-    records what it had acknowledged, and leaves the rest pending with the reason.
+    records what it had acknowledged, and leaves the rest pending with the reason. When ``stop`` is set (a
+    SIGTERM), the chunk in flight is finished and recorded, and the rest stays pending for the next run.
     """
     progress = progress or NoProgress()
     report = DeliveryReport(destination.name)
@@ -50,6 +55,13 @@ def deliver_pending(
     progress.begin(task)
     try:
         for chunk in outbox.pending_chunks(engine, run_id, destination.name, chunk_size):
+            if stop is not None and stop.is_set():
+                with engine.begin() as conn:
+                    outbox.keep_pending(conn, run_id, destination.name, STOPPED)
+                report.error = STOPPED
+                return report
+            with engine.begin() as conn:
+                outbox.mark_sending(conn, chunk)
             try:
                 outcomes = destination.deliver(chunk)
             except DestinationError as exc:

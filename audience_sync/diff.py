@@ -9,6 +9,9 @@ through Python. Semantics (per destination and computation):
   ``exited`` (new value NULL, sent as ``null``) where the snapshot holds a value that is no longer staged.
 - resync: every staged user is written even when unchanged; exits as above.
 
+A snapshot row ``in_doubt`` (its change was in flight when a run died) counts as different from everything,
+so the current truth is sent again, including an exit when the user is no longer staged.
+
 An exit goes to the email the destination last received (kept in the snapshot); other changes use the
 staged email, falling back to the snapshot's. Each row gets its deterministic message id here, computed in
 SQL exactly as :func:`audience_sync.changes.message_id` computes it.
@@ -167,17 +170,29 @@ def write_changes(
         "source": gone,
     }
     if comp.computation_class == "audience":
-        not_member = [] if resync else [or_(p.c.value.is_(None), p.c.value != TRUE)]
+        not_member = [] if resync else [or_(p.c.value.is_(None), p.c.value != TRUE, p.c.in_doubt)]
         return target.insert(
             conn, "entered", new=literal(TRUE, String), where=in_staging + not_member, **current
-        ) + target.insert(conn, "exited", new=literal(FALSE, String), where=[*in_snapshot, p.c.value == TRUE], **left)
-    differs = [] if resync else [p.c.value != s.c.value]
+        ) + target.insert(
+            conn,
+            "exited",
+            new=literal(FALSE, String),
+            where=[*in_snapshot, or_(p.c.value == TRUE, p.c.in_doubt)],
+            **left,
+        )
+    differs = [] if resync else [or_(p.c.value != s.c.value, p.c.in_doubt)]
     return (
         target.insert(conn, "entered", new=s.c.value, where=[*in_staging, p.c.value.is_(None)], **current)
         + target.insert(
             conn, "changed", new=s.c.value, where=[*in_staging, p.c.value.is_not(None), *differs], **current
         )
-        + target.insert(conn, "exited", new=literal(None, String), where=[*in_snapshot, p.c.value.is_not(None)], **left)
+        + target.insert(
+            conn,
+            "exited",
+            new=literal(None, String),
+            where=[*in_snapshot, or_(p.c.value.is_not(None), p.c.in_doubt)],
+            **left,
+        )
     )
 
 

@@ -12,6 +12,7 @@ Order of effects, and why it is safe to kill the process at any point:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ from .errors import AudienceSyncError, ConfigError, SourceError
 from .guard import Hold, find_mass_exits, hold
 from .progress import NoProgress, Progress
 from .sources import SourceStats, normalize, read_rows
-from .store import registry, runs, staging
+from .store import outbox, registry, runs, staging
 from .store.dialect import analyze
 from .store.engine import create_state_engine
 from .store.lock import HeldLock, run_lock
@@ -168,20 +169,27 @@ def _diff(
     return holds
 
 
-def _deliver_one(engine: Engine, config: Config, run_id: int, name: str, progress: Progress) -> DeliveryReport:
+def _deliver_one(
+    engine: Engine, config: Config, run_id: int, name: str, progress: Progress, stop: threading.Event | None
+) -> DeliveryReport:
     dest_config = config.destination(name)
     with build_destination(dest_config) as adapter:
-        return deliver_pending(engine, run_id, adapter, chunk_size=dest_config.chunk_size, progress=progress)
+        return deliver_pending(engine, run_id, adapter, chunk_size=dest_config.chunk_size, progress=progress, stop=stop)
 
 
 def _deliver_all(
-    engine: Engine, config: Config, run_id: int, dest_names: Sequence[str], progress: Progress
+    engine: Engine,
+    config: Config,
+    run_id: int,
+    dest_names: Sequence[str],
+    progress: Progress,
+    stop: threading.Event | None,
 ) -> dict[str, DeliveryReport]:
     """Deliver to every destination at once, each on its own thread: a slow or failing one holds up no other."""
     if len(dest_names) == 1:
-        return {dest_names[0]: _deliver_one(engine, config, run_id, dest_names[0], progress)}
+        return {dest_names[0]: _deliver_one(engine, config, run_id, dest_names[0], progress, stop)}
     with ThreadPoolExecutor(max_workers=len(dest_names), thread_name_prefix="deliver") as pool:
-        futures = {name: pool.submit(_deliver_one, engine, config, run_id, name, progress) for name in dest_names}
+        futures = {name: pool.submit(_deliver_one, engine, config, run_id, name, progress, stop) for name in dest_names}
         return {name: future.result() for name, future in futures.items()}
 
 
@@ -196,6 +204,7 @@ def run_sync(
     force: bool = False,
     trigger: str = "cli",
     progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> RunResult:
     """Run one sync and return its result; the run's row in ``sync_runs`` says the same.
 
@@ -205,7 +214,8 @@ def run_sync(
     before anything is written, LockHeld when another run holds a destination, SourceError after marking the
     run failed. Destination failures do not raise: they are in the result (status ``partial`` or ``failed``).
     A computation that trips the mass-exit guard is held (nothing of it sent) and the run fails, unless
-    ``force``.
+    ``force``. Setting ``stop`` (from a signal handler) finishes the chunks in flight, leaves the rest pending
+    and ends the run as ``partial``.
     """
     started = time.monotonic()
     progress = progress or NoProgress()
@@ -229,6 +239,7 @@ def run_sync(
                 trigger,
                 force,
                 full=not destinations and not audiences,
+                stop=stop,
             )
             return _locked_run(engine, source, config, plan, held=lock, progress=progress, started=started)
     finally:
@@ -248,6 +259,7 @@ class _Plan:
     trigger: str
     force: bool
     full: bool  # no filters: computations missing from the config are retired afterwards
+    stop: threading.Event | None = None
 
 
 def _locked_run(
@@ -260,6 +272,12 @@ def _locked_run(
         run_id = runs.open_run(
             conn, mode=mode, trigger=plan.trigger, destinations=dest_names, computations=[c.key for c in comps]
         )
+        if not dry_run:
+            in_doubt = outbox.recover_in_flight(conn, run_id, dest_names)
+            if in_doubt:
+                log.warning(
+                    "%d changes were in flight when an earlier run stopped; sending their current values", in_doubt
+                )
     held.run_id = run_id
     log.info("run %d (%s): %d computations to %s", run_id, mode, len(comps), ", ".join(dest_names))
     try:
@@ -285,7 +303,7 @@ def _locked_run(
         with engine.begin() as conn:
             staging.clear(conn, run_id)
 
-    reports = {} if dry_run else _deliver_all(engine, config, run_id, dest_names, progress)
+    reports = {} if dry_run else _deliver_all(engine, config, run_id, dest_names, progress, plan.stop)
     with engine.begin() as conn:
         counts = runs.count_changes(conn, run_id)
         counts["sources"] = source_stats

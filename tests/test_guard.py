@@ -46,8 +46,9 @@ def test_an_empty_source_is_held_whatever_the_size(harness: Harness) -> None:
 def test_small_audiences_and_configured_shares_pass(harness: Harness) -> None:
     harness.warehouse.set_members("VIP", {f"u{i}": f"{i}@x.io" for i in range(10)})
     harness.warehouse.set_members("Churny", BIG)
-    config = harness.config(harness.jsonl_destination() + harness.audience("VIP")
-                            + harness.audience("Churny") + "max_exit_share = 0.9\n")
+    config = harness.config(
+        harness.jsonl_destination() + harness.audience("VIP") + harness.audience("Churny") + "max_exit_share = 0.9\n"
+    )
     harness.run(config)
     harness.warehouse.set_members("VIP", {"u0": "0@x.io"})  # 90 % of 10: under min_size 100
     harness.warehouse.set_members("Churny", dict(list(BIG.items())[:40]))  # 80 %, allowed up to 90 %
@@ -57,8 +58,9 @@ def test_small_audiences_and_configured_shares_pass(harness: Harness) -> None:
 
 def test_guard_settings_come_from_the_config(harness: Harness) -> None:
     harness.warehouse.set_members("VIP", {f"u{i}": f"{i}@x.io" for i in range(10)})
-    config = harness.config("[guard]\nmax_exit_share = 0.2\nmin_size = 5\n" + harness.jsonl_destination()
-                            + harness.audience("VIP"))
+    config = harness.config(
+        "[guard]\nmax_exit_share = 0.2\nmin_size = 5\n" + harness.jsonl_destination() + harness.audience("VIP")
+    )
     harness.run(config)
     harness.warehouse.set_members("VIP", {f"u{i}": f"{i}@x.io" for i in range(7)})  # 30 % > 20 %
     assert harness.run(config).exit_code == 1

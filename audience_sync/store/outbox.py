@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, bindparam, select, tuple_, update
+from sqlalchemy import ColumnElement, Connection, Engine, bindparam, false, func, select, true, tuple_, update
 
 from ..changes import NOT_ATTEMPTED, SENT, Change, Outcome
 from ..values import decode
@@ -111,7 +111,7 @@ def record(conn: Connection, chunk: Sequence[Change], outcomes: Mapping[int, Out
     in_chunk = _in_chunk(chunk)
     conn.execute(
         update(diffs)
-        .where(*in_chunk, diffs.c.status == "pending")
+        .where(*in_chunk, diffs.c.status == "sending")
         .values(status="sent", error=None, sent_at=now, attempts=diffs.c.attempts + 1)
     )
     not_sent: dict[Outcome, list[int]] = defaultdict(list)
@@ -128,6 +128,54 @@ def record(conn: Connection, chunk: Sequence[Change], outcomes: Mapping[int, Out
             )
     if sum(map(len, not_sent.values())) < len(chunk):
         _advance_snapshot(conn, [*in_chunk, diffs.c.status == "sent"], now)
+
+
+def mark_sending(conn: Connection, chunk: Sequence[Change]) -> None:
+    """Note durably that ``chunk`` is being handed to its destination (commit before sending)."""
+    if chunk:
+        conn.execute(update(diffs).where(*_in_chunk(chunk), diffs.c.status == "pending").values(status="sending"))
+
+
+def recover_in_flight(conn: Connection, run_id: int, destinations: Sequence[str]) -> int:
+    """Put the changes that dead runs left in flight (``sending``) in doubt; return how many there were.
+
+    The destination may or may not have applied them, so their snapshot rows are marked ``in_doubt`` (created
+    if missing, keeping the email the change went to) and the next diff sends the current truth for them,
+    exits included. Their ``run_id`` becomes the dead run's, so the re-send gets a message id of its own: a
+    destination that deduplicates must not drop it as the repeat of an older message with the same value.
+    The old rows become ``superseded``. Call while holding those destinations' locks.
+    """
+    in_flight = [diffs.c.status == "sending", diffs.c.destination.in_(list(destinations)), diffs.c.run_id < run_id]
+    stmt = upsert(conn, snapshot)
+    source = select(
+        diffs.c.destination,
+        diffs.c.computation_key,
+        diffs.c.user_id,
+        diffs.c.email,
+        diffs.c.run_id,
+        bindparam("now", utcnow(), type_=snapshot.c.updated_at.type),
+        true(),
+    ).where(*in_flight)
+    stmt = stmt.from_select(
+        ["destination", "computation_key", "user_id", "email", "run_id", "updated_at", "in_doubt"], source
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[snapshot.c.destination, snapshot.c.computation_key, snapshot.c.user_id],
+        set_={
+            "in_doubt": true(),
+            "run_id": stmt.excluded.run_id,
+            "email": func.coalesce(snapshot.c.email, stmt.excluded.email),
+        },
+    )
+    conn.execute(stmt)
+    result = conn.execute(
+        update(diffs)
+        .where(*in_flight)
+        .values(
+            status="superseded", error=f"in flight when its run stopped; run {run_id} sends the current value again"
+        )
+    )
+    return result.rowcount
 
 
 def _advance_snapshot(conn: Connection, sent: Sequence[ColumnElement[bool]], now: Any) -> None:
@@ -152,6 +200,7 @@ def _advance_snapshot(conn: Connection, sent: Sequence[ColumnElement[bool]], now
             "email": stmt.excluded.email,
             "run_id": stmt.excluded.run_id,
             "updated_at": stmt.excluded.updated_at,
+            "in_doubt": false(),
         },
     )
     conn.execute(stmt)

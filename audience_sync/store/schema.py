@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -121,8 +123,12 @@ class SnapshotRow(Base):
     user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     value: Mapped[str | None] = mapped_column(Text, default=None)
     email: Mapped[str | None] = mapped_column(String(320), default=None)
-    run_id: Mapped[int] = mapped_column(BigInteger)
+    #: the run that delivered ``value`` or, when ``in_doubt``, the run whose change was in flight when it died
+    run_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    #: a change for this user was in flight when its run died: the destination may hold either value, so the
+    #: next run sends the current truth whatever ``value`` says
+    in_doubt: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class DiffRow(Base):
@@ -164,9 +170,10 @@ class DiffRow(Base):
 
 #: Values of ``diffs.change``.
 CHANGES = ("entered", "exited", "changed")
-#: Values of ``diffs.status``. ``superseded``: still pending when a later run recomputed the change;
+#: Values of ``diffs.status``. ``sending``: handed to the destination, outcome not yet recorded;
+#: ``superseded``: still pending (or in flight when its run died) when a later run recomputed the change;
 #: ``held``: kept back by the mass-exit guard, never sent.
-STATUSES = ("pending", "sent", "failed", "skipped", "superseded", "held")
+STATUSES = ("pending", "sending", "sent", "failed", "skipped", "superseded", "held")
 #: Values of ``sync_runs.mode`` and ``sync_runs.status``.
 MODES = ("incremental", "resync", "dry_run")
 RUN_STATUSES = ("running", "succeeded", "partial", "failed")

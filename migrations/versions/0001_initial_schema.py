@@ -37,8 +37,9 @@ def upgrade() -> None:
         sa.Column("user_id", sa.String(length=255), nullable=False),
         sa.Column("value", sa.Text(), nullable=True),
         sa.Column("email", sa.String(length=320), nullable=True),
-        sa.Column("run_id", sa.BigInteger(), nullable=False),
+        sa.Column("run_id", sa.BigInteger(), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("in_doubt", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.PrimaryKeyConstraint("destination", "computation_key", "user_id"),
     )
     op.create_table(
