@@ -150,6 +150,16 @@ filters = [
     click.option("--dry-run", is_flag=True, help="Compute and store the diff as a dry_run; send nothing."),
     click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON."),
     click.option("--force", is_flag=True, help="Send even when the mass-exit guard would hold an audience back."),
+    click.option(
+        "--wait",
+        "wait",
+        type=float,
+        default=None,
+        is_flag=False,
+        flag_value=3600.0,
+        metavar="[SECONDS]",
+        help="If another run holds the lock, wait for it (default up to 3600 s) instead of exiting 1.",
+    ),
 ]
 
 
@@ -169,10 +179,19 @@ def run(
     dry_run: bool,
     as_json: bool,
     force: bool,
+    wait: float | None,
 ) -> None:
     """One incremental run: send only the users whose membership or value changed."""
     config = load_config(config_path)
-    _run(config, as_json, destinations=destinations or None, audiences=audiences or None, dry_run=dry_run, force=force)
+    _run(
+        config,
+        as_json,
+        destinations=destinations or None,
+        audiences=audiences or None,
+        dry_run=dry_run,
+        force=force,
+        wait=wait or 0.0,
+    )
 
 
 @cli.command()
@@ -187,6 +206,7 @@ def resync(
     dry_run: bool,
     as_json: bool,
     force: bool,
+    wait: float | None,
     users: tuple[str, ...],
     yes: bool,
 ) -> None:
@@ -206,6 +226,7 @@ def resync(
         users=users or None,
         dry_run=dry_run,
         force=force,
+        wait=wait or 0.0,
     )
 
 

@@ -205,6 +205,7 @@ def run_sync(
     trigger: str = "cli",
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    wait: float = 0.0,
 ) -> RunResult:
     """Run one sync and return its result; the run's row in ``sync_runs`` says the same.
 
@@ -215,7 +216,7 @@ def run_sync(
     run failed. Destination failures do not raise: they are in the result (status ``partial`` or ``failed``).
     A computation that trips the mass-exit guard is held (nothing of it sent) and the run fails, unless
     ``force``. Setting ``stop`` (from a signal handler) finishes the chunks in flight, leaves the rest pending
-    and ends the run as ``partial``.
+    and ends the run as ``partial``. ``wait`` seconds: how long to wait for another run's lock.
     """
     started = time.monotonic()
     progress = progress or NoProgress()
@@ -230,7 +231,7 @@ def run_sync(
         upgrade(engine)
         with engine.connect() as conn:
             registry.check_keys(conn, comps)
-        with run_lock(engine, dest_names) as lock:
+        with run_lock(engine, dest_names, wait=wait) as lock:
             plan = _Plan(
                 dest_names,
                 comps,

@@ -153,18 +153,17 @@ def test_source_error_exits_1_naming_the_audience(project: Path) -> None:
 
 
 def test_lock_held_exits_1_naming_the_holder(project: Path, state_url: str) -> None:
-    import datetime as dt
 
     from sqlalchemy import create_engine
 
-    from audience_sync.store.lock import acquire
+    from audience_sync.store.lock import run_lock
     from audience_sync.store.migrate import upgrade
 
     engine = create_engine(state_url)
     upgrade(engine)
-    acquire(engine, ["destination:file"], "someone-else", dt.timedelta(minutes=5))
+    with run_lock(engine, ["file"]):
+        proc = cli("run", "--config", "audience_sync.toml", cwd=project)
     engine.dispose()
-    proc = cli("run", "--config", "audience_sync.toml", cwd=project)
     assert proc.returncode == 1
     assert "another run holds the lock for destination:file" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
 
@@ -192,3 +191,27 @@ def test_demo_from_a_fresh_directory(tmp_path: Path) -> None:
     runs = json.loads(cli("runs", "--format", "json", cwd=tmp_path).stdout)
     assert [r["status"] for r in runs] == ["succeeded", "succeeded"]
     assert runs[0]["counts"]["sent"] < runs[1]["counts"]["sent"]  # the second run sends only changes
+
+
+def test_wait_takes_the_lock_once_the_other_run_releases_it(project: Path, state_url: str) -> None:
+    import datetime as dt
+    import threading
+
+    from sqlalchemy import create_engine
+
+    from audience_sync.store.lock import HeldLock
+    from audience_sync.store.migrate import upgrade
+
+    engine = create_engine(state_url)
+    upgrade(engine)
+    other = HeldLock(engine, ["destination:file"], dt.timedelta(minutes=5)).start()
+    timer = threading.Timer(1.0, other.stop)
+    timer.start()
+    proc = cli("run", "--wait", "--json", "--config", "audience_sync.toml", cwd=project)
+    timer.join()
+    engine.dispose()
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["counts"]["sent"] == 3
+
+    proc = cli("run", "--wait", "0", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 0

@@ -88,3 +88,44 @@ def test_held_lock_renews_its_lease_and_releases(state_url: str) -> None:
             assert conn.execute(text("SELECT run_id FROM run_locks")).scalar_one() == 42
     acquire(engine, ["destination:x"], "other", dt.timedelta(minutes=5))
     engine.dispose()
+
+
+def test_postgres_lock_is_released_by_the_server_when_its_holder_dies(pg_url: str) -> None:
+    import os
+    import signal
+    import time
+
+    from audience_sync.store.lock import HeldLock
+
+    engine = create_engine(pg_url)
+    upgrade(engine)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, datetime as dt; from sqlalchemy import create_engine; "
+            "from audience_sync.store.lock import HeldLock; "
+            "HeldLock(create_engine(sys.argv[1]), ['destination:d'], dt.timedelta(hours=1)).start(); "
+            "print('held', flush=True); time.sleep(60)",
+            pg_url,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with engine.begin() as conn:  # as if it ran on another host: only the server can tell it is gone
+        conn.execute(text("UPDATE run_locks SET host = 'elsewhere'"))
+    with pytest.raises(LockHeld, match=r"pid .* on elsewhere"):
+        HeldLock(engine, ["destination:d"], dt.timedelta(minutes=5)).start()
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    deadline = time.monotonic() + 10
+    while True:  # the server notices the dead connection within moments
+        try:
+            lock = HeldLock(engine, ["destination:d"], dt.timedelta(minutes=5)).start()
+            break
+        except LockHeld:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    lock.stop()
+    engine.dispose()
