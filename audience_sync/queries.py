@@ -11,11 +11,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Config
 from .errors import AudienceSyncError, ConfigError
 from .store import history, registry, runs
-from .store.engine import create_state_engine
+from .store.engine import create_state_engine, store_error
 from .store.migrate import upgrade
 
 
@@ -26,6 +27,8 @@ def state_engine(config: Config) -> Iterator[Engine]:
     try:
         upgrade(engine)
         yield engine
+    except SQLAlchemyError as exc:
+        raise store_error(exc, config.state_url) from None
     finally:
         engine.dispose()
 

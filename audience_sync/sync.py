@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Computation, Config
 from .delivery import DeliveryReport, deliver_pending
@@ -31,7 +32,7 @@ from .progress import NoProgress, Progress
 from .sources import SourceStats, normalize, read_rows
 from .store import outbox, registry, runs, staging
 from .store.dialect import analyze
-from .store.engine import create_state_engine
+from .store.engine import create_state_engine, store_error
 from .store.lock import HeldLock, run_lock
 from .store.migrate import upgrade
 
@@ -243,6 +244,8 @@ def run_sync(
                 stop=stop,
             )
             return _locked_run(engine, source, config, plan, held=lock, progress=progress, started=started)
+    except SQLAlchemyError as exc:  # the state database itself; sources raise SourceError
+        raise store_error(exc, config.state_url) from None
     finally:
         engine.dispose()
         if source is not engine:

@@ -6,10 +6,10 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from .sqlfuncs import register_sqlite_functions
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -54,3 +54,9 @@ def create_state_engine(url: str, *, what: str = "state database") -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def store_error(exc: SQLAlchemyError, url: str, doing: str = "using") -> StoreError:
+    """A StoreError naming the (redacted) state database and the database's own reason, one line."""
+    reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    return StoreError(f"{doing} the state database {redact_url(url)} failed: {type(exc).__name__}: {reason[:500]}")

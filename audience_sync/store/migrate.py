@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import StoreError
-from .engine import redact_url
+from .engine import redact_url, store_error
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,7 @@ def upgrade(engine: Engine) -> str:
     try:
         current = current_revision(engine)
     except SQLAlchemyError as exc:
-        raise StoreError(
-            f"cannot open the state database {redact_url(str(engine.url))}: "
-            f"{exc.__class__.__name__}: {str(exc.orig if hasattr(exc, 'orig') else exc).strip()}"
-        ) from None
+        raise store_error(exc, str(engine.url), doing="opening") from None
     if current == head:
         return head
     if current is not None:
@@ -74,5 +71,5 @@ def upgrade(engine: Engine) -> str:
     try:
         command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:
-        raise StoreError(f"migrating the state database failed: {exc}") from None
+        raise store_error(exc, str(engine.url), doing="migrating") from None
     return head
