@@ -263,7 +263,15 @@ class _ComputationBase(_Section):
 
 
 class AudienceConfig(_ComputationBase):
-    pass
+    #: flap damping: send ``false`` only once a member has been out this long (e.g. "24h")
+    exit_after: str | None = None
+
+    @field_validator("exit_after")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
 
 
 class TraitConfig(_ComputationBase):
@@ -294,6 +302,8 @@ class Computation:
     file: str | None
     destinations: tuple[str, ...]
     max_exit_share: float = 0.5
+    #: seconds a member must stay out before ``false`` is sent (flap damping); None sends at once
+    exit_after: float | None = None
 
     @property
     def definition_hash(self) -> str:
@@ -402,7 +412,19 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
                     f"(configured: {', '.join(dest_names) or 'none'})"
                 )
         share = entry.max_exit_share if entry.max_exit_share is not None else raw.guard.max_exit_share
-        computations.append(Computation(key, entry.name, cls, entry.sql, entry.file, tuple(targets), share))
+        damping = getattr(entry, "exit_after", None)
+        computations.append(
+            Computation(
+                key,
+                entry.name,
+                cls,
+                entry.sql,
+                entry.file,
+                tuple(targets),
+                share,
+                parse_duration(damping) if damping else None,
+            )
+        )
     if collisions:
         key, names = collisions[0]
         raise KeyCollisionError("invalid configuration:\n  " + "\n  ".join(problems), key=key, names=names)

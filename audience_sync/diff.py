@@ -19,6 +19,7 @@ SQL exactly as :func:`audience_sync.changes.message_id` computes it.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -171,13 +172,17 @@ def write_changes(
     }
     if comp.computation_class == "audience":
         not_member = [] if resync else [or_(p.c.value.is_(None), p.c.value != TRUE, p.c.in_doubt)]
+        out_long_enough: list[ColumnElement[bool]] = []
+        if comp.exit_after is not None and not resync:
+            cutoff = utcnow() - dt.timedelta(seconds=comp.exit_after)
+            out_long_enough = [or_(p.c.in_doubt, p.c.missing_since <= literal(cutoff, UTCDateTime))]
         return target.insert(
             conn, "entered", new=literal(TRUE, String), where=in_staging + not_member, **current
         ) + target.insert(
             conn,
             "exited",
             new=literal(FALSE, String),
-            where=[*in_snapshot, or_(p.c.value == TRUE, p.c.in_doubt)],
+            where=[*in_snapshot, or_(p.c.value == TRUE, p.c.in_doubt), *out_long_enough],
             **left,
         )
     differs = [] if resync else [or_(p.c.value != s.c.value, p.c.in_doubt)]
@@ -194,6 +199,22 @@ def write_changes(
             **left,
         )
     )
+
+
+def note_missing(conn: Connection, run_id: int, dest: str, comp: Computation) -> None:
+    """Flap damping: start the clock for members missing from the source, stop it for those who are back."""
+    s = table_of(StagingRow)
+    p = table_of(SnapshotRow)
+    staged = (
+        select(s.c.user_id)
+        .where(s.c.run_id == run_id, s.c.computation_key == comp.key, s.c.user_id == p.c.user_id)
+        .exists()
+    )
+    mine = [p.c.destination == dest, p.c.computation_key == comp.key]
+    conn.execute(
+        update(p).where(*mine, p.c.value == TRUE, p.c.missing_since.is_(None), ~staged).values(missing_since=utcnow())
+    )
+    conn.execute(update(p).where(*mine, p.c.missing_since.is_not(None), staged).values(missing_since=None))
 
 
 def skip_unreachable(conn: Connection, run_id: int, dest: str, required: Sequence[str], reason: str) -> int:

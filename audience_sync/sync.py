@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .config import Computation, Config
 from .delivery import DeliveryReport, deliver_pending
 from .destinations import build_destination
-from .diff import skip_unreachable, supersede_pending, write_changes
+from .diff import note_missing, skip_unreachable, supersede_pending, write_changes
 from .errors import AudienceSyncError, ConfigError, SourceError
 from .guard import Hold, find_mass_exits, hold
 from .progress import NoProgress, Progress
@@ -151,6 +151,8 @@ def _diff(
                 supersede_pending(conn, run_id, name, [c.key for c in targeted])
             for comp in targeted:
                 write_changes(conn, run_id, name, comp, resync=resync, users=users)
+                if comp.exit_after is not None and not dry_run:
+                    note_missing(conn, run_id, name, comp)
             required = dest.required_identifiers
             if required:
                 skip_unreachable(

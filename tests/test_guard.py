@@ -64,3 +64,36 @@ def test_guard_settings_come_from_the_config(harness: Harness) -> None:
     harness.run(config)
     harness.warehouse.set_members("VIP", {f"u{i}": f"{i}@x.io" for i in range(7)})  # 30 % > 20 %
     assert harness.run(config).exit_code == 1
+
+
+def test_flap_damping_sends_false_only_after_exit_after(harness: Harness) -> None:
+    import time
+
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io", "u3": "c@x.io"})
+    config = harness.config(harness.jsonl_destination() + harness.audience("VIP") + 'exit_after = "1s"\n')
+    harness.run(config)
+    harness.new_calls()
+
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io"})  # u2 and u3 drop out
+    assert harness.run(config).counts["exited"] == 0
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u3": "c@x.io"})  # u3 flaps back: nothing to send
+    assert harness.run(config).counts["exited"] == 0
+    assert harness.new_calls() == []
+
+    time.sleep(1.2)
+    result = harness.run(config)
+    assert harness.sent(harness.new_calls()) == {("u2", "vip"): False}  # only the one who stayed out
+    assert result.counts["exited"] == 1
+    harness.run(config)
+    assert harness.new_calls() == []
+
+
+def test_exit_after_is_an_audience_setting(harness: Harness) -> None:
+    import pytest
+
+    from audience_sync.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"computed_traits\[0\] \('Score'\)\.exit_after: unknown key"):
+        harness.config(harness.jsonl_destination() + harness.trait("Score") + 'exit_after = "1h"\n')
+    with pytest.raises(ConfigError, match=r"audiences\[0\] \('VIP'\)\.exit_after: .*not a duration"):
+        harness.config(harness.jsonl_destination() + harness.audience("VIP") + 'exit_after = "a day"\n')

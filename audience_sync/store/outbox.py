@@ -201,6 +201,7 @@ def _advance_snapshot(conn: Connection, sent: Sequence[ColumnElement[bool]], now
             "run_id": stmt.excluded.run_id,
             "updated_at": stmt.excluded.updated_at,
             "in_doubt": false(),
+            "missing_since": None,
         },
     )
     conn.execute(stmt)

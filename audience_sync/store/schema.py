@@ -129,6 +129,8 @@ class SnapshotRow(Base):
     #: a change for this user was in flight when its run died: the destination may hold either value, so the
     #: next run sends the current truth whatever ``value`` says
     in_doubt: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: flap damping: since when a member has been missing from the source without ``false`` being sent yet
+    missing_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class DiffRow(Base):

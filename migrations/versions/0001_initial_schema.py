@@ -40,6 +40,7 @@ def upgrade() -> None:
         sa.Column("run_id", sa.BigInteger(), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("in_doubt", sa.Boolean(), server_default=sa.false(), nullable=False),
+        sa.Column("missing_since", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("destination", "computation_key", "user_id"),
     )
     op.create_table(
