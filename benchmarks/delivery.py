@@ -107,12 +107,12 @@ def build_warehouse(path: Path, n: int) -> None:
         db.executemany("INSERT INTO users VALUES (?, ?)", ((f"user-{i:07d}", f"u{i}@example.com") for i in range(n)))
 
 
-def our_rate(work: Path, n: int, destination: str) -> float:
-    """Changes per second of the delivery phase of one initial run."""
+def our_rate(work: Path, n: int, destination: str, state: str) -> float:
+    """Changes per second of the delivery phase of one initial run, on a fresh state database ``state``."""
     config = parse_config(
         f"""
 [state]
-url = "sqlite:///{work / "state.db"}"
+url = "sqlite:///{work / state}"
 [source]
 url = "sqlite:///{work / "wh.db"}"
 {destination}
@@ -122,7 +122,6 @@ sql = "SELECT id AS user_id, email FROM users"
 """,
         environ={"GIST_API_KEY": "k", "SEGMENT_WRITE_KEY": "k"},
     )
-    (work / "state.db").unlink(missing_ok=True)
     timer = Timer()
     result = run_sync(config, progress=timer)
     if result.counts["sent"] != n:
@@ -207,14 +206,17 @@ def main() -> None:
                 f'endpoint = "{url}"\nconcurrency = {args.concurrency}\n'
             )
             rows = []
-            ours, bare = our_rate(work, args.changes, gist), bare_gist(url, args.changes, args.concurrency)
+            ours, bare = our_rate(work, args.changes, gist, "gist.db"), bare_gist(url, args.changes, args.concurrency)
             rows.append(("Gist identify calls/s", ours, bare))
-            ours, bare = our_rate(work, args.changes, segment), bare_segment(url, args.changes, args.concurrency)
+            ours, bare = (
+                our_rate(work, args.changes, segment, "segment.db"),
+                bare_segment(url, args.changes, args.concurrency),
+            )
             rows.append(("Segment messages/s", ours, bare))
             small = min(args.changes, int(args.rate * 10))
             (work / "wh.db").unlink()
             build_warehouse(work / "wh.db", small)
-            limited = our_rate(work, small, gist + f"rate_limit = {args.rate}\n")
+            limited = our_rate(work, small, gist + f"rate_limit = {args.rate}\n", "limited.db")
     finally:
         server.terminate()
         server.wait()

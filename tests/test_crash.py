@@ -94,9 +94,15 @@ def test_sigkill_at_many_moments_loses_nothing(harness: Harness, slow_segment: F
     with engine.connect() as conn:
         sent_ids = {r[0] for r in conn.execute(text("SELECT message_id FROM diffs WHERE status = 'sent'"))}
         running = conn.execute(text("SELECT count(*) FROM sync_runs WHERE status = 'running'")).scalar_one()
+        abandoned = conn.execute(text("SELECT count(*) FROM sync_runs WHERE error LIKE 'abandoned%'")).scalar_one()
+        mid_delivery = conn.execute(
+            text("SELECT count(DISTINCT run_id) FROM diffs WHERE error LIKE 'in flight%'")
+        ).scalar_one()
     engine.dispose()
     assert sent_ids <= set(slow_segment.messages)
     assert running == 0
+    # the kills landed all over a run: before the run row, during staging or the diff, and mid-delivery
+    assert abandoned >= 10 and mid_delivery >= 3, (abandoned, mid_delivery)
 
     # re-sends stay within what was in flight: one chunk per killed run
     really_killed = [k for k in killed_at if k > 0]
