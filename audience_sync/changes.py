@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,6 +45,17 @@ class Outcome:
 
 SENT = Outcome("sent")
 NOT_ATTEMPTED = Outcome("pending", "not attempted")
+_RANK = {"sent": 0, "skipped": 1, "pending": 2, "failed": 3}
+
+
+def merge(outcomes: Iterable[tuple[int, Outcome]]) -> dict[int, Outcome]:
+    """One outcome per change from the outcomes of its messages: the worst wins (failed > pending > sent)."""
+    merged: dict[int, Outcome] = {}
+    for diff_id, outcome in outcomes:
+        known = merged.get(diff_id)
+        if known is None or _RANK[outcome.status] > _RANK[known.status]:
+            merged[diff_id] = outcome
+    return merged
 
 
 SEPARATOR = "\x1f"

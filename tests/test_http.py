@@ -9,8 +9,8 @@ import random
 import httpx
 import pytest
 
-from audience_sync.changes import SENT, Outcome
-from audience_sync.destinations.batching import body, encode, merge, pack, send_halving
+from audience_sync.changes import SENT, Outcome, merge
+from audience_sync.destinations.batching import body, encode, pack, send_halving
 from audience_sync.destinations.http import (
     HttpSender,
     RetryPolicy,

@@ -16,8 +16,6 @@ _ENVELOPE = len(b'{"batch":[],"sentAt":"2026-01-01T00:00:00.000Z"}') + 16
 #: a batch refused with one of these is split to find the bad message; other refusals fail the whole batch
 SPLIT_ON = frozenset({400, 413})
 
-_RANK = {"sent": 0, "skipped": 1, "pending": 2, "failed": 3}
-
 
 def encode(message: dict[str, Any]) -> bytes:
     """Compact JSON bytes of a message."""
@@ -44,16 +42,6 @@ def pack(items: Iterable[Encoded], *, max_count: int, max_bytes: int) -> list[li
     if current:
         batches.append(current)
     return batches
-
-
-def merge(outcomes: Iterable[tuple[int, Outcome]]) -> dict[int, Outcome]:
-    """One outcome per change from the outcomes of its messages: the worst wins (failed > pending > sent)."""
-    merged: dict[int, Outcome] = {}
-    for diff_id, outcome in outcomes:
-        known = merged.get(diff_id)
-        if known is None or _RANK[outcome.status] > _RANK[known.status]:
-            merged[diff_id] = outcome
-    return merged
 
 
 def send_halving(post: Callable[[Sequence[Encoded]], object], items: Sequence[Encoded]) -> list[tuple[int, Outcome]]:

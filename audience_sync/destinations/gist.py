@@ -15,8 +15,8 @@ from ..changes import SENT, Change, Outcome
 from ..config import GistDestination
 from ..errors import PermanentDestinationError, TransientDestinationError
 from .base import Destination
-from .batching import encode, merge
-from .http import HttpSender, RetryPolicy
+from .batching import encode
+from .http import HttpSender
 from .messages import MessageOptions, event_name, track_properties
 
 #: one HTTP call: its path, its JSON body, and the changes it carries
@@ -31,13 +31,9 @@ class GistContacts(Destination):
         super().__init__(config.name)
         self.config = config
         self.options = MessageOptions.of(config)
-        self.sender = HttpSender(
-            destination=config.name,
+        self.sender = HttpSender.for_destination(
+            config,
             base_url=config.endpoint,
-            timeout=config.timeout,
-            concurrency=config.concurrency,
-            policy=RetryPolicy(max_retries=config.max_retries),
-            rate_limit=config.rate_limit,
             transport=transport,
             headers={"Authorization": f"Bearer {config.api_key.get_secret_value()}", "Accept": "application/json"},
         )
@@ -80,12 +76,7 @@ class GistContacts(Destination):
         return [(c.diff_id, outcome) for c in changes]
 
     def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:
-        done, refused = self.sender.map_settled(self._call, self.calls(changes))
-        outcomes = merge(done)
-        if refused is not None:
-            refused.partial = outcomes
-            raise refused
-        return outcomes
+        return self.sender.settle(self._call, self.calls(changes))
 
     def close(self) -> None:
         self.sender.close()

@@ -12,13 +12,14 @@ import email.utils
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 
+from ..changes import Outcome, merge
 from ..errors import CredentialsRejected, DestinationError, PermanentDestinationError, TransientDestinationError
 
 T = TypeVar("T")
@@ -207,6 +208,40 @@ class HttpSender:
             transport=transport,
         )
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"send-{destination}")
+
+    @classmethod
+    def for_destination(
+        cls, config: Any, *, base_url: str, transport: httpx.BaseTransport | None = None, **extra: Any
+    ) -> HttpSender:
+        """A sender with a destination config's ``timeout``, ``concurrency``, ``max_retries`` and ``rate_limit``."""
+        return cls(
+            destination=config.name,
+            base_url=base_url,
+            timeout=config.timeout,
+            concurrency=config.concurrency,
+            policy=RetryPolicy(max_retries=config.max_retries),
+            rate_limit=config.rate_limit,
+            transport=transport,
+            **extra,
+        )
+
+    def settle(
+        self,
+        fn: Callable[[T], list[tuple[int, Outcome]]],
+        items: Iterable[T],
+        earlier: Sequence[tuple[int, Outcome]] = (),
+    ) -> dict[int, Outcome]:
+        """Run ``fn`` over ``items`` on the pool and merge the outcomes per change (with ``earlier`` ones).
+
+        When the destination refused our credentials, the refusal is raised carrying the merged outcomes of what
+        completed, so that the caller records them.
+        """
+        done, refused = self.map_settled(fn, items)
+        outcomes = merge([*earlier, *done])
+        if refused is not None:
+            refused.partial = outcomes
+            raise refused
+        return outcomes
 
     def stop(self, error: DestinationError) -> None:
         """Refuse every call not yet started with ``error``."""

@@ -9,8 +9,8 @@ import httpx
 from ..changes import Change, Outcome
 from ..config import SegmentDestination
 from .base import Destination
-from .batching import Encoded, body, encode, merge, pack, send_halving
-from .http import HttpSender, RetryPolicy
+from .batching import Encoded, body, encode, pack, send_halving
+from .http import HttpSender
 from .messages import MessageOptions, messages_for, timestamp
 
 MAX_MESSAGE_BYTES = 32 * 1024
@@ -28,15 +28,8 @@ class SegmentBatch(Destination):
         super().__init__(config.name)
         self.config = config
         self.options = MessageOptions.of(config)
-        self.sender = HttpSender(
-            destination=config.name,
-            base_url=config.endpoint,
-            timeout=config.timeout,
-            concurrency=config.concurrency,
-            policy=RetryPolicy(max_retries=config.max_retries),
-            rate_limit=config.rate_limit,
-            auth=(config.write_key.get_secret_value(), ""),
-            transport=transport,
+        self.sender = HttpSender.for_destination(
+            config, base_url=config.endpoint, transport=transport, auth=(config.write_key.get_secret_value(), "")
         )
 
     def _post(self, items: Sequence[Encoded]) -> object:
@@ -59,12 +52,7 @@ class SegmentBatch(Destination):
                 else:
                     encoded.append((change.diff_id, data))
         batches = pack(encoded, max_count=self.config.max_batch_messages, max_bytes=self.config.max_batch_bytes)
-        done, refused = self.sender.map_settled(lambda batch: send_halving(self._post, batch), batches)
-        outcomes = merge([*results, *done])
-        if refused is not None:
-            refused.partial = outcomes
-            raise refused
-        return outcomes
+        return self.sender.settle(lambda batch: send_halving(self._post, batch), batches, earlier=results)
 
     def close(self) -> None:
         self.sender.close()

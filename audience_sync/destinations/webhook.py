@@ -11,8 +11,8 @@ import httpx
 from ..changes import Change, Outcome
 from ..config import WebhookDestination
 from .base import Destination
-from .batching import Encoded, body, encode, merge, pack, send_halving
-from .http import HttpSender, RetryPolicy
+from .batching import Encoded, body, encode, pack, send_halving
+from .http import HttpSender
 from .messages import MessageOptions, messages_for, timestamp
 
 SIGNATURE_PREFIX = "sha256="
@@ -37,15 +37,11 @@ class Webhook(Destination):
         self.options = MessageOptions.of(config)
         secret = config.signing_secret
         self._secret = secret.get_secret_value().encode() if secret is not None else None
-        self.sender = HttpSender(
-            destination=config.name,
+        self.sender = HttpSender.for_destination(
+            config,
             base_url=config.url,
-            timeout=config.timeout,
-            concurrency=config.concurrency,
-            policy=RetryPolicy(max_retries=config.max_retries),
-            rate_limit=config.rate_limit,
-            headers={k: v.get_secret_value() for k, v in config.secret_headers.items()},
             transport=transport,
+            headers={k: v.get_secret_value() for k, v in config.secret_headers.items()},
         )
 
     def _post(self, items: Sequence[Encoded]) -> object:
@@ -62,13 +58,7 @@ class Webhook(Destination):
             batches = [[item] for item in encoded]
         else:
             batches = pack(encoded, max_count=self.config.batch_size, max_bytes=500_000)
-        results: list[tuple[int, Outcome]] = []
-        done, refused = self.sender.map_settled(lambda batch: send_halving(self._post, batch), batches)
-        outcomes = merge([*results, *done])
-        if refused is not None:
-            refused.partial = outcomes
-            raise refused
-        return outcomes
+        return self.sender.settle(lambda batch: send_halving(self._post, batch), batches)
 
     def close(self) -> None:
         self.sender.close()

@@ -13,17 +13,18 @@ import json
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from tests.fakes.gist import Fault
+from tests.fakes.loopback import JsonHandler, LoopbackServer
 
 MAX_BATCH_BYTES = 500 * 1024
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_MESSAGES = 2500
 
 
-class FakeSegment:
+class FakeSegment(LoopbackServer):
     def __init__(self, write_key: str = "segment-write-key", *, path: str = "/v1/batch", delay: float = 0.0) -> None:
         self.write_key = write_key
         self.path = path
@@ -35,22 +36,7 @@ class FakeSegment:
         self.events: list[dict[str, Any]] = []
         self.faults: deque[Fault] = deque()
         self.lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> FakeSegment:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__()
 
     def fail_next(
         self, count: int, status: int, *, headers: dict[str, str] | None = None, apply_first: bool = False
@@ -97,42 +83,27 @@ class FakeSegment:
                 return 400, "invalid message"
         return batch
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _answer(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                raw = self.read_body()
                 if fake.delay:
                     time.sleep(fake.delay)
                 with fake.lock:
                     fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": raw})
                     if self.path != fake.path:
-                        return self._answer(404, {"success": False, "message": "not found"})
+                        return self.answer(404, {"success": False, "message": "not found"})
                     checked = fake._check(self.headers, raw)
                     if isinstance(checked, tuple):
-                        return self._answer(checked[0], {"success": False, "message": checked[1]})
+                        return self.answer(checked[0], {"success": False, "message": checked[1]})
                     fault = fake.faults.popleft() if fake.faults else None
                     if fault is not None:
                         if fault.apply_first:
                             fake._accept(checked)
-                        return self._answer(fault.status, fault.body, fault.headers)
+                        return self.answer(fault.status, fault.body, fault.headers)
                     fake._accept(checked)
-                return self._answer(200, {"success": True})
+                return self.answer(200, {"success": True})
 
         return Handler
