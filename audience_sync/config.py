@@ -333,11 +333,15 @@ class Config:
         known = ", ".join(d.name for d in self.destinations) or "none"
         raise ConfigError(f"{self.path}: no destination named {name!r} (configured: {known})", path=self.path)
 
+    def find_computation(self, key: str) -> Computation | None:
+        """The computation with trait key (or name) ``key``, or None."""
+        return next((c for c in self.computations if key in (c.key, c.name)), None)
+
     def computation(self, key: str) -> Computation:
-        """The computation with trait key ``key``; ConfigError naming the known keys otherwise."""
-        for comp in self.computations:
-            if key in (comp.key, comp.name):
-                return comp
+        """The computation with trait key (or name) ``key``; ConfigError naming the known keys otherwise."""
+        comp = self.find_computation(key)
+        if comp is not None:
+            return comp
         known = ", ".join(c.key for c in self.computations) or "none"
         raise ConfigError(f"{self.path}: no audience or trait with key {key!r} (configured: {known})", path=self.path)
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import Connection, func, select, update
 
 from .config import Computation
-from .store.schema import DiffRow, SnapshotRow, table_of
-from .values import TRUE
+from .store.history import snapshot_sizes
+from .store.schema import DiffRow, table_of
 
 diffs = table_of(DiffRow)
-snapshot = table_of(SnapshotRow)
 
 
 @dataclass(frozen=True)
@@ -55,23 +54,6 @@ class Hold:
         )
 
 
-def _sizes(conn: Connection, dest: str, comps: Sequence[Computation]) -> dict[str, int]:
-    audiences = [c.key for c in comps if c.computation_class == "audience"]
-    traits = [c.key for c in comps if c.computation_class == "trait"]
-    rows = conn.execute(
-        select(snapshot.c.computation_key, func.count())
-        .where(
-            snapshot.c.destination == dest,
-            or_(
-                and_(snapshot.c.computation_key.in_(audiences), snapshot.c.value == TRUE),
-                and_(snapshot.c.computation_key.in_(traits), snapshot.c.value.is_not(None)),
-            ),
-        )
-        .group_by(snapshot.c.computation_key)
-    ).all()
-    return {str(row[0]): int(row[1]) for row in rows}
-
-
 def _exits(conn: Connection, run_id: int, dest: str) -> dict[str, int]:
     rows = conn.execute(
         select(diffs.c.computation_key, func.count())
@@ -89,7 +71,7 @@ def find_mass_exits(
     Trips when the source returned no rows for a computation the destination holds members of, or when the
     exits exceed the computation's ``max_exit_share`` of its members there and it has at least ``min_size``.
     """
-    sizes = _sizes(conn, dest, comps)
+    sizes = {key: n for (_, key), n in snapshot_sizes(conn, destination=dest).items()}
     exits = _exits(conn, run_id, dest)
     holds = []
     for comp in comps:

@@ -117,7 +117,8 @@ def revive(config: Config, key: str) -> None:
 
 def members(config: Config, key: str, *, destination: str | None = None) -> list[dict[str, Any]]:
     """Users the destinations have acknowledged ``key`` for: audience members, or users with a trait value."""
-    comp_key = config.computation(key).key if any(key in (c.key, c.name) for c in config.computations) else key
+    comp = config.find_computation(key)  # a retired key is not in the config but may still have members
+    comp_key = comp.key if comp is not None else key
     dests = [config.destination(destination).name] if destination else [d.name for d in config.destinations]
     with state_engine(config) as engine, engine.connect() as conn:
         return history.members(conn, comp_key, dests)

@@ -73,14 +73,12 @@ def list_diffs(
     return out
 
 
-def snapshot_sizes(conn: Connection) -> dict[tuple[str, str], int]:
+def snapshot_sizes(conn: Connection, *, destination: str | None = None) -> dict[tuple[str, str], int]:
     """Per (destination, computation key): users the destination holds a value for (audiences: ``true``)."""
-    rows = conn.execute(
-        select(snapshot.c.destination, snapshot.c.computation_key, func.count())
-        .select_from(_joined)
-        .where(_holds_value())
-        .group_by(snapshot.c.destination, snapshot.c.computation_key)
-    ).all()
+    stmt = select(snapshot.c.destination, snapshot.c.computation_key, func.count()).select_from(_joined)
+    if destination is not None:
+        stmt = stmt.where(snapshot.c.destination == destination)
+    rows = conn.execute(stmt.where(_holds_value()).group_by(snapshot.c.destination, snapshot.c.computation_key)).all()
     return {(d, k): n for d, k, n in rows}
 
 
