@@ -110,9 +110,13 @@ def release(engine: Engine, names: Sequence[str], holder: str) -> None:
             conn.execute(delete(locks).where(locks.c.name.in_(list(names)), locks.c.holder == holder))
 
 
-def advisory_key(name: str) -> int:
-    """The signed 64-bit key of a lock name for PostgreSQL's advisory locks."""
-    return int.from_bytes(hashlib.sha256(f"audience-sync:{name}".encode()).digest()[:8], "big", signed=True)
+def advisory_key(name: str, scope: str = "") -> int:
+    """The signed 64-bit key of a lock name for PostgreSQL's advisory locks.
+
+    ``scope`` names the state (its schema): advisory locks are shared by a whole database, so two deployments
+    keeping their state in two schemas of one database must not block each other.
+    """
+    return int.from_bytes(hashlib.sha256(f"audience-sync:{scope}:{name}".encode()).digest()[:8], "big", signed=True)
 
 
 def _holder_of(engine: Engine, name: str) -> str:
@@ -168,8 +172,9 @@ class HeldLock:
             return
         session = self.engine.connect()
         try:
+            scope = session.execute(select(func.current_schema())).scalar_one() or ""
             for name in self.names:
-                if not session.execute(select(func.pg_try_advisory_lock(advisory_key(name)))).scalar_one():
+                if not session.execute(select(func.pg_try_advisory_lock(advisory_key(name, scope)))).scalar_one():
                     raise LockHeld(
                         f"another run holds the lock for {name} ({_holder_of(self.engine, name)}); "
                         f"try again when it has finished",
