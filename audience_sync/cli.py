@@ -7,8 +7,9 @@ error; 3 the run finished but some changes failed delivery and stay pending.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
-import logging
+import os
 import signal
 import sys
 import threading
@@ -21,11 +22,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__, queries, report
-from .config import Config, load_config
+from .attempts import Attempt
+from .config import Config, load_config, parse_duration
 from .errors import AudienceSyncError
+from .logs import LOG_FORMATS, LogFormat, configure_logging
+from .postrun import after_run
 from .progress import NoProgress, Progress, RichProgress
 from .store.schema import STATUSES
-from .sync import RunResult, run_sync
+from .sync import RunResult, run_sync, select_targets
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,38 +48,52 @@ stderr = _console(to_stderr=True)
 EXIT_USAGE = 2
 
 
-def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("audience_sync")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+def command_options(default_level: str = "warning") -> Callable[[F], F]:
+    """``--config``, ``--log-level`` (default ``default_level``) and ``--log-format``, taken by every command."""
+
+    def decorate(func: F) -> F:
+        @click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Config file (default: $AUDIENCE_SYNC_CONFIG, else config/audience_sync.toml).",
+        )
+        @click.option(
+            "--log-level",
+            type=click.Choice(["debug", "info", "warning", "error"]),
+            default=default_level,
+            show_default=True,
+            help="Log detail on stderr.",
+        )
+        @click.option(
+            "--log-format",
+            type=click.Choice(LOG_FORMATS),
+            default="text",
+            show_default=True,
+            help="Log lines for people (text) or one JSON object per line (json) for log collectors.",
+        )
+        @functools.wraps(func)
+        def wrapper(*args: Any, config_path: str | None, log_level: str, log_format: LogFormat, **kwargs: Any) -> Any:
+            configure_logging(log_level, log_format)
+            return func(*args, config_path=config_path, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
-def common_options(func: F) -> F:
-    """``--config`` and ``--log-level``, taken by every command."""
+common_options = command_options()
 
-    @click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False),
+
+def metrics_option(func: F) -> F:
+    return click.option(
+        "--metrics-file",
+        type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="Config file (default: $AUDIENCE_SYNC_CONFIG, else config/audience_sync.toml).",
-    )
-    @click.option(
-        "--log-level",
-        type=click.Choice(["debug", "info", "warning", "error"]),
-        default="warning",
-        show_default=True,
-        help="Log detail on stderr.",
-    )
-    @functools.wraps(func)
-    def wrapper(*args: Any, config_path: str | None, log_level: str, **kwargs: Any) -> Any:
-        _configure_logging(log_level)
-        return func(*args, config_path=config_path, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+        metavar="PATH",
+        help="After each run, write Prometheus metrics here (for node_exporter's textfile collector).",
+    )(func)
 
 
 def format_option(func: F) -> F:
@@ -111,10 +129,19 @@ def _graceful_stop() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def _run(config: Config, as_json: bool, **kwargs: Any) -> None:
+def _run(config: Config, as_json: bool, metrics_file: Path | None, **kwargs: Any) -> None:
+    dest_names, comps = select_targets(config, kwargs.get("destinations"), kwargs.get("audiences"))
+    scope = functools.partial(
+        Attempt, tuple(dest_names), tuple(c.key for c in comps), dry_run=bool(kwargs.get("dry_run"))
+    )
     progress = _progress()
-    with _graceful_stop() as stop, progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
-        result = run_sync(config, progress=progress, stop=stop, **kwargs)
+    try:
+        with _graceful_stop() as stop, progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
+            result = run_sync(config, progress=progress, stop=stop, **kwargs)
+    except AudienceSyncError as exc:
+        after_run(config, scope(error=exc), metrics_file=metrics_file)
+        raise
+    after_run(config, scope(result=result), metrics_file=metrics_file)
     _finish(result, as_json)
 
 
@@ -172,6 +199,7 @@ def with_filters(func: F) -> F:
 @cli.command()
 @common_options
 @with_filters
+@metrics_option
 def run(
     config_path: str | None,
     destinations: tuple[str, ...],
@@ -180,12 +208,14 @@ def run(
     as_json: bool,
     force: bool,
     wait: float | None,
+    metrics_file: Path | None,
 ) -> None:
     """One incremental run: send only the users whose membership or value changed."""
     config = load_config(config_path)
     _run(
         config,
         as_json,
+        metrics_file,
         destinations=destinations or None,
         audiences=audiences or None,
         dry_run=dry_run,
@@ -199,6 +229,7 @@ def run(
 @with_filters
 @click.option("--user", "users", multiple=True, metavar="ID", help="Only this user id (repeatable).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@metrics_option
 def resync(
     config_path: str | None,
     destinations: tuple[str, ...],
@@ -209,6 +240,7 @@ def resync(
     wait: float | None,
     users: tuple[str, ...],
     yes: bool,
+    metrics_file: Path | None,
 ) -> None:
     """Full resync: every current member gets its current value again; users who left get false/null."""
     config = load_config(config_path)
@@ -220,6 +252,7 @@ def resync(
     _run(
         config,
         as_json,
+        metrics_file,
         mode="resync",
         destinations=destinations or None,
         audiences=audiences or None,
@@ -310,6 +343,70 @@ def members(config_path: str | None, key: str, destination: str | None, fmt: str
         fmt,
         title=f"members of {key}",
         json_columns=("value",),
+    )
+
+
+@cli.command()
+@command_options(default_level="info")
+@metrics_option
+@click.option("--now", "run_now", is_flag=True, help="Run every job once at start, then on its schedule.")
+@click.option("--list", "list_only", is_flag=True, help="Print the jobs and when each fires next, then exit.")
+def schedule(config_path: str | None, metrics_file: Path | None, run_now: bool, list_only: bool) -> None:
+    """Run syncs on the config's schedules, in the foreground, until SIGTERM or SIGINT (then exit 0).
+
+    One run at a time; the database lock keeps schedulers on other hosts from overlapping. A failed run is
+    logged and the schedule goes on. Logs (info by default) give the next fire time after each run.
+    """
+    from .scheduler import SyncScheduler, describe_jobs
+
+    config = load_config(config_path)
+    stop = threading.Event()
+    service = SyncScheduler(
+        config,
+        stop=stop,
+        after_run=lambda attempt: after_run(config, attempt, metrics_file=metrics_file),
+        run_now=run_now,
+    )
+    if list_only:
+        for line in describe_jobs(service.jobs):
+            stdout.print(escape(line), highlight=False)
+        return
+    queries.upgrade_database(config)  # fail fast (exit 1) when the state database is unreachable
+
+    def handle(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            stderr.print(f"{signal.Signals(signum).name} again: stopping at once")
+            os._exit(130)  # the interrupted run is marked abandoned by the next run
+        stop.set()
+        stderr.print(f"{signal.Signals(signum).name}: finishing the run in progress, then stopping")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handle)
+    service.serve()
+
+
+@cli.command()
+@common_options
+@click.option(
+    "--older-than",
+    required=True,
+    metavar="DURATION",
+    help="Delete history of runs that finished longer ago than this, e.g. 90d, 12h.",
+)
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=10_000, show_default=True)
+def prune(config_path: str | None, older_than: str, dry_run: bool, batch_size: int) -> None:
+    """Delete old diff rows and runs, in batches; never the snapshot, pending changes or running runs."""
+    try:
+        seconds = parse_duration(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    config = load_config(config_path)
+    result = queries.prune_history(config, dt.timedelta(seconds=seconds), dry_run=dry_run, batch_size=batch_size)
+    verb = "would delete" if dry_run else "deleted"
+    stdout.print(
+        f"{verb} {result.diffs} diff rows and {result.runs} runs that finished before "
+        f"{result.cutoff.isoformat(timespec='seconds')}"
     )
 
 

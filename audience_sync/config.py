@@ -11,8 +11,9 @@ import hashlib
 import os
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -76,11 +77,84 @@ class ScheduleConfig(_Section):
             parse_duration(value)
         return value
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as 'Europe/Berlin')") from None
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if len(value.split()) != 5:
+            raise ValueError(f"{value!r} is not a crontab expression of five fields, like '0 */3 * * *'")
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a valid crontab expression: {exc}") from None
+        return value
+
     @model_validator(mode="after")
     def _one_trigger(self) -> ScheduleConfig:
         if self.every is not None and self.cron is not None:
             raise ValueError("give either `every` or `cron`, not both")
         return self
+
+    @property
+    def is_set(self) -> bool:
+        """True when this schedule names a trigger (``every`` or ``cron``)."""
+        return self.every is not None or self.cron is not None
+
+
+def _schedule_with_trigger(value: ScheduleConfig | None) -> ScheduleConfig | None:
+    if value is not None and not value.is_set:
+        raise ValueError("a schedule needs `every` or `cron`")
+    return value
+
+
+class AlertsConfig(_Section):
+    """Where and when to post incident alerts (Slack-compatible incoming webhook)."""
+
+    webhook_url_env: str | None = None
+    #: alert when more than this share of a destination's changes in a run failed or stayed pending
+    max_failed_share: float = Field(default=0.1, ge=0, le=1)
+    _webhook_url: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _resolve_secret(self, info: ValidationInfo) -> AlertsConfig:
+        if self.webhook_url_env is not None:
+            self._webhook_url = _secret_from_env(self.webhook_url_env, "webhook_url_env", info)
+        return self
+
+    @property
+    def webhook_url(self) -> SecretStr | None:
+        """The alert webhook's URL (a secret: it authorises posting), or None when alerts are off."""
+        return self._webhook_url
+
+
+class RetentionConfig(_Section):
+    """Automatic pruning of old diff rows and runs after each run (off unless ``keep`` is set)."""
+
+    keep: str | None = None
+
+    @field_validator("keep")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @property
+    def keep_seconds(self) -> float | None:
+        """How long diff rows and runs are kept, in seconds; None keeps them forever."""
+        return parse_duration(self.keep) if self.keep else None
 
 
 class _DestinationBase(_Section):
@@ -96,6 +170,13 @@ class _DestinationBase(_Section):
     entered_event: str = "Audience Entered"
     exited_event: str = "Audience Exited"
     trait_event: str = "Trait Computed"
+    #: this destination's own schedule for `audience-sync schedule` (default: the [schedule] table)
+    schedule: ScheduleConfig | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_has_trigger(cls, value: ScheduleConfig | None) -> ScheduleConfig | None:
+        return _schedule_with_trigger(value)
 
     @field_validator("send")
     @classmethod
@@ -248,6 +329,13 @@ class _ComputationBase(_Section):
     destinations: tuple[str, ...] | None = None
     #: overrides [guard] max_exit_share for this computation (1 turns the share check off)
     max_exit_share: float | None = Field(default=None, gt=0, le=1)
+    #: this computation's own schedule for `audience-sync schedule` (default: its destinations' or [schedule])
+    schedule: ScheduleConfig | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_has_trigger(cls, value: ScheduleConfig | None) -> ScheduleConfig | None:
+        return _schedule_with_trigger(value)
 
     @model_validator(mode="after")
     def _check(self) -> _ComputationBase:
@@ -283,6 +371,8 @@ class _RawConfig(_Section):
     source: SourceConfig = SourceConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     guard: GuardConfig = GuardConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    retention: RetentionConfig = RetentionConfig()
     destinations: tuple[DestinationConfig, ...] = ()
     audiences: tuple[AudienceConfig, ...] = ()
     computed_traits: tuple[TraitConfig, ...] = ()
@@ -304,6 +394,8 @@ class Computation:
     max_exit_share: float = 0.5
     #: seconds a member must stay out before ``false`` is sent (flap damping); None sends at once
     exit_after: float | None = None
+    #: its own schedule for `audience-sync schedule`, if the config gives one
+    schedule: ScheduleConfig | None = None
 
     @property
     def definition_hash(self) -> str:
@@ -324,6 +416,8 @@ class Config:
     guard: GuardConfig
     destinations: tuple[AnyDestination, ...]
     computations: tuple[Computation, ...]
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     def destination(self, name: str) -> AnyDestination:
         """The destination called ``name``; ConfigError naming the known ones otherwise."""
@@ -427,6 +521,7 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
                 tuple(targets),
                 share,
                 parse_duration(damping) if damping else None,
+                entry.schedule,
             )
         )
     if collisions:
@@ -443,6 +538,8 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
         guard=raw.guard,
         destinations=raw.destinations,
         computations=tuple(computations),
+        alerts=raw.alerts,
+        retention=raw.retention,
     )
 
 

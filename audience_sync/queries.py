@@ -1,4 +1,5 @@
-"""Library functions behind the inspecting commands (``diff``, ``runs``, ``audiences``, ``members``, ``db``).
+"""Library functions behind the inspecting commands (``diff``, ``runs``, ``audiences``, ``members``, ``db``,
+``prune``).
 
 Each opens the state database named by the config, applies pending migrations, and returns plain data;
 rendering is :mod:`audience_sync.report`'s job.
@@ -6,6 +7,7 @@ rendering is :mod:`audience_sync.report`'s job.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Config
 from .errors import AudienceSyncError, ConfigError
-from .store import history, registry, runs
+from .store import history, registry, retention, runs
 from .store.engine import create_state_engine, store_error
 from .store.migrate import upgrade
 
@@ -122,3 +124,14 @@ def members(config: Config, key: str, *, destination: str | None = None) -> list
     dests = [config.destination(destination).name] if destination else [d.name for d in config.destinations]
     with state_engine(config) as engine, engine.connect() as conn:
         return history.members(conn, comp_key, dests)
+
+
+def prune_history(
+    config: Config, older_than: dt.timedelta, *, dry_run: bool = False, batch_size: int = 10_000
+) -> retention.PruneResult:
+    """Delete (or with ``dry_run`` count) final diff rows and empty runs older than ``older_than``.
+
+    The snapshot and pending or in-flight changes are never touched; see :mod:`audience_sync.store.retention`.
+    """
+    with state_engine(config) as engine:
+        return retention.prune(engine, older_than, batch_size=batch_size, dry_run=dry_run)

@@ -176,8 +176,28 @@ def _deliver_one(
     engine: Engine, config: Config, run_id: int, name: str, progress: Progress, stop: threading.Event | None
 ) -> DeliveryReport:
     dest_config = config.destination(name)
+    started = time.monotonic()
     with build_destination(dest_config) as adapter:
-        return deliver_pending(engine, run_id, adapter, chunk_size=dest_config.chunk_size, progress=progress, stop=stop)
+        report = deliver_pending(
+            engine, run_id, adapter, chunk_size=dest_config.chunk_size, progress=progress, stop=stop
+        )
+    elapsed = time.monotonic() - started
+    log.info(
+        "run %d: %s took %d changes in %.1fs%s",
+        run_id,
+        name,
+        report.attempted,
+        elapsed,
+        f"; stopped: {report.error}" if report.error else "",
+        extra={
+            "run_id": run_id,
+            "destination": name,
+            "attempted": report.attempted,
+            "duration_seconds": round(elapsed, 3),
+            "error": report.error,
+        },
+    )
+    return report
 
 
 def _deliver_all(
@@ -285,7 +305,14 @@ def _locked_run(
                     "%d changes were in flight when an earlier run stopped; sending their current values", in_doubt
                 )
     held.run_id = run_id
-    log.info("run %d (%s): %d computations to %s", run_id, mode, len(comps), ", ".join(dest_names))
+    log.info(
+        "run %d (%s): %d computations to %s",
+        run_id,
+        mode,
+        len(comps),
+        ", ".join(dest_names),
+        extra={"run_id": run_id, "mode": mode, "destinations": dest_names, "trigger": plan.trigger},
+    )
     try:
         source_stats = _stage(engine, source, config, run_id, comps, progress)
         staged = {key: st["members"] for key, st in source_stats.items()}
@@ -337,11 +364,23 @@ def _locked_run(
         duration_seconds=time.monotonic() - started,
         destinations={n: {"error": r.error, "changes_attempted": r.attempted} for n, r in reports.items()},
     )
-    log.info(
-        "run %d %s in %.1fs: %s",
+    totals = {k: counts[k] for k in runs.COUNT_KEYS}
+    log.log(
+        logging.INFO if status == "succeeded" else logging.WARNING,
+        "run %d %s in %.1fs: %s%s",
         run_id,
         status,
         result.duration_seconds,
-        {k: counts[k] for k in runs.COUNT_KEYS},
+        totals,
+        f" ({error})" if error else "",
+        extra={
+            "run_id": run_id,
+            "mode": mode,
+            "status": status,
+            "counts": totals,
+            "destinations": dest_names,
+            "duration_seconds": round(result.duration_seconds, 3),
+            "error": error,
+        },
     )
     return result

@@ -9,23 +9,48 @@ import sys
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 
 from audience_sync.errors import LockHeld, StoreError
 from audience_sync.store.lock import acquire, release, run_lock
-from audience_sync.store.migrate import current_revision, upgrade
+from audience_sync.store.migrate import current_revision, migrations_dir, upgrade
 from audience_sync.store.schema import Base
 
 
 def test_migrations_build_exactly_the_models_schema(state_url: str) -> None:
     engine = create_engine(state_url)
     assert current_revision(engine) is None
-    assert upgrade(engine) == "0001"
-    assert upgrade(engine) == "0001"  # idempotent
+    head = ScriptDirectory(str(migrations_dir())).get_current_head()
+    assert head is not None and head != "0001"  # the chain has grown beyond the first revision
+    assert upgrade(engine) == head
+    assert upgrade(engine) == head  # idempotent
     with engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     engine.dispose()
     assert diffs == []
+
+
+def test_a_database_at_the_first_revision_upgrades_in_place(state_url: str) -> None:
+    """A state database made by an earlier release keeps its data across the upgrade."""
+    from alembic import command
+
+    from audience_sync.store.migrate import alembic_config
+
+    engine = create_engine(state_url)
+    command.upgrade(alembic_config(engine), "0001")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO computations (key, name, computation_class, definition_hash, first_synced_at, updated_at)"
+                " VALUES ('vip', 'VIP', 'audience', 'x', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+    upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT key FROM computations")).scalar_one() == "vip"
+        assert conn.execute(text("SELECT count(*) FROM alert_incidents")).scalar_one() == 0
+    engine.dispose()
 
 
 def test_a_database_from_a_newer_version_is_refused(state_url: str) -> None:

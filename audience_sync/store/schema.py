@@ -8,6 +8,7 @@ People query these tables directly (the README documents them); change them only
 - ``snapshot``: per destination, computation and user, the value the destination acknowledged, and the
   identifiers it was sent with. Audiences store ``true``/``false``; traits store JSON, NULL for "no value".
 - ``diffs``: the outbox and the audit trail: every change of every run and what became of it.
+- ``alert_incidents``: open incidents, so that each is alerted once and its recovery once.
 """
 
 from __future__ import annotations
@@ -193,3 +194,22 @@ class RunLock(Base):
     run_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     acquired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class AlertIncident(Base):
+    """One open incident (a failed run, an audience held by the guard, too many failed deliveries).
+
+    ``notified_at`` is set once the alert webhook took the alert, so each incident is posted once; the row
+    is deleted when the incident recovers (after the recovery message was taken, if the alert was).
+    """
+
+    __tablename__ = "alert_incidents"
+
+    incident: Mapped[str] = mapped_column(String(400), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    destination: Mapped[str] = mapped_column(String(150))
+    computation_key: Mapped[str | None] = mapped_column(String(150), default=None)
+    message: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    opened_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    notified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)

@@ -1,0 +1,68 @@
+"""Retention: deleting old diff rows and runs, in batches, without touching what a run still needs.
+
+Only rows of finished runs whose status is final (``sent``, ``failed``, ``skipped``, ``superseded``, ``held``)
+are deleted. The snapshot, ``pending`` and ``sending`` rows (the outbox and the crash-recovery record) and
+runs still ``running`` are never touched, so pruning is safe while a run is in progress.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, delete, exists, func, select
+
+from .schema import DiffRow, SyncRun, table_of, utcnow
+
+diffs = table_of(DiffRow)
+runs = table_of(SyncRun)
+
+FINAL_STATUSES = ("sent", "failed", "skipped", "superseded", "held")
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What a prune deleted (or, dry, would delete), and the cut-off it used."""
+
+    cutoff: dt.datetime
+    diffs: int
+    runs: int
+
+
+def prune(engine: Engine, older_than: dt.timedelta, *, batch_size: int = 10_000, dry_run: bool = False) -> PruneResult:
+    """Delete final diff rows of runs that finished more than ``older_than`` ago, then those runs if empty.
+
+    Each batch of at most ``batch_size`` rows is its own transaction, so a large prune never holds a long
+    lock and an interrupted prune leaves a consistent (partly pruned) history. ``dry_run`` only counts.
+    """
+    cutoff = utcnow() - older_than
+    old_runs = select(runs.c.id).where(runs.c.status != "running", runs.c.finished_at < cutoff)
+    prunable = select(diffs.c.id).where(diffs.c.run_id.in_(old_runs), diffs.c.status.in_(FINAL_STATUSES))
+    empty_runs = select(runs.c.id).where(
+        runs.c.id.in_(old_runs), ~exists().where(diffs.c.run_id == runs.c.id, diffs.c.status.not_in(FINAL_STATUSES))
+    )
+    if dry_run:
+        with engine.connect() as conn:
+            n_diffs = conn.execute(select(func.count()).select_from(prunable.subquery())).scalar_one()
+            n_runs = conn.execute(select(func.count()).select_from(empty_runs.subquery())).scalar_one()
+        return PruneResult(cutoff, int(n_diffs), int(n_runs))
+
+    deleted_diffs = 0
+    while True:
+        with engine.begin() as conn:
+            ids = conn.execute(prunable.limit(batch_size)).scalars().all()
+            if ids:
+                conn.execute(delete(diffs).where(diffs.c.id.in_(ids)))
+        deleted_diffs += len(ids)
+        if len(ids) < batch_size:
+            break
+    deleted_runs = 0
+    while True:
+        with engine.begin() as conn:
+            run_ids = conn.execute(empty_runs.limit(batch_size)).scalars().all()
+            if run_ids:
+                conn.execute(delete(runs).where(runs.c.id.in_(run_ids)))
+        deleted_runs += len(run_ids)
+        if len(run_ids) < batch_size:
+            break
+    return PruneResult(cutoff, deleted_diffs, deleted_runs)

@@ -1,0 +1,200 @@
+"""`audience-sync schedule` as a service: a real subprocess on a 2-second schedule against a fake Gist,
+the source changing under it, stopped by SIGTERM; and the job planning behind it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from audience_sync.config import ScheduleConfig
+from audience_sync.errors import ConfigError
+from audience_sync.scheduler import plan_jobs, trigger_for
+from tests.conftest import Harness
+from tests.fakes.gist import FakeGist
+from tests.fakes.segment import FakeSegment
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 40.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def start_schedule(config: Path, *extra: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "audience_sync", "schedule", "--config", str(config), "--log-format", "json", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
+
+
+def state_counts(state_url: str) -> dict[str, int]:
+    engine = create_engine(state_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT status, count(*) FROM sync_runs GROUP BY status")).all()
+        locks = conn.execute(text("SELECT count(*) FROM run_locks")).scalar_one()
+    engine.dispose()
+    return {**{str(status): int(n) for status, n in rows}, "locks": int(locks)}
+
+
+def json_lines(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def test_schedule_delivers_source_changes_and_stops_cleanly_on_sigterm(harness: Harness, gist: FakeGist) -> None:
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
+    config = harness.tmp_path / "schedule.toml"
+    config.write_text(
+        f'[state]\nurl = "{harness.state_url}"\n[source]\nurl = "{harness.warehouse.url}"\n'
+        '[schedule]\nevery = "2s"\n'
+        f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "GIST_API_KEY"\nendpoint = "{gist.url}"\n'
+        + Harness.audience("VIP")
+    )
+    proc = start_schedule(config, env={"GIST_API_KEY": gist.api_key})
+    try:
+        wait_for(lambda: gist.properties("u1") == {"vip": True})  # the first scheduled run
+        harness.warehouse.set_members("VIP", {"u2": "b@x.io"})  # u1 leaves, u2 joins
+        wait_for(lambda: gist.properties("u2") == {"vip": True} and gist.properties("u1") == {"vip": False})
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    counts = state_counts(harness.state_url)
+    assert counts.get("running", 0) == 0 and counts["locks"] == 0
+    assert counts["succeeded"] >= 2
+    logs = json_lines(err)
+    assert logs, err
+    nexts = [line for line in logs if line["message"].startswith("next run of default at")]
+    assert len(nexts) >= 3  # at start, and after each run
+    assert all(dt.datetime.fromisoformat(line["next_run_time"]) for line in nexts)
+    finished = [line for line in logs if "run_id" in line and "counts" in line]
+    assert finished and all(line["status"] == "succeeded" for line in finished)
+    # only changes were sent: u1 once in, once out; u2 once in
+    bodies = [json.loads(r["body"]) for r in gist.requests]
+    assert [(b["user_id"], b["custom_properties"]["vip"]) for b in bodies] == [
+        ("u1", True),
+        ("u1", False),
+        ("u2", True),
+    ] or sorted((b["user_id"], b["custom_properties"]["vip"]) for b in bodies) == [
+        ("u1", False),
+        ("u1", True),
+        ("u2", True),
+    ]
+
+
+def test_sigterm_during_a_scheduled_run_ends_it_partial_and_exits_zero(harness: Harness) -> None:
+    segment = FakeSegment(delay=0.05).start()
+    try:
+        harness.warehouse.set_members("VIP", {f"u{i:03d}": f"{i}@x.io" for i in range(300)})
+        config = harness.tmp_path / "schedule.toml"
+        config.write_text(
+            f'[state]\nurl = "{harness.state_url}"\n[source]\nurl = "{harness.warehouse.url}"\n'
+            '[schedule]\nevery = "1h"\n'
+            f'[[destinations]]\nname = "segment"\ntype = "segment"\nwrite_key_env = "SEGMENT_WRITE_KEY"\n'
+            f'endpoint = "{segment.url}"\nconcurrency = 1\nchunk_size = 10\nmax_batch_messages = 5\n'
+            + Harness.audience("VIP")
+        )
+        proc = start_schedule(config, "--now", env={"SEGMENT_WRITE_KEY": segment.write_key})
+        try:
+            wait_for(lambda: len(segment.requests) > 2)  # mid-delivery of the run started by --now
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    finally:
+        segment.stop()
+    assert proc.returncode == 0, err
+    counts = state_counts(harness.state_url)
+    assert counts == {"partial": 1, "locks": 0}, counts
+    assert 0 < len(segment.profiles) < 300
+
+
+def test_a_failed_run_is_logged_and_the_schedule_goes_on(harness: Harness, gist: FakeGist) -> None:
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
+    config = harness.tmp_path / "schedule.toml"
+    config.write_text(
+        f'[state]\nurl = "{harness.state_url}"\n[source]\nurl = "{harness.warehouse.url}"\n'
+        '[schedule]\nevery = "1s"\n'
+        f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "GIST_API_KEY"\nendpoint = "{gist.url}"\n'
+        + Harness.audience("VIP")
+    )
+    proc = start_schedule(config, env={"GIST_API_KEY": "wrong-key"})
+    try:
+        wait_for(lambda: len(gist.requests) >= 2)  # refused twice: two runs, the schedule went on
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    failed = [line for line in json_lines(err) if line.get("status") == "failed"]
+    assert len(failed) >= 2 and "refused our credentials" in failed[0]["message"]
+    assert state_counts(harness.state_url)["failed"] >= 2
+
+
+# ---- planning (no processes) ----
+
+
+def test_every_pair_is_covered_by_exactly_one_job(harness: Harness) -> None:
+    config = harness.config(
+        '[schedule]\nevery = "3h"\n'
+        + harness.jsonl_destination("a")
+        + harness.jsonl_destination("b").replace('type = "jsonl"', 'type = "jsonl"\nschedule = { every = "15m" }')
+        + harness.audience("VIP")
+        + harness.audience("Churn Risk").replace("sql =", 'schedule = { cron = "0 * * * *" }\nsql =')
+        + harness.trait("Score")
+    )
+    jobs = {j.name: j for j in plan_jobs(config)}
+    assert set(jobs) == {"audience:churn_risk", "destination:b", "default"}
+    assert jobs["audience:churn_risk"].destinations == ("a", "b")
+    assert jobs["destination:b"].audiences == ("vip", "score")
+    assert jobs["default"].destinations == ("a",) and jobs["default"].audiences == ("score", "vip")
+    covered = [
+        (d, k)
+        for j in jobs.values()
+        for k in j.audiences or ()
+        for d in j.destinations or ()
+        if d in config.computation(k).destinations
+    ]
+    assert sorted(covered) == sorted({(d, c.key) for c in config.computations for d in c.destinations})
+
+
+def test_without_per_item_schedules_one_job_runs_everything(harness: Harness) -> None:
+    config = harness.config('[schedule]\ncron = "0 */3 * * *"\n' + harness.jsonl_destination() + harness.audience("V"))
+    (job,) = plan_jobs(config)
+    assert job.destinations is None and job.audiences is None  # a full run: retires removed keys
+
+
+def test_no_schedule_is_a_config_error_naming_the_pair(harness: Harness) -> None:
+    config = harness.config(harness.jsonl_destination() + harness.audience("VIP"))
+    with pytest.raises(ConfigError, match="'vip' to destination 'file' has no schedule"):
+        plan_jobs(config)
+
+
+def test_cron_fires_in_its_time_zone_and_jitter_stays_within_bounds() -> None:
+    berlin = trigger_for(ScheduleConfig(cron="0 3 * * *", timezone="Europe/Berlin"))
+    now = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+    fire = berlin.get_next_fire_time(None, now)
+    assert fire is not None and fire.astimezone(dt.UTC) == dt.datetime(2026, 12, 2, 2, 0, tzinfo=dt.UTC)
+    jittered = trigger_for(ScheduleConfig(every="1h", jitter="5m"))
+    fires = [jittered.get_next_fire_time(now, now) for _ in range(50)]
+    offsets = {(f - now).total_seconds() for f in fires if f is not None}
+    assert all(3600 - 300 <= o <= 3600 + 300 for o in offsets) and len(offsets) > 1
