@@ -424,6 +424,26 @@ def db_upgrade(config_path: str | None) -> None:
     stdout.print(f"state database at schema revision {revision}")
 
 
+@db.command("copy")
+@common_options
+@click.option(
+    "--to",
+    "target_url",
+    required=True,
+    metavar="URL",
+    help="SQLAlchemy URL of the empty state database to copy into (e.g. postgresql+psycopg://...).",
+)
+def db_copy(config_path: str | None, target_url: str) -> None:
+    """Copy the state database (snapshot, runs, diffs, keys) into another, e.g. from SQLite to PostgreSQL.
+
+    Stop scheduled runs first. Then point [state] url at the new database: runs continue where they left off.
+    """
+    config = load_config(config_path)
+    copied = queries.copy_state_database(config, target_url)
+    stdout.print(", ".join(f"{n} {table}" for table, n in copied.items()) + " rows copied")
+    stdout.print("Now set [state] url to the new database; the next run continues from the copied snapshot.")
+
+
 @cli.command()
 @common_options
 @click.option(

@@ -127,6 +127,13 @@ class AlertsConfig(_Section):
     max_failed_share: float = Field(default=0.1, ge=0, le=1)
     _webhook_url: SecretStr | None = PrivateAttr(default=None)
 
+    @field_validator("webhook_url_env")
+    @classmethod
+    def _env_var_is_set(cls, var: str | None, info: ValidationInfo) -> str | None:
+        if var is not None:
+            _secret_from_env(var, "webhook_url_env", info)
+        return var
+
     @model_validator(mode="after")
     def _resolve_secret(self, info: ValidationInfo) -> AlertsConfig:
         if self.webhook_url_env is not None:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Config
 from .errors import AudienceSyncError, ConfigError
-from .store import history, registry, retention, runs
+from .store import history, registry, retention, runs, transfer
 from .store.engine import create_state_engine, store_error
 from .store.migrate import upgrade
 
@@ -135,3 +135,16 @@ def prune_history(
     """
     with state_engine(config) as engine:
         return retention.prune(engine, older_than, batch_size=batch_size, dry_run=dry_run)
+
+
+def copy_state_database(config: Config, target_url: str) -> dict[str, int]:
+    """Copy the config's state database into the empty database at ``target_url``; rows copied per table."""
+    source = create_state_engine(config.state_url)
+    target = create_state_engine(target_url, what="target state database")
+    try:
+        return transfer.copy_state(source, target)
+    except SQLAlchemyError as exc:
+        raise store_error(exc, target_url, doing="copying into") from None
+    finally:
+        source.dispose()
+        target.dispose()

@@ -189,7 +189,7 @@ class SyncScheduler:
             while not self.stop.wait(poll):
                 pass
         finally:
-            log.info("stopping: waiting for the run in progress to finish its chunk in flight")
+            log.info("stopping: no new runs; a run in progress finishes its chunk in flight first")
             self._scheduler.shutdown(wait=True)
             log.info("scheduler stopped")
 

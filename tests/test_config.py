@@ -127,3 +127,33 @@ def test_schedule_durations_are_validated() -> None:
         parse_config('[schedule]\nevery = "3 hours"\n', path="c.toml")
     with pytest.raises(ConfigError, match="either `every` or `cron`"):
         parse_config('[schedule]\nevery = "3h"\ncron = "0 */3 * * *"\n', path="c.toml")
+
+
+def test_schedules_alerts_and_retention_are_validated_with_their_key_paths() -> None:
+    text = (
+        '[schedule]\ncron = "0 25 * * *"\ntimezone = "Mars/Olympus"\n'
+        '[alerts]\nwebhook_url_env = "ALERT_HOOK"\nmax_failed_share = 2\n'
+        '[retention]\nkeep = "forever"\n'
+        '[[destinations]]\nname = "f"\ntype = "jsonl"\nschedule = { timezone = "UTC" }\n'
+        '[[audiences]]\nname = "A"\nsql = "SELECT 1"\nschedule = { cron = "* * *" }\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, path="c.toml", environ={})
+    message = str(err.value)
+    for expected in (
+        "c.toml: schedule.cron: '0 25 * * *' is not a valid crontab expression",
+        "c.toml: schedule.timezone: unknown time zone 'Mars/Olympus'",
+        "c.toml: alerts.max_failed_share:",
+        "c.toml: alerts.webhook_url_env: environment variable ALERT_HOOK (named by `webhook_url_env`) is not set",
+        "c.toml: retention.keep: ",
+        "c.toml: destinations[0] ('f').schedule: a schedule needs `every` or `cron`",
+        "c.toml: audiences[0] ('A').schedule.cron: '* * *' is not a crontab expression of five fields",
+    ):
+        assert expected in message, message
+    ok = parse_config(
+        '[alerts]\nwebhook_url_env = "ALERT_HOOK"\n[retention]\nkeep = "90d"\n',
+        path="c.toml",
+        environ={"ALERT_HOOK": "http://127.0.0.1:9/hook"},
+    )
+    assert ok.alerts.webhook_url is not None and "127.0.0.1" not in repr(ok.alerts)
+    assert ok.retention.keep_seconds == 90 * 86400

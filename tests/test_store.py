@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -16,6 +17,7 @@ from audience_sync.errors import LockHeld, StoreError
 from audience_sync.store.lock import acquire, release, run_lock
 from audience_sync.store.migrate import current_revision, migrations_dir, upgrade
 from audience_sync.store.schema import Base
+from tests.conftest import Harness, Warehouse
 
 
 def test_migrations_build_exactly_the_models_schema(state_url: str) -> None:
@@ -154,3 +156,34 @@ def test_postgres_lock_is_released_by_the_server_when_its_holder_dies(pg_url: st
             time.sleep(0.1)
     lock.stop()
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_state_moves_from_sqlite_to_postgresql_and_runs_continue(
+    tmp_path: Path, pg_url: str, warehouse: Warehouse
+) -> None:
+    from audience_sync.config import parse_config
+    from audience_sync.queries import copy_state_database
+    from audience_sync.sync import run_sync
+
+    harness = Harness(tmp_path, f"sqlite:///{tmp_path / 'old.db'}", warehouse)
+    warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
+    warehouse.set_trait("Score", {"u1": ("a@x.io", 1)})
+    body = harness.jsonl_destination() + harness.audience("VIP") + harness.trait("Score")
+    old = harness.config(body)
+    run_sync(old)
+    run_sync(old)
+    harness.new_calls()
+
+    copied = copy_state_database(old, pg_url)
+    assert copied["snapshot"] == 3 and copied["sync_runs"] == 2 and copied["diffs"] == 3
+    with pytest.raises(StoreError, match="already holds data in"):
+        copy_state_database(old, pg_url)  # never merges into a used database
+
+    new = parse_config(
+        f'[state]\nurl = "{pg_url}"\n[source]\nurl = "{warehouse.url}"\n' + body, path=str(tmp_path / "new.toml")
+    )
+    warehouse.set_members("VIP", {"u1": "a@x.io", "u3": "c@x.io"})
+    result = run_sync(new)
+    assert result.run_id == 3  # ids continue after the copied runs
+    assert harness.sent(harness.new_calls()) == {("u2", "vip"): False, ("u3", "vip"): True}  # only the changes

@@ -1,0 +1,150 @@
+"""The deployment recipes in deploy/ (shown verbatim in docs/OPERATIONS.md) are real: the crontab line and the
+systemd service run here against a real config, the units pass `systemd-analyze verify`, and every
+audience-sync invocation in them parses with the real command line."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+from apscheduler.triggers.cron import CronTrigger
+
+from audience_sync.cli import cli
+from tests.conftest import Harness
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+BINARY = "/opt/audience-sync/venv/bin/audience-sync"
+CONFIG = "/etc/audience-sync/audience_sync.toml"
+ENV_FILE = "/etc/audience-sync/env"
+METRICS = "/var/lib/node_exporter/textfile_collector/audience_sync.prom"
+RECIPES = [
+    "crontab",
+    "systemd/audience-sync.service",
+    "systemd/audience-sync.timer",
+    "systemd/audience-sync-scheduler.service",
+    "kubernetes/cronjob.yaml",
+]
+
+
+def check_invocation(args: list[str]) -> str:
+    """Parse ``audience-sync ARGS`` with the real command line; UsageError if any option is wrong."""
+    assert isinstance(cli, click.Group)
+    command = cli.get_command(click.Context(cli), args[0])
+    assert command is not None, f"no command {args[0]!r}"
+    command.make_context(args[0], list(args[1:]))
+    return args[0]
+
+
+def unit(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(path.read_text())
+    return parser
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, warehouse: object, harness: Harness) -> dict[str, str]:
+    """Stand-ins for the recipes' paths: a real config, env file, metrics and log locations under tmp_path."""
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
+    config = tmp_path / "audience_sync.toml"
+    config.write_text(
+        f'[state]\nurl = "{harness.state_url}"\n[source]\nurl = "{harness.warehouse.url}"\n'
+        + harness.jsonl_destination()
+        + harness.audience("VIP")
+    )
+    env = tmp_path / "env"
+    env.write_text("EXAMPLE_SECRET=not-used\n")
+    return {
+        BINARY: str(Path(sys.executable).parent / "audience-sync"),
+        CONFIG: str(config),
+        ENV_FILE: str(env),
+        METRICS: str(tmp_path / "metrics" / "audience_sync.prom"),
+        "/var/log/audience-sync.log": str(tmp_path / "audience-sync.log"),
+    }
+
+
+def substitute(text: str, paths: dict[str, str]) -> str:
+    for real, stand_in in paths.items():
+        text = text.replace(real, stand_in)
+    return text
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_operations_doc_shows_each_recipe_verbatim(recipe: str) -> None:
+    assert (DEPLOY / recipe).read_text().strip() in (ROOT / "docs" / "OPERATIONS.md").read_text()
+
+
+def test_crontab_line_parses_and_its_command_runs(sandbox: dict[str, str], tmp_path: Path) -> None:
+    (line,) = [x for x in (DEPLOY / "crontab").read_text().splitlines() if x.strip() and not x.startswith("#")]
+    fields = line.split(maxsplit=5)
+    CronTrigger.from_crontab(" ".join(fields[:5]))
+    command = fields[5]
+    argv = shlex.split(command.split("&&", 1)[1].split(">>", 1)[0])
+    assert argv[0] == BINARY and check_invocation(argv[1:]) == "run"
+    proc = subprocess.run(["bash", "-c", substitute(command, sandbox)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(sandbox[METRICS]).read_text().count("audience_sync_last_run_success") >= 1
+    log_lines = Path(sandbox["/var/log/audience-sync.log"]).read_text().splitlines()
+    assert log_lines and all(json.loads(x) for x in log_lines if x.startswith("{"))
+
+
+def test_systemd_oneshot_service_runs_its_exec_start(sandbox: dict[str, str]) -> None:
+    service = unit(DEPLOY / "systemd" / "audience-sync.service")
+    argv = shlex.split(substitute(service["Service"]["ExecStart"], sandbox))
+    assert check_invocation(argv[1:]) == "run"
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=Path(sandbox[CONFIG]).parent)
+    assert proc.returncode == 0, proc.stderr
+    assert service["Service"]["SuccessExitStatus"] == "3"  # pending changes are not a unit failure
+
+
+def test_timer_and_scheduler_units_name_real_things() -> None:
+    timer = unit(DEPLOY / "systemd" / "audience-sync.timer")
+    assert (DEPLOY / "systemd" / timer["Timer"]["Unit"]).is_file()
+    scheduler = unit(DEPLOY / "systemd" / "audience-sync-scheduler.service")
+    assert check_invocation(shlex.split(scheduler["Service"]["ExecStart"])[1:]) == "schedule"
+    assert scheduler["Service"]["KillSignal"] == "SIGTERM"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_units_pass_systemd_analyze(tmp_path: Path) -> None:
+    stand_in = Path(sys.executable).parent / "audience-sync"
+    for name in ("audience-sync.service", "audience-sync.timer", "audience-sync-scheduler.service"):
+        (tmp_path / name).write_text((DEPLOY / "systemd" / name).read_text().replace(BINARY, str(stand_in)))
+    names = ["audience-sync.service", "audience-sync.timer", "audience-sync-scheduler.service"]
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", *(f"./{n}" for n in names)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Unknown key" not in proc.stderr and "bad unit file" not in proc.stderr
+    calendar = unit(DEPLOY / "systemd" / "audience-sync.timer")["Timer"]["OnCalendar"]
+    check = subprocess.run(["systemd-analyze", "calendar", calendar], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0 and "Next elapse" in check.stdout
+
+
+def test_kubernetes_cronjob_forbids_overlap_and_runs_a_real_command() -> None:
+    doc = yaml.safe_load((DEPLOY / "kubernetes" / "cronjob.yaml").read_text())
+    assert (doc["apiVersion"], doc["kind"]) == ("batch/v1", "CronJob")
+    spec = doc["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    CronTrigger.from_crontab(spec["schedule"])
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["terminationGracePeriodSeconds"] >= 60
+    (container,) = pod["containers"]
+    assert check_invocation(container["args"]) == "run"
+    mounted = {m["mountPath"] for m in container["volumeMounts"]}
+    assert str(Path(CONFIG).parent) in mounted
