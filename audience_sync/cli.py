@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import logging
 import os
 import signal
 import sys
@@ -32,6 +33,8 @@ from .store.schema import STATUSES
 from .sync import RunResult, run_sync, select_targets
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger(__name__)
 
 
 def _console(*, to_stderr: bool = False) -> Console:
@@ -116,9 +119,9 @@ def _graceful_stop() -> Iterator[threading.Event]:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        stderr.print(
-            f"{signal.Signals(signum).name}: finishing the changes in flight, then stopping "
-            "(the rest stays pending for the next run)"
+        log.warning(
+            "%s: finishing the changes in flight, then stopping (the rest stays pending for the next run)",
+            signal.Signals(signum).name,
         )
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -350,7 +353,7 @@ def members(config_path: str | None, key: str, destination: str | None, fmt: str
 @command_options(default_level="info")
 @metrics_option
 @click.option("--now", "run_now", is_flag=True, help="Run every job once at start, then on its schedule.")
-@click.option("--list", "list_only", is_flag=True, help="Print the jobs and when each fires next, then exit.")
+@click.option("--list", "list_only", is_flag=True, help="Print the jobs and when each would fire next, then exit.")
 def schedule(config_path: str | None, metrics_file: Path | None, run_now: bool, list_only: bool) -> None:
     """Run syncs on the config's schedules, in the foreground, until SIGTERM or SIGINT (then exit 0).
 
@@ -375,10 +378,11 @@ def schedule(config_path: str | None, metrics_file: Path | None, run_now: bool, 
 
     def handle(signum: int, _frame: object) -> None:
         if stop.is_set():
-            stderr.print(f"{signal.Signals(signum).name} again: stopping at once")
+            log.warning("%s again: stopping at once", signal.Signals(signum).name)
+            logging.shutdown()
             os._exit(130)  # the interrupted run is marked abandoned by the next run
         stop.set()
-        stderr.print(f"{signal.Signals(signum).name}: finishing the run in progress, then stopping")
+        log.warning("%s: finishing the run in progress, then stopping", signal.Signals(signum).name)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handle)

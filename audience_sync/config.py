@@ -7,6 +7,7 @@ Every problem in a file is reported at once, each with the file and the key path
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import re
@@ -29,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from .crontab import cron_trigger
 from .errors import ConfigError, KeyCollisionError
 from .keys import is_valid_key, trait_key
 
@@ -93,12 +95,13 @@ class ScheduleConfig(_Section):
             return value
         if len(value.split()) != 5:
             raise ValueError(f"{value!r} is not a crontab expression of five fields, like '0 */3 * * *'")
-        from apscheduler.triggers.cron import CronTrigger
-
         try:
-            CronTrigger.from_crontab(value, timezone="UTC")
+            cron_trigger(value, dt.UTC)
         except ValueError as exc:
-            raise ValueError(f"{value!r} is not a valid crontab expression: {exc}") from None
+            text = str(exc)
+            raise ValueError(
+                text if value in text else f"{value!r} is not a valid crontab expression: {text}"
+            ) from None
         return value
 
     @model_validator(mode="after")

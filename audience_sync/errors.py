@@ -15,6 +15,7 @@ Every error the library raises on purpose derives from :class:`AudienceSyncError
     │   └── PermanentDestinationError            not worth retrying; the change is failed
     │       └── CredentialsRejected      exit 1  401/403: the destination refused our credentials
     └── RunFailed                        exit 1  the run stopped; says what is pending and how to look
+        └── RunStopped                   exit 3  SIGTERM/SIGINT before the changes were computed; nothing sent
 
 Messages never contain secrets: configuration holds them as ``pydantic.SecretStr`` and nothing formats them.
 """
@@ -120,3 +121,10 @@ class RunFailed(AudienceSyncError):
     def __init__(self, message: str, *, run_id: int | None) -> None:
         self.run_id = run_id
         super().__init__(message)
+
+
+class RunStopped(RunFailed):
+    """The run was asked to stop (SIGTERM/SIGINT) while reading its sources: nothing was sent, no diff stored;
+    the next run starts over."""
+
+    exit_code = 3

@@ -11,6 +11,7 @@ from pathlib import Path
 from . import alerts, metrics
 from .attempts import Attempt
 from .config import Config
+from .errors import LockHeld
 from .store.engine import create_state_engine
 from .store.migrate import upgrade
 from .store.retention import prune
@@ -50,7 +51,9 @@ def after_run(config: Config, attempt: Attempt, *, metrics_file: str | Path | No
             log.exception("alerting failed (the run itself is unaffected)")
         if metrics_file is not None:
             try:
-                metrics.write_metrics(metrics_file, engine, [d.name for d in config.destinations], attempt)
+                # a run skipped because another holds the lock says nothing about this host's health
+                mine = None if isinstance(attempt.error, LockHeld) else attempt
+                metrics.write_metrics(metrics_file, engine, config, mine)
             except Exception:
                 log.exception("could not write the metrics file %s (the run itself is unaffected)", metrics_file)
     finally:

@@ -19,6 +19,7 @@ from .config import Config
 from .errors import AudienceSyncError, ConfigError
 from .store import history, registry, retention, runs, transfer
 from .store.engine import create_state_engine, store_error
+from .store.lock import run_lock
 from .store.migrate import upgrade
 
 
@@ -138,11 +139,16 @@ def prune_history(
 
 
 def copy_state_database(config: Config, target_url: str) -> dict[str, int]:
-    """Copy the config's state database into the empty database at ``target_url``; rows copied per table."""
+    """Copy the config's state database into the empty database at ``target_url``; rows copied per table.
+
+    Holds the run lock of every configured destination meanwhile (LockHeld if a run is going on).
+    """
     source = create_state_engine(config.state_url)
     target = create_state_engine(target_url, what="target state database")
     try:
-        return transfer.copy_state(source, target)
+        upgrade(source)
+        with run_lock(source, [d.name for d in config.destinations]):  # no run starts during the copy
+            return transfer.copy_state(source, target)
     except SQLAlchemyError as exc:
         raise store_error(exc, target_url, doing="copying into") from None
     finally:

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .attempts import Attempt
 from .config import Config, ScheduleConfig, parse_duration
+from .crontab import cron_trigger
 from .errors import AudienceSyncError, ConfigError, LockHeld
 from .sync import run_sync
 
@@ -93,10 +93,7 @@ def trigger_for(schedule: ScheduleConfig) -> BaseTrigger:
     if schedule.every is not None:
         return IntervalTrigger(seconds=parse_duration(schedule.every), timezone=tz, jitter=jitter)
     assert schedule.cron is not None
-    minute, hour, day, month, day_of_week = schedule.cron.split()
-    return CronTrigger(
-        minute=minute, hour=hour, day=day, month=month, day_of_week=day_of_week, timezone=tz, jitter=jitter
-    )
+    return cron_trigger(schedule.cron, tz, jitter)
 
 
 AfterRun = Callable[[Attempt], None]
@@ -161,7 +158,7 @@ class SyncScheduler:
                 self.config,
                 destinations=job.destinations,
                 audiences=job.audiences,
-                trigger=f"schedule:{job.name}",
+                trigger="schedule",
                 stop=self.stop,
             )
             attempt = Attempt(tuple(dests), tuple(c.key for c in comps), result=result)
@@ -194,11 +191,14 @@ class SyncScheduler:
             log.info("scheduler stopped")
 
 
-def describe_jobs(jobs: Sequence[ScheduledJob]) -> list[str]:
-    """One line per job: its name, trigger and what it covers."""
+def describe_jobs(jobs: Sequence[ScheduledJob], now: dt.datetime | None = None) -> list[str]:
+    """One line per job: its name, trigger, what it covers and when it would fire next after ``now``."""
+    now = now or dt.datetime.now(dt.UTC)
     lines = []
     for job in jobs:
         dests = ", ".join(job.destinations) if job.destinations else "all destinations"
         comps = ", ".join(job.audiences) if job.audiences else "all audiences and traits"
-        lines.append(f"{job.name}: {job.describe()}: {comps} -> {dests}")
+        fire = trigger_for(job.schedule).get_next_fire_time(None, now)
+        when = fire.isoformat(timespec="seconds") if fire else "never"
+        lines.append(f"{job.name}: {job.describe()}: {comps} -> {dests}; next at {when}")
     return lines

@@ -26,7 +26,7 @@ from .config import Computation, Config
 from .delivery import DeliveryReport, deliver_pending
 from .destinations import build_destination
 from .diff import note_missing, skip_unreachable, supersede_pending, write_changes
-from .errors import AudienceSyncError, ConfigError, SourceError
+from .errors import AudienceSyncError, ConfigError, RunStopped, SourceError
 from .guard import Hold, find_mass_exits, hold
 from .progress import NoProgress, Progress
 from .sources import SourceStats, normalize, read_rows
@@ -93,6 +93,7 @@ def _stage(
     run_id: int,
     comps: Sequence[Computation],
     progress: Progress,
+    stop: threading.Event | None = None,
 ) -> dict[str, dict[str, int]]:
     stats: dict[str, dict[str, int]] = {}
     for comp in comps:
@@ -100,6 +101,12 @@ def _stage(
         progress.begin(task)
         st = SourceStats()
         for raw in read_rows(comp, source, config.source_chunk_size):
+            if stop is not None and stop.is_set():
+                raise RunStopped(
+                    f"run {run_id} was asked to stop (SIGTERM/SIGINT) while reading {comp.key}; nothing was sent "
+                    f"and no diff stored: the next run starts over",
+                    run_id=run_id,
+                )
             rows = normalize(comp, raw, st)
             with engine.begin() as conn:
                 staging.insert_rows(conn, run_id, comp.key, rows)
@@ -314,7 +321,7 @@ def _locked_run(
         extra={"run_id": run_id, "mode": mode, "destinations": dest_names, "trigger": plan.trigger},
     )
     try:
-        source_stats = _stage(engine, source, config, run_id, comps, progress)
+        source_stats = _stage(engine, source, config, run_id, comps, progress, plan.stop)
         staged = {key: st["members"] for key, st in source_stats.items()}
         holds = _diff(
             engine,

@@ -70,10 +70,12 @@ def test_metrics_file_tells_status_counts_pending_and_sizes(harness: Harness, gi
     assert metric(values, "last_attempt_exit_code") == 0
     assert metric(values, "last_attempt_timestamp_seconds") >= before
     for dest in ("gist", "file"):
-        assert metric(values, "last_run_success", destination=dest) == 1
-        assert metric(values, "last_run_status", destination=dest, status="succeeded") == 1
-        assert metric(values, "last_success_timestamp_seconds", destination=dest) >= before
+        for key in ("vip", "score"):
+            assert metric(values, "last_run_success", destination=dest, computation=key) == 1
+            assert metric(values, "last_run_status", destination=dest, computation=key, status="succeeded") == 1
+            assert metric(values, "last_success_timestamp_seconds", destination=dest, computation=key) >= before
         assert metric(values, "pending_changes", destination=dest) == 0
+    assert metric(values, "last_run_changes", destination="gist", computation="vip", kind="failed") == 0
     assert metric(values, "last_run_changes", destination="gist", computation="vip", kind="entered") == 3
     assert metric(values, "last_run_changes", destination="gist", computation="vip", kind="sent") == 2
     assert metric(values, "last_run_changes", destination="gist", computation="vip", kind="skipped") == 1  # no email
@@ -89,12 +91,12 @@ def test_metrics_file_tells_status_counts_pending_and_sizes(harness: Harness, gi
     assert result.exit_code == 3
     values = samples(path)
     assert metric(values, "last_attempt_exit_code") == 3
-    assert metric(values, "last_run_success", destination="gist") == 0
-    assert metric(values, "last_run_status", destination="gist", status="partial") == 1
+    assert metric(values, "last_run_success", destination="gist", computation="vip") == 0
+    assert metric(values, "last_run_status", destination="gist", computation="vip", status="partial") == 1
     assert metric(values, "pending_changes", destination="gist") == 1
     assert metric(values, "last_run_changes", destination="gist", computation="vip", kind="pending") == 1
-    assert metric(values, "last_success_timestamp_seconds", destination="gist") < metric(
-        values, "last_run_timestamp_seconds", destination="gist"
+    assert metric(values, "last_success_timestamp_seconds", destination="gist", computation="vip") < metric(
+        values, "last_run_timestamp_seconds", destination="gist", computation="vip"
     )
     assert metric(values, "audience_size", destination="file", computation="vip") == 3  # u3 left, u4 joined
 
@@ -116,6 +118,31 @@ def test_run_writes_metrics_from_the_command_line(harness: Harness) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert metric(samples(prom), "last_run_changes", destination="file", computation="vip", kind="sent") == 1
+
+
+def test_per_audience_runs_keep_each_others_metrics_and_dry_runs_are_left_out(harness: Harness) -> None:
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
+    harness.warehouse.set_trait("Score", {"u1": ("a@x.io", 5)})
+    broken = harness.audience("VIP").replace("FROM members", "FROM no_such_table")
+    config = harness.config(harness.jsonl_destination() + broken + harness.trait("Score"))
+    path = harness.tmp_path / "m.prom"
+    scope = tuple(c.key for c in config.computations)
+    with pytest.raises(AudienceSyncError):
+        run_sync(config, audiences=["vip"])
+    after_run(config, Attempt(("file",), ("vip",), error=AudienceSyncError("vip failed")), metrics_file=path)
+    sync_and_after(config, path, audiences=["score"])
+    values = samples(path)
+    assert metric(values, "last_run_success", destination="file", computation="vip") == 0  # not hidden by score
+    assert metric(values, "last_run_success", destination="file", computation="score") == 1
+    assert metric(values, "last_run_changes", destination="file", computation="score", kind="sent") == 1
+    assert metric(values, "last_run_changes", destination="file", computation="vip", kind="sent") == 0
+
+    harness.warehouse.set_trait("Score", {"u1": ("a@x.io", 6), "u2": ("b@x.io", 1)})
+    dry = run_sync(config, audiences=["score"], dry_run=True)
+    after_run(config, Attempt(("file",), scope, dry, dry_run=True), metrics_file=path)
+    values = samples(path)
+    assert metric(values, "pending_changes", destination="file") == 0  # a dry run's rows are not a backlog
+    assert metric(values, "last_run_changes", destination="file", computation="score", kind="sent") == 1
 
 
 # ---- alerts ----
@@ -152,7 +179,7 @@ def test_a_guard_incident_is_alerted_once_and_its_recovery_once(harness: Harness
 
     assert sync_and_after(config, force=True).status == "succeeded"  # forced through: the guard recovered
     alerts = posts(receiver)
-    assert len(alerts) == 2 and "recovered" in alerts[1] and "guard file vip" in alerts[1]
+    assert len(alerts) == 2 and "recovered" in alerts[1] and "guard file (vip)" in alerts[1]
     sync_and_after(config)
     assert len(posts(receiver)) == 2  # nothing more to say
 
@@ -177,10 +204,14 @@ def test_failed_runs_and_failure_shares_open_incidents(harness: Harness, receive
         assert result.status == "partial"
         assert len(posts(receiver)) == 3
         assert "1 of 2 changes to gist failed or stay pending" in posts(receiver)[1]
-        assert "recovered" in posts(receiver)[2] and "run_failed gist" in posts(receiver)[2]
+        assert "recovered" in posts(receiver)[2] and "run_failed gist (vip)" in posts(receiver)[2]
 
         assert sync_and_after(right).status == "succeeded"
-        assert len(posts(receiver)) == 4 and "recovered" in posts(receiver)[3] and "failures gist" in posts(receiver)[3]
+        assert (
+            len(posts(receiver)) == 4
+            and "recovered" in posts(receiver)[3]
+            and "failures gist (vip)" in posts(receiver)[3]
+        )
     finally:
         gist.stop()
 
@@ -204,6 +235,42 @@ def test_an_alert_the_webhook_did_not_take_is_posted_after_the_next_run(harness:
         )
         after_run(config, attempt_for(config, error=LockHeld("another run holds the lock", holder="h")))
         assert len(receiver.requests) == 2  # a held lock is not an incident, nor a recovery
+    finally:
+        receiver.stop()
+
+
+def test_a_failing_audience_job_is_not_recovered_by_another_audience_job(
+    harness: Harness, receiver: CaptureServer
+) -> None:
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
+    harness.warehouse.set_trait("Score", {"u1": ("a@x.io", 5)})
+    broken = harness.audience("VIP").replace("FROM members", "FROM no_such_table")
+    config = harness.config(
+        '[alerts]\nwebhook_url_env = "HOOK"\n' + harness.jsonl_destination() + broken + harness.trait("Score"),
+        environ={"HOOK": receiver.url},
+    )
+    for _ in range(3):  # the vip job fails, the score job succeeds, cycle after cycle
+        try:
+            run_sync(config, audiences=["vip"])
+        except AudienceSyncError as exc:
+            after_run(config, Attempt(("file",), ("vip",), error=exc))
+        result = run_sync(config, audiences=["score"])
+        after_run(config, Attempt(("file",), ("score",), result=result))
+    alerts = posts(receiver)
+    assert len(alerts) == 1 and "no_such_table" in alerts[0]  # once, and never "recovered" by the score job
+
+
+def test_the_webhook_url_never_reaches_the_logs(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    receiver = CaptureServer(status=404).start()
+    try:
+        config = harness.config(
+            '[alerts]\nwebhook_url_env = "HOOK"\n' + harness.jsonl_destination() + harness.audience("VIP"),
+            environ={"HOOK": receiver.url + "/services/T0/B0/SUPERSECRET"},
+        )
+        with caplog.at_level("DEBUG", logger="audience_sync"):
+            after_run(config, attempt_for(config, error=AudienceSyncError("boom")))
+        assert len(receiver.requests) == 1
+        assert "HTTP 404" in caplog.text and "SUPERSECRET" not in caplog.text
     finally:
         receiver.stop()
 
@@ -265,6 +332,25 @@ def test_prune_deletes_old_history_but_never_the_snapshot_or_pending_changes(har
     )
 
 
+def test_superseded_history_is_pruned_and_the_newest_run_always_kept(harness: Harness, gist: FakeGist) -> None:
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
+    body = (
+        f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "K"\nendpoint = "{gist.url}"\n'
+        "max_retries = 0\nconcurrency = 1\n" + harness.audience("VIP")
+    )
+    config = harness.config(body, environ={"K": gist.api_key})
+    gist.fail_next(2, 500)
+    assert run_sync(config).status == "partial"  # run 1: both pending
+    assert run_sync(config).status == "succeeded"  # run 2: run 1's rows superseded, both sent
+    age_runs(harness.state_url, days=100)
+    done = prune_history(config, dt.timedelta(days=90))
+    assert (done.diffs, done.runs) == (2, 1)  # run 1 whole; run 2 is the newest: its run row stays
+    counts = table_counts(harness.state_url)
+    assert counts["sync_runs"] == 1 and counts["snapshot"] == 2
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
+    assert run_sync(config).run_id == 3  # ids are never handed out again (SQLite would reuse a pruned max)
+
+
 def test_recent_history_is_kept_and_retention_prunes_after_each_run(harness: Harness) -> None:
     harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
     config = harness.config('[retention]\nkeep = "30d"\n' + harness.jsonl_destination() + harness.audience("VIP"))
@@ -275,6 +361,24 @@ def test_recent_history_is_kept_and_retention_prunes_after_each_run(harness: Har
     sync_and_after(config)  # prunes run 1 after itself
     counts = table_counts(harness.state_url)
     assert counts["sync_runs"] == 1 and counts["statuses"] == {"sent": 1}
+
+
+def test_a_stop_while_reading_sources_sends_nothing_and_marks_the_run(harness: Harness) -> None:
+    import threading
+
+    from audience_sync.errors import RunStopped
+
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
+    config = harness.config(harness.jsonl_destination() + harness.audience("VIP"))
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(RunStopped, match=r"asked to stop .* while reading vip; nothing was sent") as err:
+        run_sync(config, stop=stop)
+    assert err.value.exit_code == 3
+    assert harness.new_calls() == []
+    counts = table_counts(harness.state_url)
+    assert counts["diffs"] == 0 and counts["snapshot"] == 0
+    assert run_sync(config).counts["sent"] == 1  # the next run starts over
 
 
 def test_prune_command_refuses_a_bad_duration(tmp_path: Path) -> None:

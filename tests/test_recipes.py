@@ -5,6 +5,7 @@ audience-sync invocation in them parses with the real command line."""
 from __future__ import annotations
 
 import configparser
+import datetime as dt
 import json
 import os
 import shlex
@@ -16,10 +17,11 @@ from pathlib import Path
 import click
 import pytest
 import yaml
-from apscheduler.triggers.cron import CronTrigger
 
 from audience_sync.cli import cli
+from audience_sync.crontab import cron_trigger
 from tests.conftest import Harness
+from tests.fakes.gist import FakeGist
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -53,17 +55,18 @@ def unit(path: Path) -> configparser.ConfigParser:
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path, warehouse: object, harness: Harness) -> dict[str, str]:
-    """Stand-ins for the recipes' paths: a real config, env file, metrics and log locations under tmp_path."""
+def sandbox(tmp_path: Path, harness: Harness, gist: FakeGist) -> dict[str, str]:
+    """Stand-ins for the recipes' paths: a real config whose Gist key only the env file provides, and metrics
+    and log locations under tmp_path."""
     harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
     config = tmp_path / "audience_sync.toml"
     config.write_text(
         f'[state]\nurl = "{harness.state_url}"\n[source]\nurl = "{harness.warehouse.url}"\n'
-        + harness.jsonl_destination()
+        f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "RECIPE_GIST_KEY"\nendpoint = "{gist.url}"\n'
         + harness.audience("VIP")
     )
     env = tmp_path / "env"
-    env.write_text("EXAMPLE_SECRET=not-used\n")
+    env.write_text(f"RECIPE_GIST_KEY={gist.api_key}\n")
     return {
         BINARY: str(Path(sys.executable).parent / "audience-sync"),
         CONFIG: str(config),
@@ -87,23 +90,36 @@ def test_operations_doc_shows_each_recipe_verbatim(recipe: str) -> None:
 def test_crontab_line_parses_and_its_command_runs(sandbox: dict[str, str], tmp_path: Path) -> None:
     (line,) = [x for x in (DEPLOY / "crontab").read_text().splitlines() if x.strip() and not x.startswith("#")]
     fields = line.split(maxsplit=5)
-    CronTrigger.from_crontab(" ".join(fields[:5]))
+    cron_trigger(" ".join(fields[:5]), dt.UTC)
     command = fields[5]
-    argv = shlex.split(command.split("&&", 1)[1].split(">>", 1)[0])
+    argv = shlex.split(command.split(";")[-1].split(">>", 1)[0])  # after `set -a; . env; set +a;`
     assert argv[0] == BINARY and check_invocation(argv[1:]) == "run"
-    proc = subprocess.run(["bash", "-c", substitute(command, sandbox)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    clean_env = {k: v for k, v in os.environ.items() if k != "RECIPE_GIST_KEY"}
+    proc = subprocess.run(
+        ["bash", "-c", substitute(command, sandbox)], capture_output=True, text=True, timeout=120, env=clean_env
+    )
+    assert proc.returncode == 0, proc.stderr + Path(sandbox["/var/log/audience-sync.log"]).read_text()
     assert Path(sandbox[METRICS]).read_text().count("audience_sync_last_run_success") >= 1
     log_lines = Path(sandbox["/var/log/audience-sync.log"]).read_text().splitlines()
     assert log_lines and all(json.loads(x) for x in log_lines if x.startswith("{"))
 
 
-def test_systemd_oneshot_service_runs_its_exec_start(sandbox: dict[str, str]) -> None:
+def test_systemd_oneshot_service_runs_its_exec_start(sandbox: dict[str, str], gist: FakeGist) -> None:
     service = unit(DEPLOY / "systemd" / "audience-sync.service")
     argv = shlex.split(substitute(service["Service"]["ExecStart"], sandbox))
     assert check_invocation(argv[1:]) == "run"
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=Path(sandbox[CONFIG]).parent)
+    env_file = Path(substitute(service["Service"]["EnvironmentFile"], sandbox))
+    environment = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(sandbox[CONFIG]).parent,
+        env={**os.environ, **environment},
+    )
     assert proc.returncode == 0, proc.stderr
+    assert gist.properties("u1") == {"vip": True}
     assert service["Service"]["SuccessExitStatus"] == "3"  # pending changes are not a unit failure
 
 
@@ -141,7 +157,7 @@ def test_kubernetes_cronjob_forbids_overlap_and_runs_a_real_command() -> None:
     assert (doc["apiVersion"], doc["kind"]) == ("batch/v1", "CronJob")
     spec = doc["spec"]
     assert spec["concurrencyPolicy"] == "Forbid"
-    CronTrigger.from_crontab(spec["schedule"])
+    cron_trigger(spec["schedule"], dt.UTC)
     pod = spec["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["terminationGracePeriodSeconds"] >= 60
     (container,) = pod["containers"]

@@ -189,6 +189,69 @@ def test_no_schedule_is_a_config_error_naming_the_pair(harness: Harness) -> None
         plan_jobs(config)
 
 
+@pytest.mark.parametrize(
+    ("expr", "weekdays"),
+    [
+        ("0 9 * * 1", {"Mon"}),
+        ("0 9 * * 0", {"Sun"}),
+        ("0 9 * * 7", {"Sun"}),
+        ("0 9 * * 1-5", {"Mon", "Tue", "Wed", "Thu", "Fri"}),
+        ("0 9 * * 5-7", {"Fri", "Sat", "Sun"}),
+        ("0 9 * * */2", {"Sun", "Tue", "Thu", "Sat"}),
+        ("0 9 * * sat,sun", {"Sat", "Sun"}),
+    ],
+)
+def test_cron_weekdays_mean_what_they_mean_in_a_crontab(expr: str, weekdays: set[str]) -> None:
+    trigger = trigger_for(ScheduleConfig(cron=expr))
+    fire, seen = dt.datetime(2026, 11, 29, tzinfo=dt.UTC), set()  # a Sunday
+    for _ in range(14):
+        nxt = trigger.get_next_fire_time(None, fire + dt.timedelta(seconds=1))
+        assert nxt is not None
+        fire = nxt
+        seen.add(fire.strftime("%a"))
+    assert seen == weekdays
+
+
+def test_a_cron_restricting_both_days_is_refused() -> None:
+    from audience_sync.config import parse_config
+
+    with pytest.raises(ConfigError, match="restricts both the day of month and the day of week"):
+        parse_config('[schedule]\ncron = "0 9 1 * 1"\n', path="c.toml")
+
+
+def test_a_per_destination_job_runs_in_process_and_stops(harness: Harness, gist: FakeGist) -> None:
+    import threading
+
+    from sqlalchemy import create_engine as make_engine
+
+    from audience_sync.scheduler import SyncScheduler
+
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
+    config = harness.config(
+        f'[[destinations]]\nname = "gist-production-eu"\ntype = "gist"\napi_key_env = "K"\n'
+        f'endpoint = "{gist.url}"\nschedule = {{ every = "1h" }}\n' + harness.audience("VIP"),
+        environ={"K": gist.api_key},
+    )
+    stop = threading.Event()
+    attempts: list[Any] = []
+    service = SyncScheduler(config, stop=stop, after_run=attempts.append, run_now=True)
+    assert [j.name for j in service.jobs] == ["destination:gist-production-eu"]
+    thread = threading.Thread(target=service.serve, kwargs={"poll": 0.05})
+    thread.start()
+    try:
+        wait_for(lambda: bool(attempts))
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert attempts[0].result is not None and attempts[0].result.status == "succeeded", attempts[0]
+    assert gist.properties("u1") == {"vip": True}
+    engine = make_engine(harness.state_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT trigger FROM sync_runs")).scalar_one() == "schedule"
+    engine.dispose()
+
+
 def test_cron_fires_in_its_time_zone_and_jitter_stays_within_bounds() -> None:
     berlin = trigger_for(ScheduleConfig(cron="0 3 * * *", timezone="Europe/Berlin"))
     now = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
@@ -197,4 +260,4 @@ def test_cron_fires_in_its_time_zone_and_jitter_stays_within_bounds() -> None:
     jittered = trigger_for(ScheduleConfig(every="1h", jitter="5m"))
     fires = [jittered.get_next_fire_time(now, now) for _ in range(50)]
     offsets = {(f - now).total_seconds() for f in fires if f is not None}
-    assert all(3600 - 300 <= o <= 3600 + 300 for o in offsets) and len(offsets) > 1
+    assert all(3600 <= o <= 3600 + 300 for o in offsets) and len(offsets) > 1  # a delay of 0 to 5 minutes

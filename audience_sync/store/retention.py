@@ -2,7 +2,8 @@
 
 Only rows of finished runs whose status is final (``sent``, ``failed``, ``skipped``, ``superseded``, ``held``)
 are deleted. The snapshot, ``pending`` and ``sending`` rows (the outbox and the crash-recovery record) and
-runs still ``running`` are never touched, so pruning is safe while a run is in progress.
+runs still ``running`` are never touched, so pruning is safe while a run is in progress. The newest run is
+always kept, so run ids (part of message ids) are never handed out again.
 """
 
 from __future__ import annotations
@@ -36,15 +37,21 @@ def prune(engine: Engine, older_than: dt.timedelta, *, batch_size: int = 10_000,
     lock and an interrupted prune leaves a consistent (partly pruned) history. ``dry_run`` only counts.
     """
     cutoff = utcnow() - older_than
-    old_runs = select(runs.c.id).where(runs.c.status != "running", runs.c.finished_at < cutoff)
+    newest = select(func.max(runs.c.id)).scalar_subquery()
+    # the newest run is always kept: SQLite would otherwise hand its id out again, and run ids are part of
+    # message ids (through the snapshot's run_id), which must never repeat
+    old_runs = select(runs.c.id).where(runs.c.status != "running", runs.c.finished_at < cutoff, runs.c.id != newest)
     prunable = select(diffs.c.id).where(diffs.c.run_id.in_(old_runs), diffs.c.status.in_(FINAL_STATUSES))
-    empty_runs = select(runs.c.id).where(
+    # runs left with no diff rows at all (a concurrent run may turn an old pending row into a final one
+    # between the two phases; such a row keeps its run until the next prune)
+    empty_runs = select(runs.c.id).where(runs.c.id.in_(old_runs), ~exists().where(diffs.c.run_id == runs.c.id))
+    would_be_empty = select(runs.c.id).where(
         runs.c.id.in_(old_runs), ~exists().where(diffs.c.run_id == runs.c.id, diffs.c.status.not_in(FINAL_STATUSES))
     )
     if dry_run:
         with engine.connect() as conn:
             n_diffs = conn.execute(select(func.count()).select_from(prunable.subquery())).scalar_one()
-            n_runs = conn.execute(select(func.count()).select_from(empty_runs.subquery())).scalar_one()
+            n_runs = conn.execute(select(func.count()).select_from(would_be_empty.subquery())).scalar_one()
         return PruneResult(cutoff, int(n_diffs), int(n_runs))
 
     deleted_diffs = 0

@@ -208,7 +208,8 @@ class AlertIncident(Base):
     incident: Mapped[str] = mapped_column(String(400), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
     destination: Mapped[str] = mapped_column(String(150))
-    computation_key: Mapped[str | None] = mapped_column(String(150), default=None)
+    #: the computations of the run that showed it; only a later run covering all of them can end it
+    computations: Mapped[list[str]] = mapped_column(JSON)
     message: Mapped[str] = mapped_column(Text)
     run_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     opened_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

@@ -24,7 +24,7 @@ def upgrade() -> None:
         sa.Column("incident", sa.String(length=400), nullable=False),
         sa.Column("kind", sa.String(length=32), nullable=False),
         sa.Column("destination", sa.String(length=150), nullable=False),
-        sa.Column("computation_key", sa.String(length=150), nullable=True),
+        sa.Column("computations", sa.JSON(), nullable=False),
         sa.Column("message", sa.Text(), nullable=False),
         sa.Column("run_id", sa.BigInteger(), nullable=True),
         sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
