@@ -157,8 +157,9 @@ class DiffRow(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
 
     __table_args__ = (
-        # delivery reads a run's pending rows in (user_id, id) order, a chunk at a time
-        Index("ix_diffs_delivery", "run_id", "destination", "status", "user_id", "id"),
+        # delivery reads a run's pending rows in (user_id, id) order, a chunk at a time, and updates their status
+        # by key range; status is left out so that those updates do not move index entries (migration 0003)
+        Index("ix_diffs_delivery", "run_id", "destination", "user_id", "id"),
         Index("ix_diffs_user", "destination", "computation_key", "user_id"),
         # the outbox proper: what is still owed, whatever the run
         Index(
