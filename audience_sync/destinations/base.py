@@ -6,7 +6,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from types import TracebackType
 
-from ..changes import Change, Outcome
+from ..changes import SENT, Change, Outcome
+from ..errors import CredentialsRejected
+from .batching import Encoded, encode
+from .messages import MessageOptions, messages_for, timestamp
 
 
 class Destination(ABC):
@@ -34,3 +37,32 @@ class Destination(ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class MessageDestination(Destination):
+    """A destination of Engage-shaped messages that takes them already encoded, as the state database builds
+    them (:mod:`audience_sync.store.messages`), so that no per-change Python object is made on its path.
+
+    ``send`` and ``options`` say which messages and in what shape; ``deliver`` (built from changes in Python)
+    and ``deliver_messages`` send the same messages.
+    """
+
+    send: tuple[str, ...]
+    options: MessageOptions
+
+    def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:
+        """Build the changes' messages in Python (:func:`~.messages.messages_for`) and deliver them."""
+        ts = timestamp()
+        messages = [(c.diff_id, encode(m)) for c in changes for m in messages_for(c, self.send, self.options, ts=ts)]
+        try:
+            unacked = self.deliver_messages(messages)
+        except CredentialsRejected as exc:
+            exc.partial = {c.diff_id: exc.partial.get(c.diff_id, SENT) for c in changes}
+            raise
+        return {c.diff_id: unacked.get(c.diff_id, SENT) for c in changes}
+
+    @abstractmethod
+    def deliver_messages(self, messages: Sequence[Encoded]) -> dict[int, Outcome]:
+        """Deliver ``messages`` (``(diff_id, bytes)``, a change's messages together); return the outcome of each
+        change that was **not** acknowledged, which includes changes not attempted. Every other change of the
+        chunk was acknowledged. On CredentialsRejected, ``partial`` carries that same mapping."""

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..changes import SENT, Outcome
+from ..changes import NOT_ATTEMPTED, Outcome, merge
 from ..errors import CredentialsRejected, PermanentDestinationError, TransientDestinationError
 
 #: (diff_id, the message as compact JSON bytes)
@@ -46,7 +46,11 @@ def pack(items: Iterable[Encoded], *, max_count: int, max_bytes: int) -> list[li
 
 def send_halving(post: Callable[[Sequence[Encoded]], object], items: Sequence[Encoded]) -> list[tuple[int, Outcome]]:
     """Post ``items`` as one batch; when it is refused as a whole (400/413), split it until the culprits are
-    alone, and fail only them. Transient failures leave the batch pending; CredentialsRejected propagates."""
+    alone, and fail only them. Transient failures leave the batch pending; CredentialsRejected propagates.
+
+    Returns the outcome of each message that was **not** acknowledged (the others were), so that a batch taken
+    whole costs no per-message work.
+    """
     try:
         post(items)
     except CredentialsRejected:
@@ -58,4 +62,18 @@ def send_halving(post: Callable[[Sequence[Encoded]], object], items: Sequence[En
             half = len(items) // 2
             return send_halving(post, items[:half]) + send_halving(post, items[half:])
         return [(i, Outcome("failed", str(exc))) for i, _ in items]
-    return [(i, SENT) for i, _ in items]
+    return []
+
+
+def unacknowledged(
+    batches: Sequence[Sequence[Encoded]],
+    done: Iterable[tuple[int, list[tuple[int, Outcome]]]],
+    earlier: Iterable[tuple[int, Outcome]] = (),
+) -> dict[int, Outcome]:
+    """The outcome of each change that was not acknowledged, merged per change (the worst wins), from
+    ``earlier`` outcomes and the batches that were sent (``done``: a batch's index in ``batches`` and what
+    :func:`send_halving` returned for it). The changes of batches missing from ``done`` were not attempted."""
+    done = list(done)
+    finished = {index for index, _ in done}
+    missing = [(i, NOT_ATTEMPTED) for index, batch in enumerate(batches) if index not in finished for i, _ in batch]
+    return merge([*earlier, *(o for _, outcomes in done for o in outcomes), *missing])

@@ -21,6 +21,7 @@ import httpx
 
 from ..changes import Outcome, merge
 from ..errors import CredentialsRejected, DestinationError, PermanentDestinationError, TransientDestinationError
+from .batching import Encoded, send_halving, unacknowledged
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -238,6 +239,25 @@ class HttpSender:
         """
         done, refused = self.map_settled(fn, items)
         outcomes = merge([*earlier, *done])
+        if refused is not None:
+            refused.partial = outcomes
+            raise refused
+        return outcomes
+
+    def settle_batches(
+        self,
+        post: Callable[[Sequence[Encoded]], object],
+        batches: Sequence[Sequence[Encoded]],
+        earlier: Sequence[tuple[int, Outcome]] = (),
+    ) -> dict[int, Outcome]:
+        """Post ``batches`` on the pool with :func:`~.batching.send_halving`; return the outcome of each change
+        that was not acknowledged (merged with ``earlier`` ones): every other change of the batches was.
+
+        When the destination refused our credentials, the refusal is raised with that same mapping as its
+        ``partial``, the changes of batches that did not complete counting as not attempted.
+        """
+        done, refused = self.map_settled(lambda item: [(item[0], send_halving(post, item[1]))], enumerate(batches))
+        outcomes = unacknowledged(batches, done, earlier)
         if refused is not None:
             refused.partial = outcomes
             raise refused

@@ -6,17 +6,17 @@ from collections.abc import Sequence
 
 import httpx
 
-from ..changes import Change, Outcome
+from ..changes import Outcome
 from ..config import SegmentDestination
-from .base import Destination
-from .batching import Encoded, body, encode, pack, send_halving
+from .base import MessageDestination
+from .batching import Encoded, body, pack
 from .http import HttpSender
-from .messages import MessageOptions, messages_for, timestamp
+from .messages import MessageOptions, timestamp
 
 MAX_MESSAGE_BYTES = 32 * 1024
 
 
-class SegmentBatch(Destination):
+class SegmentBatch(MessageDestination):
     """Sends one identify per (user, computation), as Engage does, plus track events when configured.
 
     Batches hold at most ``max_batch_messages`` messages and ``max_batch_bytes`` bytes; a message over 32 KB is
@@ -27,6 +27,7 @@ class SegmentBatch(Destination):
     def __init__(self, config: SegmentDestination, *, transport: httpx.BaseTransport | None = None) -> None:
         super().__init__(config.name)
         self.config = config
+        self.send = config.send
         self.options = MessageOptions.of(config)
         self.sender = HttpSender.for_destination(
             config, base_url=config.endpoint, transport=transport, auth=(config.write_key.get_secret_value(), "")
@@ -35,24 +36,16 @@ class SegmentBatch(Destination):
     def _post(self, items: Sequence[Encoded]) -> object:
         return self.sender.post("/v1/batch", content=body(items, timestamp()))
 
-    def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:
-        results: list[tuple[int, Outcome]] = []
-        encoded: list[Encoded] = []
-        ts = timestamp()
-        for change in changes:
-            for message in messages_for(change, self.config.send, self.options, ts=ts):
-                data = encode(message)
-                if len(data) > MAX_MESSAGE_BYTES:
-                    results.append(
-                        (
-                            change.diff_id,
-                            Outcome("failed", f"message is {len(data):,} bytes, over Segment's 32 KB limit; not sent"),
-                        )
-                    )
-                else:
-                    encoded.append((change.diff_id, data))
-        batches = pack(encoded, max_count=self.config.max_batch_messages, max_bytes=self.config.max_batch_bytes)
-        return self.sender.settle(lambda batch: send_halving(self._post, batch), batches, earlier=results)
+    def deliver_messages(self, messages: Sequence[Encoded]) -> dict[int, Outcome]:
+        oversized = [item for item in messages if len(item[1]) > MAX_MESSAGE_BYTES]
+        if oversized:
+            messages = [item for item in messages if len(item[1]) <= MAX_MESSAGE_BYTES]
+        refused = [
+            (i, Outcome("failed", f"message is {len(data):,} bytes, over Segment's 32 KB limit; not sent"))
+            for i, data in oversized
+        ]
+        batches = pack(messages, max_count=self.config.max_batch_messages, max_bytes=self.config.max_batch_bytes)
+        return self.sender.settle_batches(self._post, batches, earlier=refused)
 
     def close(self) -> None:
         self.sender.close()

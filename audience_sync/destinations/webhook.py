@@ -8,12 +8,12 @@ from collections.abc import Sequence
 
 import httpx
 
-from ..changes import Change, Outcome
+from ..changes import Outcome
 from ..config import WebhookDestination
-from .base import Destination
-from .batching import Encoded, body, encode, pack, send_halving
+from .base import MessageDestination
+from .batching import Encoded, body, pack
 from .http import HttpSender
-from .messages import MessageOptions, messages_for, timestamp
+from .messages import MessageOptions, timestamp
 
 SIGNATURE_PREFIX = "sha256="
 
@@ -23,7 +23,7 @@ def signature(secret: bytes, payload: bytes) -> str:
     return SIGNATURE_PREFIX + hmac.new(secret, payload, hashlib.sha256).hexdigest()
 
 
-class Webhook(Destination):
+class Webhook(MessageDestination):
     """POSTs Engage-shaped messages to ``url``.
 
     With ``batch_size = 0`` each message is its own request (body: the message); otherwise up to
@@ -34,6 +34,7 @@ class Webhook(Destination):
     def __init__(self, config: WebhookDestination, *, transport: httpx.BaseTransport | None = None) -> None:
         super().__init__(config.name)
         self.config = config
+        self.send = config.send
         self.options = MessageOptions.of(config)
         secret = config.signing_secret
         self._secret = secret.get_secret_value().encode() if secret is not None else None
@@ -49,16 +50,12 @@ class Webhook(Destination):
         headers = {self.config.signature_header: signature(self._secret, payload)} if self._secret else None
         return self.sender.post(self.config.url, content=payload, headers=headers)
 
-    def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:
-        ts = timestamp()
-        encoded = [
-            (c.diff_id, encode(m)) for c in changes for m in messages_for(c, self.config.send, self.options, ts=ts)
-        ]
+    def deliver_messages(self, messages: Sequence[Encoded]) -> dict[int, Outcome]:
         if self.config.batch_size == 0:
-            batches = [[item] for item in encoded]
+            batches = [[item] for item in messages]
         else:
-            batches = pack(encoded, max_count=self.config.batch_size, max_bytes=500_000)
-        return self.sender.settle(lambda batch: send_halving(self._post, batch), batches)
+            batches = pack(messages, max_count=self.config.batch_size, max_bytes=500_000)
+        return self.sender.settle_batches(self._post, batches)
 
     def close(self) -> None:
         self.sender.close()

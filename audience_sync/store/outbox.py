@@ -7,26 +7,31 @@ transaction that marks the change ``sent``, and only for changes the destination
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, Connection, Engine, bindparam, false, func, select, true, tuple_, update
 
 from ..changes import NOT_ATTEMPTED, SENT, Change, Outcome
+from ..destinations.batching import Encoded
+from ..destinations.messages import MessageOptions, timestamp
 from ..values import decode
 from .dialect import upsert
+from .messages import TIMESTAMP, message_columns
 from .schema import DiffRow, SnapshotRow, table_of, utcnow
+
+T = TypeVar("T")
 
 diffs = table_of(DiffRow)
 snapshot = table_of(SnapshotRow)
 
+#: what a Change needs besides ``id`` and ``user_id``, which every chunk query selects first
 _FIELDS = (
-    diffs.c.id,
     diffs.c.run_id,
     diffs.c.destination,
     diffs.c.computation_key,
     diffs.c.computation_class,
-    diffs.c.user_id,
     diffs.c.email,
     diffs.c.change,
     diffs.c.old_value,
@@ -52,24 +57,44 @@ def _change(row: Any) -> Change:
     )
 
 
-def pending_chunks(engine: Engine, run_id: int, destination: str, chunk_size: int) -> Iterator[list[Change]]:
-    """Yield the run's pending changes for ``destination`` in chunks ordered by user.
+@dataclass(frozen=True, slots=True)
+class Chunk(Generic[T]):
+    """One chunk of a run's pending changes for a destination, as :func:`pending_chunks` or
+    :func:`pending_messages` read it: its key range ``first``..``last`` in (user_id, id) order, the number of
+    changes in it, and ``items``, what the destination adapter takes (changes, or encoded messages)."""
 
-    Guarantees: all of one user's changes are in the same chunk (so a destination can send them in one
-    call); each change is yielded once even if it stays pending; memory is bounded by the chunk size
-    (plus one user's changes).
-    """
+    run_id: int
+    destination: str
+    first: tuple[str, int]
+    last: tuple[str, int]
+    size: int
+    items: T
+
+
+def _keyset_chunks(
+    engine: Engine,
+    run_id: int,
+    destination: str,
+    chunk_size: int,
+    columns: Sequence[ColumnElement[Any]],
+    params: Callable[[], dict[str, Any]] = dict,
+) -> Iterator[tuple[tuple[str, int], list[Any]]]:
+    """The run's pending rows for ``destination`` as ``(id, user_id, *columns)``, in (user_id, id) order, a chunk
+    at a time with the last user's rows completed; each chunk with its first key. ``params`` gives the bind
+    parameters of each chunk's query (called once per chunk)."""
     after: tuple[str, int] = ("", -1)
-    base = select(*_FIELDS).where(
+    base = select(diffs.c.id, diffs.c.user_id, *columns).where(
         diffs.c.run_id == run_id, diffs.c.destination == destination, diffs.c.status == "pending"
     )
     while True:
+        values = params()
         with engine.connect() as conn:
             rows = list(
                 conn.execute(
                     base.where(diffs.c.user_id >= after[0], tuple_(diffs.c.user_id, diffs.c.id) > tuple_(*after))
                     .order_by(diffs.c.user_id, diffs.c.id)
-                    .limit(chunk_size)
+                    .limit(chunk_size),
+                    values,
                 ).all()
             )
             if not rows:
@@ -77,62 +102,105 @@ def pending_chunks(engine: Engine, run_id: int, destination: str, chunk_size: in
             last = rows[-1]
             if len(rows) == chunk_size:  # complete the last user's changes
                 rows.extend(
-                    conn.execute(base.where(diffs.c.user_id == last.user_id, diffs.c.id > last.id).order_by(diffs.c.id))
+                    conn.execute(
+                        base.where(diffs.c.user_id == last[1], diffs.c.id > last[0]).order_by(diffs.c.id), values
+                    )
                 )
-        after = (rows[-1].user_id, rows[-1].id)
-        yield [_change(r) for r in rows]
+        after = (rows[-1][1], rows[-1][0])
+        yield (rows[0][1], rows[0][0]), rows
 
 
-def _in_chunk(chunk: Sequence[Change]) -> list[ColumnElement[bool]]:
+def pending_chunks(engine: Engine, run_id: int, destination: str, chunk_size: int) -> Iterator[Chunk[list[Change]]]:
+    """Yield the run's pending changes for ``destination`` in chunks ordered by user.
+
+    Guarantees: all of one user's changes are in the same chunk (so a destination can send them in one
+    call); each change is yielded once even if it stays pending; memory is bounded by the chunk size
+    (plus one user's changes).
+    """
+    for first, rows in _keyset_chunks(engine, run_id, destination, chunk_size, _FIELDS):
+        changes = [_change(r) for r in rows]
+        yield Chunk(run_id, destination, first, (changes[-1].user_id, changes[-1].diff_id), len(changes), changes)
+
+
+def pending_messages(
+    engine: Engine, run_id: int, destination: str, chunk_size: int, send: tuple[str, ...], options: MessageOptions
+) -> Iterator[Chunk[list[Encoded]]]:
+    """Yield the run's pending changes for ``destination`` as the Engage-shaped messages ``send`` asks for, built
+    by the database (:mod:`.messages`): per chunk, ``(diff_id, message bytes)`` in (user_id, id) order, a
+    change's identify before its track event. Same chunking guarantees as :func:`pending_chunks`; every message
+    of a chunk carries the same ``timestamp``, taken when the chunk is read.
+    """
+    columns = message_columns(engine.dialect.name, send, options)
+    for first, rows in _keyset_chunks(
+        engine, run_id, destination, chunk_size, columns, lambda: {TIMESTAMP: timestamp()}
+    ):
+        if len(columns) == 1:
+            items: list[Encoded] = [(r[0], r[2]) for r in rows]
+        else:
+            items = [(r[0], m) for r in rows for m in r[2:]]
+        yield Chunk(run_id, destination, first, (rows[-1][1], rows[-1][0]), len(rows), items)
+
+
+def unacknowledged(changes: Sequence[Change], outcomes: Mapping[int, Outcome]) -> dict[int, Outcome]:
+    """The outcome of each change of ``changes`` that was not acknowledged; no outcome means not attempted."""
+    out = {}
+    for ch in changes:
+        outcome = outcomes.get(ch.diff_id, NOT_ATTEMPTED)
+        if outcome != SENT:
+            out[ch.diff_id] = outcome
+    return out
+
+
+def _in_chunk(chunk: Chunk[Any]) -> list[ColumnElement[bool]]:
     """The rows of a chunk by its key range: (run, destination) and (user_id, id) from its first to its last."""
-    first, last = chunk[0], chunk[-1]
+    (first_user, first_id), (last_user, last_id) = chunk.first, chunk.last
     return [
-        diffs.c.run_id == first.run_id,
-        diffs.c.destination == first.destination,
-        diffs.c.user_id >= first.user_id,
-        diffs.c.user_id <= last.user_id,
-        tuple_(diffs.c.user_id, diffs.c.id) >= tuple_(first.user_id, first.diff_id),
-        tuple_(diffs.c.user_id, diffs.c.id) <= tuple_(last.user_id, last.diff_id),
+        diffs.c.run_id == chunk.run_id,
+        diffs.c.destination == chunk.destination,
+        diffs.c.user_id >= first_user,
+        diffs.c.user_id <= last_user,
+        tuple_(diffs.c.user_id, diffs.c.id) >= tuple_(first_user, first_id),
+        tuple_(diffs.c.user_id, diffs.c.id) <= tuple_(last_user, last_id),
     ]
 
 
-def record(conn: Connection, chunk: Sequence[Change], outcomes: Mapping[int, Outcome]) -> None:
-    """Store the outcome of each change of ``chunk`` and advance the snapshot for those that were sent.
+def record(conn: Connection, chunk: Chunk[Any], unacked: Mapping[int, Outcome]) -> None:
+    """Store what became of each change of ``chunk``: those in ``unacked`` get their outcome, every other one was
+    acknowledged: it is marked ``sent`` and its snapshot row advances.
 
-    ``chunk`` must be one chunk as :func:`pending_chunks` yielded it: then its rows are exactly the pending rows
-    of its key range, so the range is marked sent and copied to the snapshot in a few statements whatever the
-    chunk's size, after the changes that were not sent got their own outcome back. A change without an outcome
-    stays pending (``not attempted``). Call inside one transaction: the snapshot and the diff rows can then never
-    disagree, and nothing outside it ever sees a change marked sent that was not.
+    ``chunk`` must be one chunk as :func:`pending_chunks` or :func:`pending_messages` yielded it, marked with
+    :func:`mark_sending`: then its rows are exactly the ``sending`` rows of its key range, so the range is marked
+    sent and copied to the snapshot in a few statements whatever the chunk's size, after the changes that were
+    not acknowledged got their own outcome back. Call inside one transaction: the snapshot and the diff rows can
+    then never disagree, and nothing outside it ever sees a change marked sent that was not.
     """
-    if not chunk:
+    if not chunk.size:
         return
     now = utcnow()
-    in_chunk = _in_chunk(chunk)
-    conn.execute(
-        update(diffs)
-        .where(*in_chunk, diffs.c.status == "sending")
-        .values(status="sent", error=None, sent_at=now, attempts=diffs.c.attempts + 1)
-    )
-    not_sent: dict[Outcome, list[int]] = defaultdict(list)
-    for ch in chunk:
-        outcome = outcomes.get(ch.diff_id, NOT_ATTEMPTED)
+    by_outcome: dict[Outcome, list[int]] = defaultdict(list)
+    for diff_id, outcome in unacked.items():
         if outcome != SENT:
-            not_sent[outcome].append(ch.diff_id)
-    for outcome, ids in not_sent.items():
+            by_outcome[outcome].append(diff_id)
+    for outcome, ids in by_outcome.items():
         for start in range(0, len(ids), _ID_BATCH):
             conn.execute(
                 update(diffs)
-                .where(diffs.c.id.in_(ids[start : start + _ID_BATCH]))
-                .values(status=outcome.status, error=outcome.error, sent_at=None)
+                .where(diffs.c.id.in_(ids[start : start + _ID_BATCH]), diffs.c.status == "sending")
+                .values(status=outcome.status, error=outcome.error, sent_at=None, attempts=diffs.c.attempts + 1)
             )
-    if sum(map(len, not_sent.values())) < len(chunk):
+    if sum(map(len, by_outcome.values())) < chunk.size:
+        in_chunk = _in_chunk(chunk)
+        conn.execute(
+            update(diffs)
+            .where(*in_chunk, diffs.c.status == "sending")
+            .values(status="sent", error=None, sent_at=now, attempts=diffs.c.attempts + 1)
+        )
         _advance_snapshot(conn, [*in_chunk, diffs.c.status == "sent"], now)
 
 
-def mark_sending(conn: Connection, chunk: Sequence[Change]) -> None:
+def mark_sending(conn: Connection, chunk: Chunk[Any]) -> None:
     """Note durably that ``chunk`` is being handed to its destination (commit before sending)."""
-    if chunk:
+    if chunk.size:
         conn.execute(update(diffs).where(*_in_chunk(chunk), diffs.c.status == "pending").values(status="sending"))
 
 
