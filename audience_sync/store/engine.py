@@ -13,6 +13,9 @@ from ..errors import ConfigError, StoreError
 from .sqlfuncs import register_sqlite_functions
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: page cache per SQLite connection, in KiB: a delivery chunk's rows and index pages (a 10,000-change chunk
+#: touches about 8 MB) stay cached between reading, marking and recording it; SQLite's default is 2 MB
+SQLITE_CACHE_KIB = 16_384
 
 
 def redact_url(url: str) -> str:
@@ -28,6 +31,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
     register_sqlite_functions(dbapi_conn)
