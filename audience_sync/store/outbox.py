@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Engine, bindparam, false, func, select, true, tuple_, update
+from sqlalchemy import ColumnElement, Connection, Engine, Select, bindparam, false, func, select, true, tuple_, update
 
 from ..changes import NOT_ATTEMPTED, SENT, Change, Outcome
 from ..destinations.batching import Encoded
@@ -41,20 +41,32 @@ _FIELDS = (
 _ID_BATCH = 5_000  # ids per IN (...) list: well under every backend's parameter limit
 
 
-def _change(row: Any) -> Change:
+def _change(row: Sequence[Any]) -> Change:
+    diff_id, user_id, run_id, destination, key, computation_class, email, change, old, new, message_id = row
     return Change(
-        diff_id=row.id,
-        run_id=row.run_id,
-        destination=row.destination,
-        computation_key=row.computation_key,
-        computation_class=row.computation_class,
-        user_id=row.user_id,
-        email=row.email,
-        change=row.change,
-        old_value=decode(row.old_value),
-        new_value=decode(row.new_value),
-        message_id=row.message_id,
+        diff_id=diff_id,
+        run_id=run_id,
+        destination=destination,
+        computation_key=key,
+        computation_class=computation_class,
+        user_id=user_id,
+        email=email,
+        change=change,
+        old_value=decode(old),
+        new_value=decode(new),
+        message_id=message_id,
     )
+
+
+def _tuples(conn: Connection, statement: Select[Any], params: Mapping[str, Any]) -> list[Any]:
+    """All rows of ``statement`` as the driver's plain tuples, fetched from the DBAPI cursor: a chunk of
+    10,000 rows then costs no SQLAlchemy ``Row`` per row (about 40 % of reading a chunk of messages). Only for
+    columns whose values need no result processing (text, integers, bytes)."""
+    result = conn.execute(statement, params)
+    try:
+        return list(result.cursor.fetchall())
+    finally:
+        result.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,22 +101,19 @@ def _keyset_chunks(
     while True:
         values = params()
         with engine.connect() as conn:
-            rows = list(
-                conn.execute(
-                    base.where(diffs.c.user_id >= after[0], tuple_(diffs.c.user_id, diffs.c.id) > tuple_(*after))
-                    .order_by(diffs.c.user_id, diffs.c.id)
-                    .limit(chunk_size),
-                    values,
-                ).all()
+            rows = _tuples(
+                conn,
+                base.where(diffs.c.user_id >= after[0], tuple_(diffs.c.user_id, diffs.c.id) > tuple_(*after))
+                .order_by(diffs.c.user_id, diffs.c.id)
+                .limit(chunk_size),
+                values,
             )
             if not rows:
                 return
             last = rows[-1]
             if len(rows) == chunk_size:  # complete the last user's changes
-                rows.extend(
-                    conn.execute(
-                        base.where(diffs.c.user_id == last[1], diffs.c.id > last[0]).order_by(diffs.c.id), values
-                    )
+                rows += _tuples(
+                    conn, base.where(diffs.c.user_id == last[1], diffs.c.id > last[0]).order_by(diffs.c.id), values
                 )
         after = (rows[-1][1], rows[-1][0])
         yield (rows[0][1], rows[0][0]), rows
