@@ -26,6 +26,7 @@ from .destinations.base import Destination, MessageDestination
 from .errors import CredentialsRejected, DestinationError
 from .progress import NoProgress, Progress
 from .store import outbox
+from .store.engine import delivery_cache
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ def deliver_pending(
     chunks, deliver, partial = _paths(engine, run_id, destination, chunk_size)
     ahead = read_ahead(chunks, destination.name)
     try:
-        with engine.connect() as conn:  # one connection for the writes, so that its page cache stays warm
+        # one connection for the writes, with a page cache that holds a chunk between marking and recording it
+        with engine.connect() as pooled, delivery_cache(pooled) as conn:
             chunk = next(ahead, None)
             if chunk is not None:
                 with conn.begin():

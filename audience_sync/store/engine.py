@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -13,9 +15,9 @@ from ..errors import ConfigError, StoreError
 from .sqlfuncs import register_sqlite_functions
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-#: page cache per SQLite connection, in KiB: a delivery chunk's rows and index pages (a 10,000-change chunk
-#: touches about 8 MB) stay cached between reading, marking and recording it; SQLite's default is 2 MB
-SQLITE_CACHE_KIB = 16_384
+#: page cache of the connection that marks and records delivery chunks, in KiB (SQLite's default is 2 MB): a
+#: 10,000-change chunk's rows and index pages (about 8 MB) stay cached between marking and recording it
+DELIVERY_CACHE_KIB = 16_384
 
 
 def redact_url(url: str) -> str:
@@ -31,7 +33,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
     register_sqlite_functions(dbapi_conn)
@@ -64,3 +65,21 @@ def store_error(exc: SQLAlchemyError, url: str, doing: str = "using") -> StoreEr
     """A StoreError naming the (redacted) state database and the database's own reason, one line."""
     reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
     return StoreError(f"{doing} the state database {redact_url(url)} failed: {type(exc).__name__}: {reason[:500]}")
+
+
+@contextmanager
+def delivery_cache(conn: Connection) -> Iterator[Connection]:
+    """``conn`` with a page cache of :data:`DELIVERY_CACHE_KIB` while inside (SQLite; nothing elsewhere), put back
+    to SQLite's default when it goes back to the pool. Memory: at most that much, whatever the run's size."""
+    if conn.dialect.name != "sqlite":
+        yield conn
+        return
+    default = conn.exec_driver_sql("PRAGMA cache_size").scalar_one()
+    conn.exec_driver_sql(f"PRAGMA cache_size=-{DELIVERY_CACHE_KIB}")
+    conn.commit()
+    try:
+        yield conn
+    finally:
+        conn.rollback()
+        conn.exec_driver_sql(f"PRAGMA cache_size={int(default)}")
+        conn.commit()
