@@ -19,6 +19,11 @@ process otherwise pays for collecting them (that was the "drop at 100k after the
 collections charged to the Segment path).
 
     python benchmarks/delivery.py [--changes N] [--concurrency C] [--rate R] [--paths gist,segment,rate]
+                                  [--repeat K]
+
+With ``--repeat K`` each path is measured K times (ours, then the bare loop, back to back) and the table shows
+the medians and the median of the per-round ratios: on a machine shared with other work, single figures swing
+by +-20 %.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import os
 import platform
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -192,12 +198,27 @@ def bare_segment(url: str, n: int, concurrency: int) -> float:
     return n / elapsed
 
 
+def medians(rounds: list[tuple[float, float]]) -> tuple[float, float, float, list[float]]:
+    """Median of ours, of the bare loop's, and of the per-round ratios (each round measures both back to back,
+    so the ratio of a round is the least disturbed by other work on the machine); and those ratios."""
+    ratios = [ours / bare for ours, bare in rounds]
+    return (
+        statistics.median(o for o, _ in rounds),
+        statistics.median(b for _, b in rounds),
+        statistics.median(ratios),
+        ratios,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--changes", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--paths", default="gist,segment,rate", help="which measurements, comma-separated")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of (ours, bare) per path; the table shows medians"
+    )
     args = parser.parse_args()
     paths = set(args.paths.split(","))
     port = free_port()
@@ -218,11 +239,20 @@ def main() -> None:
             )
             rows = []
             if "gist" in paths:
-                ours = our_rate(work, args.changes, gist, "gist.db")
-                rows.append(("Gist identify calls/s", ours, bare_gist(url, args.changes, args.concurrency)))
+                rounds = [
+                    (our_rate(work, args.changes, gist, f"gist{i}.db"), bare_gist(url, args.changes, args.concurrency))
+                    for i in range(args.repeat)
+                ]
+                rows.append(("Gist identify calls/s", *medians(rounds)))
             if "segment" in paths:
-                ours = our_rate(work, args.changes, segment, "segment.db")
-                rows.append(("Segment messages/s", ours, bare_segment(url, args.changes, args.concurrency)))
+                rounds = [
+                    (
+                        our_rate(work, args.changes, segment, f"segment{i}.db"),
+                        bare_segment(url, args.changes, args.concurrency),
+                    )
+                    for i in range(args.repeat)
+                ]
+                rows.append(("Segment messages/s", *medians(rounds)))
             small = min(args.changes, int(args.rate * 10))
             limited = None
             if "rate" in paths:
@@ -236,10 +266,11 @@ def main() -> None:
         f"# {args.changes:,} changes, concurrency {args.concurrency}; {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}"
     )
-    print("| path | audience-sync | bare httpx loop | ratio |")
-    print("|---|---:|---:|---:|")
-    for label, ours, bare in rows:
-        print(f"| {label} | {ours:,.0f} | {bare:,.0f} | {ours / bare:.0%} |")
+    print(f"| path | audience-sync | bare httpx loop | ratio |{' ratio per round |' if args.repeat > 1 else ''}")
+    print(f"|---|---:|---:|---:|{'---|' if args.repeat > 1 else ''}")
+    for label, ours, bare, ratio, ratios in rows:
+        each = f" {', '.join(f'{r:.0%}' for r in ratios)} |" if args.repeat > 1 else ""
+        print(f"| {label} | {ours:,.0f} | {bare:,.0f} | {ratio:.0%} |{each}")
     if limited is not None:
         print(
             f"\nrate_limit = {args.rate:g}/s over {small:,} calls: achieved {limited:,.1f}/s "
