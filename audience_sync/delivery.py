@@ -48,9 +48,10 @@ class DeliveryReport:
 def read_ahead(items: Iterator[T], name: str = "outbox") -> Generator[T, None, None]:
     """Yield ``items`` while the next one is produced on a helper thread, one item ahead.
 
-    Guarantees: the same items in the same order; ``items`` is advanced by one thread at a time and never more
-    than one item beyond what was consumed; an exception raised by ``items`` is raised here, in order. Closing
-    this generator early waits for the item being read, then drops it.
+    Guarantees: the same items in the same order (``items`` must not yield None, which ends it); ``items`` is
+    advanced by one thread at a time and never more than one item beyond what was consumed; an exception raised
+    by ``items`` is raised here, in order. Closing this generator early waits for the item being read, then
+    drops it.
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{name}") as pool:
         ahead = pool.submit(next, items, None)
