@@ -61,6 +61,8 @@ class StateConfig(_Section):
 class SourceConfig(_Section):
     url: str | None = None
     chunk_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    #: run each query inside the state database when it is also the source (None: whenever it is)
+    pushdown: bool | None = None
 
 
 class ScheduleConfig(_Section):
@@ -324,6 +326,8 @@ class Config:
     guard: GuardConfig
     destinations: tuple[AnyDestination, ...]
     computations: tuple[Computation, ...]
+    #: ``[source] pushdown``: None runs queries inside the state database whenever it is the source
+    source_pushdown: bool | None = None
 
     def destination(self, name: str) -> AnyDestination:
         """The destination called ``name``; ConfigError naming the known ones otherwise."""
@@ -443,6 +447,7 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
         guard=raw.guard,
         destinations=raw.destinations,
         computations=tuple(computations),
+        source_pushdown=raw.source.pushdown,
     )
 
 
