@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from .destinations.base import Destination
+from .destinations.rendering import LineFormat
 from .errors import CredentialsRejected, DestinationError
 from .progress import NoProgress, Progress
 from .store import outbox
@@ -53,7 +54,11 @@ def deliver_pending(
     report = DeliveryReport(destination.name)
     task = f"sending to {destination.name}"
     progress.begin(task)
+    fmt = destination.line_format()
     try:
+        if fmt is not None:
+            _deliver_lines(engine, run_id, destination, fmt, chunk_size, progress, task, stop, report)
+            return report
         for chunk in outbox.pending_chunks(engine, run_id, destination.name, chunk_size):
             if stop is not None and stop.is_set():
                 with engine.begin() as conn:
@@ -79,3 +84,39 @@ def deliver_pending(
     finally:
         progress.end(task)
     return report
+
+
+def _deliver_lines(
+    engine: Engine,
+    run_id: int,
+    destination: Destination,
+    fmt: LineFormat,
+    chunk_size: int,
+    progress: Progress,
+    task: str,
+    stop: threading.Event | None,
+    report: DeliveryReport,
+) -> None:
+    """:func:`deliver_pending` for a sink that takes lines rendered by the database; the same guarantees."""
+    for chunk in outbox.pending_line_chunks(engine, run_id, destination.name, chunk_size, fmt):
+        if stop is not None and stop.is_set():
+            with engine.begin() as conn:
+                outbox.keep_pending(conn, run_id, destination.name, STOPPED)
+            report.error = STOPPED
+            return
+        with engine.begin() as conn:
+            outbox.mark_range_sending(conn, chunk.bounds)
+        try:
+            destination.write_lines(chunk.lines)
+        except DestinationError as exc:
+            with engine.begin() as conn:
+                outbox.record_range(conn, chunk.bounds, error=f"not sent: {exc}")
+                outbox.keep_pending(conn, run_id, destination.name, f"not sent: {exc}")
+            report.error = str(exc)
+            report.credentials_rejected = isinstance(exc, CredentialsRejected)
+            log.error("%s", exc)
+            return
+        with engine.begin() as conn:
+            outbox.record_range(conn, chunk.bounds)
+        report.attempted += chunk.changes
+        progress.advance(task, chunk.changes)

@@ -24,7 +24,7 @@ SQLITE_ROWS: list[tuple[Any, Any, Any]] = [
     ("u2", "  b@x.io ", 1.0),
     ("u3", None, 0.1),
     ("u3", "c@x.io", 0.1),
-    (7, "seven@x.io", "text with \"quotes\" and \n\t\x01 é 😀"),
+    (7, "seven@x.io", 'text with "quotes" and \n\t\x01 é 😀'),
     (8.0, None, 0),
     (9.5, None, -3),
     (None, "nobody@x.io", 1),

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from ..changes import Change, Outcome
+from .rendering import LineFormat
 
 
 class Destination(ABC):
@@ -23,6 +24,14 @@ class Destination(ABC):
     @abstractmethod
     def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:
         """Deliver ``changes``; return what became of each."""
+
+    def line_format(self) -> LineFormat | None:
+        """For sinks that only write the messages' JSON text: what to render in SQL (None: deliver changes)."""
+        return None
+
+    def write_lines(self, lines: Sequence[str]) -> None:
+        """Deliver lines rendered as :meth:`line_format` says; return only once they are acknowledged."""
+        raise NotImplementedError(f"destination {self.name!r} takes changes, not rendered lines")
 
     def close(self) -> None:
         """Release connections and files. Safe to call twice."""

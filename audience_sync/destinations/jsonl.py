@@ -13,6 +13,7 @@ from ..config import JsonlDestination
 from ..errors import PermanentDestinationError
 from .base import Destination
 from .messages import MessageOptions, messages_for, timestamp
+from .rendering import LineFormat
 
 
 class JsonlSink(Destination):
@@ -42,13 +43,22 @@ class JsonlSink(Destination):
         return self._file
 
     def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:
-        out = self._open()
         ts = timestamp()
         lines = [
             json.dumps(m, ensure_ascii=False)
             for ch in changes
             for m in messages_for(ch, self.send, self.options, ts=ts)
         ]
+        self.write_lines(lines)
+        return dict.fromkeys((ch.diff_id for ch in changes), SENT)
+
+    def line_format(self) -> LineFormat:
+        """The sink only writes JSON text: the database renders it (same calls as :meth:`deliver` writes)."""
+        return LineFormat(self.send, self.options)
+
+    def write_lines(self, lines: Sequence[str]) -> None:
+        """Append ``lines``, then flush and fsync; PermanentDestinationError if the file cannot be written."""
+        out = self._open()
         try:
             out.write("".join(line + "\n" for line in lines))
             out.flush()
@@ -58,7 +68,6 @@ class JsonlSink(Destination):
                 f"destination {self.name!r}: writing {str(self.path)!r} failed: {exc.strerror}",
                 destination=self.name,
             ) from None
-        return dict.fromkeys((ch.diff_id for ch in changes), SENT)
 
     def close(self) -> None:
         if self._file is not None:

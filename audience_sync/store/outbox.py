@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, bindparam, false, func, select, true, tuple_, update
 
 from ..changes import NOT_ATTEMPTED, SENT, Change, Outcome
+from ..destinations.messages import timestamp
+from ..destinations.rendering import LineFormat, line_columns
 from ..values import decode
 from .dialect import upsert
 from .schema import DiffRow, SnapshotRow, table_of, utcnow
@@ -83,17 +86,100 @@ def pending_chunks(engine: Engine, run_id: int, destination: str, chunk_size: in
         yield [_change(r) for r in rows]
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """A chunk's key range: run, destination, and (user_id, id) of its first and last change."""
+
+    run_id: int
+    destination: str
+    first: tuple[str, int]
+    last: tuple[str, int]
+
+
+def _in_range(b: Bounds) -> list[ColumnElement[bool]]:
+    return [
+        diffs.c.run_id == b.run_id,
+        diffs.c.destination == b.destination,
+        diffs.c.user_id >= b.first[0],
+        diffs.c.user_id <= b.last[0],
+        tuple_(diffs.c.user_id, diffs.c.id) >= tuple_(*b.first),
+        tuple_(diffs.c.user_id, diffs.c.id) <= tuple_(*b.last),
+    ]
+
+
 def _in_chunk(chunk: Sequence[Change]) -> list[ColumnElement[bool]]:
     """The rows of a chunk by its key range: (run, destination) and (user_id, id) from its first to its last."""
     first, last = chunk[0], chunk[-1]
-    return [
-        diffs.c.run_id == first.run_id,
-        diffs.c.destination == first.destination,
-        diffs.c.user_id >= first.user_id,
-        diffs.c.user_id <= last.user_id,
-        tuple_(diffs.c.user_id, diffs.c.id) >= tuple_(first.user_id, first.diff_id),
-        tuple_(diffs.c.user_id, diffs.c.id) <= tuple_(last.user_id, last.diff_id),
-    ]
+    return _in_range(
+        Bounds(first.run_id, first.destination, (first.user_id, first.diff_id), (last.user_id, last.diff_id))
+    )
+
+
+@dataclass
+class LineChunk:
+    """A chunk of pending changes as JSON lines rendered by the database (see ``destinations/rendering.py``)."""
+
+    bounds: Bounds
+    changes: int
+    lines: list[str]
+
+
+def pending_line_chunks(
+    engine: Engine, run_id: int, destination: str, chunk_size: int, fmt: LineFormat
+) -> Iterator[LineChunk]:
+    """Like :func:`pending_chunks`, but each change comes as its rendered lines (identify, then track).
+
+    Same guarantees: one user's changes never split, each change yielded once, memory bounded by the chunk.
+    Lines carry the time the chunk was read as their ``timestamp``.
+    """
+    after: tuple[str, int] = ("", -1)
+    while True:
+        columns = line_columns(engine.dialect.name, diffs, fmt, timestamp())
+        base = select(diffs.c.id, diffs.c.user_id, *columns).where(
+            diffs.c.run_id == run_id, diffs.c.destination == destination, diffs.c.status == "pending"
+        )
+        with engine.connect() as conn:
+            rows = list(
+                conn.execute(
+                    base.where(diffs.c.user_id >= after[0], tuple_(diffs.c.user_id, diffs.c.id) > tuple_(*after))
+                    .order_by(diffs.c.user_id, diffs.c.id)
+                    .limit(chunk_size)
+                ).all()
+            )
+            if not rows:
+                return
+            if len(rows) == chunk_size:  # complete the last user's changes
+                last = rows[-1]
+                rows.extend(
+                    conn.execute(base.where(diffs.c.user_id == last.user_id, diffs.c.id > last.id).order_by(diffs.c.id))
+                )
+        first, last = rows[0], rows[-1]
+        after = (last.user_id, last.id)
+        lines = [line for row in rows for line in row[2:]]
+        yield LineChunk(Bounds(run_id, destination, (first.user_id, first.id), after), len(rows), lines)
+
+
+def mark_range_sending(conn: Connection, bounds: Bounds) -> None:
+    """Note durably that the pending changes in ``bounds`` are being handed to their destination."""
+    conn.execute(update(diffs).where(*_in_range(bounds), diffs.c.status == "pending").values(status="sending"))
+
+
+def record_range(conn: Connection, bounds: Bounds, error: str | None = None) -> None:
+    """Record the changes in ``bounds`` as acknowledged (snapshot advanced), or, given ``error``, as still pending.
+
+    Call inside one transaction, as :func:`record`.
+    """
+    in_range = _in_range(bounds)
+    if error is not None:
+        conn.execute(update(diffs).where(*in_range, diffs.c.status == "sending").values(status="pending", error=error))
+        return
+    now = utcnow()
+    conn.execute(
+        update(diffs)
+        .where(*in_range, diffs.c.status == "sending")
+        .values(status="sent", error=None, sent_at=now, attempts=diffs.c.attempts + 1)
+    )
+    _advance_snapshot(conn, [*in_range, diffs.c.status == "sent"], now)
 
 
 def record(conn: Connection, chunk: Sequence[Change], outcomes: Mapping[int, Outcome]) -> None:
