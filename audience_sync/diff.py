@@ -42,7 +42,7 @@ from sqlalchemy import (
 
 from .changes import SEPARATOR
 from .config import Computation
-from .store.schema import DiffRow, SnapshotRow, StagingRow, UTCDateTime, table_of, utcnow
+from .store.schema import DiffRow, SnapshotRow, StagingRow, UTCDateTime, status_is, table_of, utcnow
 from .store.sqlfuncs import sha256_hex
 from .values import FALSE, TRUE
 
@@ -241,7 +241,7 @@ def supersede_pending(conn: Connection, run_id: int, dest: str, keys: Sequence[s
         update(diffs)
         .where(
             diffs.c.destination == dest,
-            diffs.c.status == "pending",
+            status_is("pending"),
             diffs.c.run_id < run_id,
             diffs.c.computation_key.in_(list(keys)),
         )
