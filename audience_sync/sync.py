@@ -40,6 +40,8 @@ from .store.staging import StagedRow
 log = logging.getLogger(__name__)
 
 Mode = Literal["incremental", "resync"]
+#: refresh the snapshot's planner statistics after a run that delivered at least this many changes
+ANALYZE_AFTER = 10_000
 
 
 @dataclass
@@ -364,6 +366,9 @@ def _locked_run(
             staging.clear(conn, run_id)
 
     reports = {} if dry_run else _deliver_all(engine, config, run_id, dest_names, progress, plan.stop)
+    if sum(r.attempted for r in reports.values()) >= ANALYZE_AFTER:
+        with engine.begin() as conn:  # the next diff joins the snapshot: plan it with its new size
+            analyze(conn, "snapshot")
     with engine.begin() as conn:
         counts = runs.count_changes(conn, run_id)
         counts["sources"] = source_stats

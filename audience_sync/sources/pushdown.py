@@ -17,6 +17,7 @@ Python functions themselves, registered on the connection (:func:`register_norma
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,12 @@ from ..values import encode
 from .columns import locate
 from .rows import _email, _user_id
 
-#: Every character ``str.strip()`` removes: SQL trims with this set so that blank means the same on both paths.
-WHITESPACE = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+
+@functools.cache
+def whitespace() -> str:
+    """Every character ``str.strip()`` removes: SQL trims with this set, so blank means the same on both paths."""
+    return "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+
 
 # PostgreSQL type OIDs whose SQL text form is exactly what the streamed path produces from psycopg's value.
 _PG_INTEGER = {20, 21, 23}  # int8, int2, int4
@@ -112,7 +117,7 @@ def _literal(text: str) -> str:
 
 
 def _sqlite_columns(uid: str, email: str | None, value: str | None, is_trait: bool) -> tuple[str, str, str]:
-    ws = _literal(WHITESPACE)
+    ws = _literal(whitespace())
     u = (
         f"CASE typeof({uid}) WHEN 'integer' THEN CAST({uid} AS TEXT) "
         f"WHEN 'text' THEN CASE WHEN trim({uid}, {ws}) = '' THEN NULL ELSE {uid} END "
@@ -138,7 +143,7 @@ def _sqlite_columns(uid: str, email: str | None, value: str | None, is_trait: bo
 def _pg_columns(
     uid: tuple[str, int], email: tuple[str, int] | None, value: tuple[str, int] | None, is_trait: bool
 ) -> tuple[str, str, str] | None:
-    ws = _literal(WHITESPACE)
+    ws = _literal(whitespace())
     name, oid = uid
     if oid in _PG_INTEGER or oid == _PG_UUID:
         u = f"{name}::text"

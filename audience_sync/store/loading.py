@@ -11,9 +11,9 @@ a trait given two values).
   ``INSERT ... SELECT`` into ``staging``.
 - **Batches** (:func:`insert_batches`, SQLite): ``executemany`` upserts, many chunks per transaction.
 
-On PostgreSQL the bulk insert keeps the first row of a repeated user (``ON CONFLICT DO NOTHING``) and, only when
-the source repeated a user, one more statement settles the email and the conflicting value from the rows'
-order (:func:`_settle_repeats`).
+On PostgreSQL the bulk insert is first tried as a plain ``INSERT`` (in a savepoint); only when the source
+repeated a user is it redone with ``ON CONFLICT DO NOTHING``, keeping the first row, and one more statement
+settles the email and the conflicting value from the rows' order (:func:`_settle_repeats`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
 
 from ..sources.pushdown import Pushdown
 from .staging import StagedRow, insert_rows
@@ -80,11 +81,25 @@ def push_down(conn: Connection, run_id: int, pushdown: Pushdown) -> tuple[int, i
     )
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql(f"{insert} WHERE true {_SQLITE_UPSERT}", params)
-    else:
-        inserted = conn.exec_driver_sql(f"{insert} ON CONFLICT DO NOTHING", params).rowcount
-        if inserted < rows - null_ids - null_values:
-            _settle_repeats(conn, run_id, key, pushdown.ordered)
+    elif not _insert_unique(conn, insert, params):
+        conn.exec_driver_sql(f"{insert} ON CONFLICT DO NOTHING", params)
+        _settle_repeats(conn, run_id, key, pushdown.ordered)
     return int(rows), int(null_ids), int(null_values)
+
+
+def _insert_unique(conn: Connection, insert: str, params: dict[str, Any]) -> bool:
+    """PostgreSQL: run ``insert`` as a plain INSERT, which is about twice as fast as ``ON CONFLICT``; False
+    (and nothing inserted) when the source repeated a user."""
+    savepoint = conn.begin_nested()
+    try:
+        conn.exec_driver_sql(insert, params)
+    except IntegrityError as exc:
+        savepoint.rollback()
+        if getattr(exc.orig, "sqlstate", None) != "23505":  # not a unique violation: a real error
+            raise
+        return False
+    savepoint.commit()
+    return True
 
 
 def copy_rows(conn: Connection, run_id: int, key: str, chunks: Iterable[Sequence[StagedRow]]) -> None:
@@ -100,11 +115,10 @@ def copy_rows(conn: Connection, run_id: int, key: str, chunks: Iterable[Sequence
             for user_id, email, value in chunk:
                 ord_ += 1
                 copy.write_row((ord_, user_id, email, value))
-    inserted = conn.exec_driver_sql(
-        f"INSERT INTO staging ({_COLUMNS}) SELECT %(run)s, %(key)s, u, e, v FROM {_LOAD_TABLE} ON CONFLICT DO NOTHING",
-        {"run": run_id, "key": key},
-    ).rowcount
-    if inserted < ord_:
+    insert = f"INSERT INTO staging ({_COLUMNS}) SELECT %(run)s, %(key)s, u, e, v FROM {_LOAD_TABLE}"
+    params = {"run": run_id, "key": key}
+    if not _insert_unique(conn, insert, params):
+        conn.exec_driver_sql(f"{insert} ON CONFLICT DO NOTHING", params)
         _settle_repeats(conn, run_id, key, f"SELECT u, e, v, ord FROM {_LOAD_TABLE}")
     conn.exec_driver_sql(f"DROP TABLE {_LOAD_TABLE}")
 
