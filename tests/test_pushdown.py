@@ -269,6 +269,10 @@ def test_postgres_repeated_users_and_conflict(pg_schema_url: Any, tmp_path: Path
         run_sync(_config(url, tmp_path, BODY, True))
 
 
+def test_whitespace_is_what_python_strips() -> None:
+    assert "".join(c for c in map(chr, range(0x110000)) if c.isspace()) == pushdown.WHITESPACE
+
+
 def test_same_database() -> None:
     assert pushdown.same_database("sqlite:///a.db", f"sqlite:///{Path('a.db').resolve()}")
     assert not pushdown.same_database("sqlite:///a.db", "sqlite:///b.db")

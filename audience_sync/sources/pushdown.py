@@ -17,7 +17,6 @@ Python functions themselves, registered on the connection (:func:`register_norma
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,12 @@ from ..values import encode
 from .columns import locate
 from .rows import _email, _user_id
 
-
-@functools.cache
-def whitespace() -> str:
-    """Every character ``str.strip()`` removes: SQL trims with this set, so blank means the same on both paths."""
-    return "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+#: Every character ``str.strip()`` removes (``str.isspace``): SQL trims with this set, so blank means the same on
+#: both paths. tests/test_pushdown.py checks it against Python's own definition.
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 
 
 # PostgreSQL type OIDs whose SQL text form is exactly what the streamed path produces from psycopg's value.
@@ -117,7 +117,7 @@ def _literal(text: str) -> str:
 
 
 def _sqlite_columns(uid: str, email: str | None, value: str | None, is_trait: bool) -> tuple[str, str, str]:
-    ws = _literal(whitespace())
+    ws = _literal(WHITESPACE)
     u = (
         f"CASE typeof({uid}) WHEN 'integer' THEN CAST({uid} AS TEXT) "
         f"WHEN 'text' THEN CASE WHEN trim({uid}, {ws}) = '' THEN NULL ELSE {uid} END "
@@ -143,7 +143,7 @@ def _sqlite_columns(uid: str, email: str | None, value: str | None, is_trait: bo
 def _pg_columns(
     uid: tuple[str, int], email: tuple[str, int] | None, value: tuple[str, int] | None, is_trait: bool
 ) -> tuple[str, str, str] | None:
-    ws = _literal(whitespace())
+    ws = _literal(WHITESPACE)
     name, oid = uid
     if oid in _PG_INTEGER or oid == _PG_UUID:
         u = f"{name}::text"
