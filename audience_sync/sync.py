@@ -145,7 +145,8 @@ def _stage(
             _stream(engine, source, config, run_id, comp, st, lambda n, task=task: progress.advance(task, n))
         progress.end(task)
         with engine.connect() as conn:
-            conflict = staging.first_conflict(conn, run_id, comp.key)
+            # an audience's value is always true: only a trait can have two values for one user
+            conflict = staging.first_conflict(conn, run_id, comp.key) if comp.computation_class == "trait" else None
             members = staging.count_members(conn, run_id, comp.key)
         if conflict is not None:
             user, first, second = conflict
@@ -204,8 +205,8 @@ def _diff(
             targeted = [c for c in comps if name in c.destinations]
             if not dry_run:
                 supersede_pending(conn, run_id, name, [c.key for c in targeted])
+            write_changes(conn, run_id, name, targeted, resync=resync, users=users)
             for comp in targeted:
-                write_changes(conn, run_id, name, comp, resync=resync, users=users)
                 if comp.exit_after is not None and not dry_run:
                     note_missing(conn, run_id, name, comp)
             required = dest.required_identifiers
