@@ -294,3 +294,38 @@ def test_pushdown_true_needs_the_same_database(tmp_path: Path) -> None:
 
 
 assert PG_URL  # the PostgreSQL tests use the server the suite is configured for
+
+
+@pytest.mark.postgres
+def test_copy_loading_stages_what_upserts_stage(pg_url: str) -> None:
+    """COPY through a temporary table (PostgreSQL) keeps first value, first email and the last other value."""
+    from audience_sync.store import loading, staging
+    from audience_sync.store.engine import create_state_engine
+    from audience_sync.store.migrate import upgrade
+
+    chunks = [
+        [("u1", None, "1"), ("u2", "b@x.io", "2"), ("u1", "first@x.io", "1")],
+        [("u1", "second@x.io", "3"), ("u3", None, "4"), ("u1", None, "5"), ("u1", None, "1")],
+        [("u4", "d@x.io", '"x"')],
+    ]
+    engine = create_state_engine(pg_url)
+    upgrade(engine)
+    try:
+        with engine.begin() as conn:
+            loading.copy_rows(conn, 1, "k", chunks)
+            for chunk in chunks:
+                staging.insert_rows(conn, 2, "k", chunk)
+        with engine.connect() as conn:
+            staged = {
+                run: conn.execute(
+                    text(
+                        "SELECT user_id, email, value, conflict_value FROM staging WHERE run_id = :r ORDER BY user_id"
+                    ),
+                    {"r": run},
+                ).all()
+                for run in (1, 2)
+            }
+    finally:
+        engine.dispose()
+    assert staged[1] == staged[2]
+    assert staged[1][0] == ("u1", "first@x.io", "1", "5")
