@@ -170,7 +170,7 @@ def test_lock_held_exits_1_naming_the_holder(project: Path, state_url: str) -> N
 
 def test_db_upgrade(project: Path) -> None:
     proc = cli("db", "upgrade", "--config", "audience_sync.toml", cwd=project)
-    assert proc.returncode == 0 and "schema revision 0002" in proc.stdout
+    assert proc.returncode == 0 and "schema revision 0004" in proc.stdout
 
 
 def test_demo_from_a_fresh_directory(tmp_path: Path) -> None:

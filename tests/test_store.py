@@ -21,8 +21,8 @@ from audience_sync.store.schema import Base
 def test_migrations_build_exactly_the_models_schema(state_url: str) -> None:
     engine = create_engine(state_url)
     assert current_revision(engine) is None
-    assert upgrade(engine) == "0002"
-    assert upgrade(engine) == "0002"  # idempotent
+    assert upgrade(engine) == "0004"
+    assert upgrade(engine) == "0004"  # idempotent
     with engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     engine.dispose()
@@ -30,7 +30,7 @@ def test_migrations_build_exactly_the_models_schema(state_url: str) -> None:
 
 
 def _bulk_layout(conn: Connection) -> dict[str, bool]:
-    """Whether staging and snapshot have the bulk layout of migration 0002."""
+    """Whether staging and snapshot have the bulk layout of migration 0004."""
     if conn.dialect.name == "sqlite":
         sql = {t: conn.execute(text(f"SELECT sql FROM sqlite_master WHERE name = '{t}'")).scalar_one() for t in TABLES}
         return {t: "WITHOUT ROWID" in s for t, s in sql.items()}
@@ -48,7 +48,7 @@ def _bulk_layout(conn: Connection) -> dict[str, bool]:
 TABLES = ("staging", "snapshot")
 
 
-def test_migration_0002_keeps_the_snapshot_and_goes_back(state_url: str) -> None:
+def test_migration_0004_keeps_the_snapshot_and_goes_back(state_url: str) -> None:
     engine = create_engine(state_url)
     cfg = alembic_config(engine)
     command.upgrade(cfg, "0001")
@@ -57,7 +57,7 @@ def test_migration_0002_keeps_the_snapshot_and_goes_back(state_url: str) -> None
         conn.execute(text(f"INSERT INTO snapshot VALUES {row}"))
         conn.execute(text("INSERT INTO staging VALUES (1, 'k', 'u1', NULL, 'true', NULL)"))
         assert not _bulk_layout(conn)["staging"]
-    assert upgrade(engine) == "0002"
+    assert upgrade(engine) == "0004"
     with engine.connect() as conn:
         assert _bulk_layout(conn) == {"staging": True, "snapshot": True}
         assert conn.execute(text("SELECT user_id, value, email, run_id FROM snapshot")).all() == [

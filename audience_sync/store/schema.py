@@ -107,7 +107,7 @@ class SyncRun(Base):
 
 
 class StagingRow(Base):
-    """Rows of one run, loaded in bulk. SQLite: WITHOUT ROWID; PostgreSQL: UNLOGGED (migration 0002)."""
+    """Rows of one run, loaded in bulk. SQLite: WITHOUT ROWID; PostgreSQL: UNLOGGED (migration 0004)."""
 
     __tablename__ = "staging"
     __table_args__ = ({"sqlite_with_rowid": False},)
@@ -121,7 +121,7 @@ class StagingRow(Base):
 
 
 class SnapshotRow(Base):
-    """What each destination acknowledged. SQLite: WITHOUT ROWID (migration 0002)."""
+    """What each destination acknowledged. SQLite: WITHOUT ROWID (migration 0004)."""
 
     __tablename__ = "snapshot"
     __table_args__ = ({"sqlite_with_rowid": False},)

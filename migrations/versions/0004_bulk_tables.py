@@ -8,7 +8,7 @@ a crash: a run that dies while staging is marked abandoned and its rows are disc
 server does to an unlogged table after a crash. Every run looks for changes a dead run left ``sending``;
 without an index on them that was a scan of the destination's whole history of changes.
 
-Revision ID: 0002
+Revision ID: 0004
 Revises: 0001
 Create Date: 2026-11-29 18:10:00
 """
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002"
+revision: str = "0004"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
