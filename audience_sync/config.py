@@ -64,6 +64,8 @@ class StateConfig(_Section):
 class SourceConfig(_Section):
     url: str | None = None
     chunk_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    #: run each query inside the state database when it is also the source (None: whenever it is)
+    pushdown: bool | None = None
 
 
 class ScheduleConfig(_Section):
@@ -428,6 +430,8 @@ class Config:
     computations: tuple[Computation, ...]
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    #: ``[source] pushdown``: None runs queries inside the state database whenever it is the source
+    source_pushdown: bool | None = None
 
     def destination(self, name: str) -> AnyDestination:
         """The destination called ``name``; ConfigError naming the known ones otherwise."""
@@ -550,6 +554,7 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
         computations=tuple(computations),
         alerts=raw.alerts,
         retention=raw.retention,
+        source_pushdown=raw.source.pushdown,
     )
 
 

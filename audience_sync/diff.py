@@ -42,7 +42,7 @@ from sqlalchemy import (
 
 from .changes import SEPARATOR
 from .config import Computation
-from .store.schema import DiffRow, SnapshotRow, StagingRow, UTCDateTime, table_of, utcnow
+from .store.schema import DiffRow, SnapshotRow, StagingRow, UTCDateTime, status_is, table_of, utcnow
 from .store.sqlfuncs import sha256_hex
 from .values import FALSE, TRUE
 
@@ -69,15 +69,15 @@ _COLUMNS = [
 class _Target:
     run_id: int
     destination: str
-    comp: Computation
+    computation_class: str
     salt: str
 
-    def message_id(self, user_id: Any, new_value: Any, base_run_id: Any) -> ColumnElement[str]:
+    def message_id(self, key: Any, user_id: Any, new_value: Any, base_run_id: Any) -> ColumnElement[str]:
         sep = literal(SEPARATOR, String)
         text = (
             literal(self.destination, String)
             + sep
-            + literal(self.comp.key, String)
+            + key
             + sep
             + user_id
             + sep
@@ -94,6 +94,7 @@ class _Target:
         conn: Connection,
         change: str,
         *,
+        key: Any,
         user_id: Any,
         email: Any,
         old: Any,
@@ -106,15 +107,15 @@ class _Target:
             select(
                 literal(self.run_id, BigInteger),
                 literal(self.destination, String),
-                literal(self.comp.key, String),
-                literal(self.comp.computation_class, String),
+                key,
+                literal(self.computation_class, String),
                 user_id,
                 email,
                 literal(change, String),
                 old,
                 new,
                 base,
-                self.message_id(user_id, new, base),
+                self.message_id(key, user_id, new, base),
                 literal("pending", String),
                 literal(0, Integer),
                 literal(utcnow(), UTCDateTime),
@@ -129,16 +130,39 @@ def write_changes(
     conn: Connection,
     run_id: int,
     dest: str,
-    comp: Computation,
+    comps: Sequence[Computation],
     *,
     resync: bool = False,
     users: Sequence[str] | None = None,
 ) -> int:
-    """Insert the changes of ``comp`` for destination ``dest`` into ``diffs`` as pending; return how many.
+    """Insert the changes of ``comps`` for destination ``dest`` into ``diffs`` as pending; return how many.
 
+    One ``INSERT ... SELECT`` per change class covers every computation of a class (and flap-damping
+    setting), so the snapshot and staging are each read once per class, not once per computation.
     ``users`` limits the diff to those user ids (for ``resync --user``).
     """
-    target = _Target(run_id, dest, comp, f"resync:{run_id}" if resync else "")
+    groups: dict[tuple[str, float | None], list[str]] = {}
+    for comp in comps:
+        damping = comp.exit_after if comp.computation_class == "audience" else None
+        groups.setdefault((comp.computation_class, damping), []).append(comp.key)
+    return sum(
+        _write_group(conn, run_id, dest, cls, keys, damping, resync=resync, users=users)
+        for (cls, damping), keys in groups.items()
+    )
+
+
+def _write_group(
+    conn: Connection,
+    run_id: int,
+    dest: str,
+    computation_class: str,
+    keys: Sequence[str],
+    exit_after: float | None,
+    *,
+    resync: bool,
+    users: Sequence[str] | None,
+) -> int:
+    target = _Target(run_id, dest, computation_class, f"resync:{run_id}" if resync else "")
     s = table_of(StagingRow).alias("s")
     p = table_of(SnapshotRow).alias("p")
     staged = s.outerjoin(
@@ -147,16 +171,17 @@ def write_changes(
     gone = p.outerjoin(
         s, and_(s.c.run_id == run_id, s.c.computation_key == p.c.computation_key, s.c.user_id == p.c.user_id)
     )
-    in_staging: list[ColumnElement[bool]] = [s.c.run_id == run_id, s.c.computation_key == comp.key]
+    in_staging: list[ColumnElement[bool]] = [s.c.run_id == run_id, s.c.computation_key.in_(list(keys))]
     in_snapshot: list[ColumnElement[bool]] = [
         p.c.destination == dest,
-        p.c.computation_key == comp.key,
+        p.c.computation_key.in_(list(keys)),
         s.c.user_id.is_(None),
     ]
     if users is not None:
         in_staging.append(s.c.user_id.in_(list(users)))
         in_snapshot.append(p.c.user_id.in_(list(users)))
     current: dict[str, Any] = {
+        "key": s.c.computation_key,
         "user_id": s.c.user_id,
         "email": func.coalesce(s.c.email, p.c.email),
         "old": p.c.value,
@@ -164,17 +189,18 @@ def write_changes(
         "source": staged,
     }
     left: dict[str, Any] = {
+        "key": p.c.computation_key,
         "user_id": p.c.user_id,
         "email": p.c.email,
         "old": p.c.value,
         "base": p.c.run_id,
         "source": gone,
     }
-    if comp.computation_class == "audience":
+    if computation_class == "audience":
         not_member = [] if resync else [or_(p.c.value.is_(None), p.c.value != TRUE, p.c.in_doubt)]
         out_long_enough: list[ColumnElement[bool]] = []
-        if comp.exit_after is not None and not resync:
-            cutoff = utcnow() - dt.timedelta(seconds=comp.exit_after)
+        if exit_after is not None and not resync:
+            cutoff = utcnow() - dt.timedelta(seconds=exit_after)
             out_long_enough = [or_(p.c.in_doubt, p.c.missing_since <= literal(cutoff, UTCDateTime))]
         return target.insert(
             conn, "entered", new=literal(TRUE, String), where=in_staging + not_member, **current
@@ -241,7 +267,7 @@ def supersede_pending(conn: Connection, run_id: int, dest: str, keys: Sequence[s
         update(diffs)
         .where(
             diffs.c.destination == dest,
-            diffs.c.status == "pending",
+            status_is("pending"),
             diffs.c.run_id < run_id,
             diffs.c.computation_key.in_(list(keys)),
         )

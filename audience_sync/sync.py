@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,16 +29,19 @@ from .diff import note_missing, skip_unreachable, supersede_pending, write_chang
 from .errors import AudienceSyncError, ConfigError, RunStopped, SourceError
 from .guard import Hold, find_mass_exits, hold
 from .progress import NoProgress, Progress
-from .sources import SourceStats, normalize, read_rows
-from .store import outbox, registry, runs, staging
+from .sources import SourceStats, normalize, pushdown, read_rows
+from .store import loading, outbox, registry, runs, staging
 from .store.dialect import analyze
-from .store.engine import create_state_engine, store_error
+from .store.engine import create_state_engine, redact_url, store_error
 from .store.lock import HeldLock, run_lock
 from .store.migrate import upgrade
+from .store.staging import StagedRow
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["incremental", "resync"]
+#: refresh the snapshot's planner statistics after a run that delivered at least this many changes
+ANALYZE_AFTER = 10_000
 
 
 @dataclass
@@ -86,6 +89,62 @@ def select_targets(
     return dest_names, comps
 
 
+def _push_down(engine: Engine, run_id: int, comp: Computation, stats: SourceStats) -> bool:
+    """Stage ``comp`` by running its query inside the state database; False when it must be streamed instead."""
+    with engine.connect() as conn:
+        plan = pushdown.plan(conn, comp)
+    if plan is None:
+        log.info("%s: streaming (its query or its column types cannot be pushed down)", comp.key)
+        return False
+    try:
+        with engine.begin() as conn:
+            rows, null_ids, null_values = loading.push_down(conn, run_id, plan)
+    except SQLAlchemyError as exc:  # the streamed path reports the query's own error, or a value's
+        log.info("%s: pushdown failed (%s); streaming instead", comp.key, " ".join(str(exc).split())[:200])
+        return False
+    stats.rows += rows
+    stats.null_user_ids += null_ids
+    stats.null_values += null_values
+    return True
+
+
+def _stopped(run_id: int, comp: Computation) -> RunStopped:
+    return RunStopped(
+        f"run {run_id} was asked to stop (SIGTERM/SIGINT) while reading {comp.key}; nothing was sent "
+        f"and no diff stored: the next run starts over",
+        run_id=run_id,
+    )
+
+
+def _stream(
+    engine: Engine,
+    source: Engine,
+    config: Config,
+    run_id: int,
+    comp: Computation,
+    stats: SourceStats,
+    advance: Any,
+    stop: threading.Event | None = None,
+) -> None:
+    """Stage ``comp`` from its source in chunks: COPY on PostgreSQL, batched upserts on SQLite; one transaction.
+
+    Setting ``stop`` raises RunStopped at the next chunk (the transaction, and so the staging, is rolled back).
+    """
+
+    def chunks() -> Iterator[list[StagedRow]]:
+        for raw in read_rows(comp, source, config.source_chunk_size):
+            if stop is not None and stop.is_set():
+                raise _stopped(run_id, comp)
+            yield normalize(comp, raw, stats)
+            advance(len(raw))
+
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            loading.copy_rows(conn, run_id, comp.key, chunks())
+        else:
+            loading.insert_batches(conn, run_id, comp.key, chunks())
+
+
 def _stage(
     engine: Engine,
     source: Engine,
@@ -96,24 +155,23 @@ def _stage(
     stop: threading.Event | None = None,
 ) -> dict[str, dict[str, int]]:
     stats: dict[str, dict[str, int]] = {}
+    push = use_pushdown(config)
     for comp in comps:
         task = f"reading {comp.key}"
         progress.begin(task)
         st = SourceStats()
-        for raw in read_rows(comp, source, config.source_chunk_size):
-            if stop is not None and stop.is_set():
-                raise RunStopped(
-                    f"run {run_id} was asked to stop (SIGTERM/SIGINT) while reading {comp.key}; nothing was sent "
-                    f"and no diff stored: the next run starts over",
-                    run_id=run_id,
-                )
-            rows = normalize(comp, raw, st)
-            with engine.begin() as conn:
-                staging.insert_rows(conn, run_id, comp.key, rows)
-            progress.advance(task, len(raw))
+        if stop is not None and stop.is_set():
+            raise _stopped(run_id, comp)
+        if push and comp.sql is not None and _push_down(engine, run_id, comp, st):
+            progress.advance(task, st.rows)
+        else:
+            _stream(
+                engine, source, config, run_id, comp, st, lambda n, task=task: progress.advance(task, n), stop
+            )
         progress.end(task)
         with engine.connect() as conn:
-            conflict = staging.first_conflict(conn, run_id, comp.key)
+            # an audience's value is always true: only a trait can have two values for one user
+            conflict = staging.first_conflict(conn, run_id, comp.key) if comp.computation_class == "trait" else None
             members = staging.count_members(conn, run_id, comp.key)
         if conflict is not None:
             user, first, second = conflict
@@ -132,6 +190,22 @@ def _stage(
             "null_values": st.null_values,
         }
     return stats
+
+
+def use_pushdown(config: Config) -> bool:
+    """Whether the run stages its SQL computations inside the state database (see ``sources/pushdown.py``).
+
+    ``[source] pushdown = false`` always streams; otherwise queries are pushed down when the source is the
+    state database. ConfigError when ``pushdown = true`` but the source is another database.
+    """
+    same = pushdown.same_database(config.state_url, config.source_url)
+    if config.source_pushdown and not same:
+        raise ConfigError(
+            f"{config.path}: source.pushdown = true needs the source to be the state database "
+            f"(source.url {redact_url(config.source_url)!r} is another database)",
+            path=config.path,
+        )
+    return same and config.source_pushdown is not False
 
 
 def _diff(
@@ -156,8 +230,8 @@ def _diff(
             targeted = [c for c in comps if name in c.destinations]
             if not dry_run:
                 supersede_pending(conn, run_id, name, [c.key for c in targeted])
+            write_changes(conn, run_id, name, targeted, resync=resync, users=users)
             for comp in targeted:
-                write_changes(conn, run_id, name, comp, resync=resync, users=users)
                 if comp.exit_after is not None and not dry_run:
                     note_missing(conn, run_id, name, comp)
             required = dest.required_identifiers
@@ -251,6 +325,7 @@ def run_sync(
     started = time.monotonic()
     progress = progress or NoProgress()
     dest_names, comps = select_targets(config, destinations, audiences)
+    use_pushdown(config)  # a contradictory pushdown setting stops the run before anything is written
     engine = create_state_engine(config.state_url)
     source = (
         engine
@@ -344,6 +419,9 @@ def _locked_run(
             staging.clear(conn, run_id)
 
     reports = {} if dry_run else _deliver_all(engine, config, run_id, dest_names, progress, plan.stop)
+    if sum(r.attempted for r in reports.values()) >= ANALYZE_AFTER:
+        with engine.begin() as conn:  # the next diff joins the snapshot: plan it with its new size
+            analyze(conn, "snapshot")
     with engine.begin() as conn:
         counts = runs.count_changes(conn, run_id)
         counts["sources"] = source_stats

@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 
 from audience_sync.errors import LockHeld, StoreError
 from audience_sync.store.lock import acquire, release, run_lock
-from audience_sync.store.migrate import current_revision, migrations_dir, upgrade
+from audience_sync.store.migrate import alembic_config, current_revision, migrations_dir, upgrade
 from audience_sync.store.schema import Base
 from tests.conftest import Harness, Warehouse
 
@@ -52,6 +53,48 @@ def test_a_database_at_the_first_revision_upgrades_in_place(state_url: str) -> N
     with engine.connect() as conn:
         assert conn.execute(text("SELECT key FROM computations")).scalar_one() == "vip"
         assert conn.execute(text("SELECT count(*) FROM alert_incidents")).scalar_one() == 0
+    engine.dispose()
+
+
+def _bulk_layout(conn: Connection) -> dict[str, bool]:
+    """Whether staging and snapshot have the bulk layout of migration 0004."""
+    if conn.dialect.name == "sqlite":
+        sql = {t: conn.execute(text(f"SELECT sql FROM sqlite_master WHERE name = '{t}'")).scalar_one() for t in TABLES}
+        return {t: "WITHOUT ROWID" in s for t, s in sql.items()}
+    persistence = dict(
+        conn.execute(
+            text(
+                "SELECT relname, relpersistence FROM pg_class WHERE relname IN ('staging', 'snapshot') "
+                "AND relnamespace = current_schema()::regnamespace"
+            )
+        ).all()
+    )
+    return {"staging": persistence["staging"] == "u", "snapshot": conn.dialect.name == "postgresql"}
+
+
+TABLES = ("staging", "snapshot")
+
+
+def test_migration_0004_keeps_the_snapshot_and_goes_back(state_url: str) -> None:
+    engine = create_engine(state_url)
+    cfg = alembic_config(engine)
+    command.upgrade(cfg, "0001")
+    row = "('d', 'k', 'u1', 'true', 'u1@x.io', 7, '2026-11-29 00:00:00', false, NULL)"
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO snapshot VALUES {row}"))
+        conn.execute(text("INSERT INTO staging VALUES (1, 'k', 'u1', NULL, 'true', NULL)"))
+        assert not _bulk_layout(conn)["staging"]
+    assert upgrade(engine) == "0004"
+    with engine.connect() as conn:
+        assert _bulk_layout(conn) == {"staging": True, "snapshot": True}
+        assert conn.execute(text("SELECT user_id, value, email, run_id FROM snapshot")).all() == [
+            ("u1", "true", "u1@x.io", 7)
+        ]
+        assert conn.execute(text("SELECT count(*) FROM staging")).scalar_one() == 1
+    command.downgrade(cfg, "0001")
+    with engine.connect() as conn:
+        assert not _bulk_layout(conn)["staging"]
+        assert conn.execute(text("SELECT count(*) FROM snapshot")).scalar_one() == 1
     engine.dispose()
 
 

@@ -19,7 +19,7 @@ from ..destinations.messages import MessageOptions, timestamp
 from ..values import decode
 from .dialect import upsert
 from .messages import TIMESTAMP, message_columns
-from .schema import DiffRow, SnapshotRow, table_of, utcnow
+from .schema import DiffRow, SnapshotRow, status_is, table_of, utcnow
 
 T = TypeVar("T")
 
@@ -222,7 +222,7 @@ def recover_in_flight(conn: Connection, run_id: int, destinations: Sequence[str]
     destination that deduplicates must not drop it as the repeat of an older message with the same value.
     The old rows become ``superseded``. Call while holding those destinations' locks.
     """
-    in_flight = [diffs.c.status == "sending", diffs.c.destination.in_(list(destinations)), diffs.c.run_id < run_id]
+    in_flight = [status_is("sending"), diffs.c.destination.in_(list(destinations)), diffs.c.run_id < run_id]
     stmt = upsert(conn, snapshot)
     source = select(
         diffs.c.destination,

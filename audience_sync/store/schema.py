@@ -20,6 +20,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
     DateTime,
     ForeignKey,
     Index,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     false,
+    literal_column,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -106,7 +108,10 @@ class SyncRun(Base):
 
 
 class StagingRow(Base):
+    """Rows of one run, loaded in bulk. SQLite: WITHOUT ROWID; PostgreSQL: UNLOGGED (migration 0004)."""
+
     __tablename__ = "staging"
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
     run_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     computation_key: Mapped[str] = mapped_column(String(150), primary_key=True)
@@ -117,7 +122,10 @@ class StagingRow(Base):
 
 
 class SnapshotRow(Base):
+    """What each destination acknowledged. SQLite: WITHOUT ROWID (migration 0004)."""
+
     __tablename__ = "snapshot"
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
     destination: Mapped[str] = mapped_column(String(100), primary_key=True)
     computation_key: Mapped[str] = mapped_column(String(150), primary_key=True)
@@ -169,7 +177,21 @@ class DiffRow(Base):
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),
         ),
+        # changes left in flight by a dead run (recovery looks for them at every start); usually none
+        Index(
+            "ix_diffs_sending",
+            "destination",
+            postgresql_where=text("status = 'sending'"),
+            sqlite_where=text("status = 'sending'"),
+        ),
     )
+
+
+def status_is(status: str) -> ColumnElement[bool]:
+    """``diffs.status = '<status>'`` with the status written into the SQL, so that the planners (SQLite's
+    especially) can use the partial indexes on pending and in-flight rows, which a bound parameter hides."""
+    assert status in STATUSES
+    return literal_column("diffs.status") == literal_column(f"'{status}'")
 
 
 #: Values of ``diffs.change``.

@@ -1,0 +1,238 @@
+"""Pushdown: a computation's query run inside the state database, when the state database is also the source.
+
+The query is wrapped in a ``SELECT`` that normalises its rows the way :func:`audience_sync.sources.rows.normalize`
+does in Python, so that ``INSERT INTO staging SELECT ...`` stages exactly what the streamed path would:
+
+- ``user_id`` as text (integers keep every digit), NULL when it is null or blank (whitespace as ``str.strip``
+  sees it);
+- ``email`` trimmed the same way, NULL when blank;
+- trait values as canonical JSON text (:func:`audience_sync.values.encode`); audiences get ``true``.
+
+On PostgreSQL a column type is pushed down only when SQL renders it exactly as Python would (integers,
+``text``/``varchar``, ``boolean``, ``uuid`` ids); for any other type (``float8``, ``numeric``, ``jsonb``,
+dates, ...) the computation is streamed instead, so the two paths never disagree. On SQLite, whose values are
+typed per row, integers, text and NULL are handled in SQL and the rare other values (reals, blobs) by the
+Python functions themselves, registered on the connection (:func:`register_normalizers`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from ..config import Computation
+from ..values import encode
+from .columns import locate
+from .rows import _email, _user_id
+
+#: Every character ``str.strip()`` removes (``str.isspace``): SQL trims with this set, so blank means the same on
+#: both paths. tests/test_pushdown.py checks it against Python's own definition.
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+# PostgreSQL type OIDs whose SQL text form is exactly what the streamed path produces from psycopg's value.
+_PG_INTEGER = {20, 21, 23}  # int8, int2, int4
+_PG_TEXT = {25, 1043}  # text, varchar
+_PG_BOOL = 16
+_PG_UUID = 2950
+_DEFAULT_PORTS = {"postgresql": 5432}
+
+
+def _normal_url(url: str) -> tuple[Any, ...] | None:
+    """What identifies the database a URL points to (and the session settings that change name lookup)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            return None  # a private in-memory database is never shared between two engines
+        return ("sqlite", str(Path(database).resolve()))
+    query = tuple(sorted((k, v if isinstance(v, str) else tuple(v)) for k, v in parsed.query.items()))
+    return (
+        backend,
+        (parsed.host or "").lower(),
+        parsed.port or _DEFAULT_PORTS.get(backend),
+        parsed.username,
+        parsed.database,
+        query,
+    )
+
+
+def same_database(state_url: str, source_url: str) -> bool:
+    """Whether both URLs reach the same database with the same session settings.
+
+    Guarantees: True only when the URLs agree after normalisation (driver names, host case, default port,
+    SQLite paths resolved to absolute files, query options such as ``search_path`` compared in any order), so
+    a query pushed down into the state database sees the same tables it would see on the source.
+    """
+    a, b = _normal_url(state_url), _normal_url(source_url)
+    return a is not None and a == b
+
+
+@dataclass(frozen=True)
+class Pushdown:
+    """A computation's query wrapped to return normalised ``(u, e, v)`` rows: user id, email, value text."""
+
+    comp: Computation
+    normalized: str  # SELECT u, e, v FROM (<query>) AS src
+
+    @property
+    def counts(self) -> str:
+        """One row: rows returned, rows with no user id, rows with a user id but no value."""
+        return (
+            "SELECT count(*), "
+            "coalesce(sum(CASE WHEN u IS NULL THEN 1 ELSE 0 END), 0), "
+            "coalesce(sum(CASE WHEN u IS NOT NULL AND v IS NULL THEN 1 ELSE 0 END), 0) "
+            f"FROM ({self.normalized}) AS n"
+        )
+
+    @property
+    def staged(self) -> str:
+        """The rows to stage: user id and value present."""
+        return f"SELECT u, e, v FROM ({self.normalized}) AS n WHERE u IS NOT NULL AND v IS NOT NULL"
+
+    @property
+    def ordered(self) -> str:
+        """The rows with their position in the result (``ord``), to settle repeated users as streaming does."""
+        return f"SELECT u, e, v, row_number() OVER () AS ord FROM ({self.normalized}) AS n"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _sqlite_columns(uid: str, email: str | None, value: str | None, is_trait: bool) -> tuple[str, str, str]:
+    ws = _literal(WHITESPACE)
+    u = (
+        f"CASE typeof({uid}) WHEN 'integer' THEN CAST({uid} AS TEXT) "
+        f"WHEN 'text' THEN CASE WHEN trim({uid}, {ws}) = '' THEN NULL ELSE {uid} END "
+        f"WHEN 'null' THEN NULL ELSE as_user_id({uid}) END"
+    )
+    e = (
+        "NULL"
+        if email is None
+        else f"CASE typeof({email}) WHEN 'text' THEN nullif(trim({email}, {ws}), '') "
+        f"WHEN 'null' THEN NULL ELSE as_email({email}) END"
+    )
+    if not is_trait:
+        return u, e, "'true'"
+    assert value is not None
+    v = (
+        f"CASE typeof({value}) WHEN 'integer' THEN CAST({value} AS TEXT) "
+        f"WHEN 'text' THEN json_quote({value} || '') "  # || '' drops a JSON subtype: text stays a JSON string
+        f"WHEN 'null' THEN NULL ELSE as_json_value({value}) END"
+    )
+    return u, e, v
+
+
+def _pg_columns(
+    uid: tuple[str, int], email: tuple[str, int] | None, value: tuple[str, int] | None, is_trait: bool
+) -> tuple[str, str, str] | None:
+    ws = _literal(WHITESPACE)
+    name, oid = uid
+    if oid in _PG_INTEGER or oid == _PG_UUID:
+        u = f"{name}::text"
+    elif oid in _PG_TEXT:
+        u = f"CASE WHEN btrim({name}, {ws}) = '' THEN NULL ELSE {name}::text END"
+    else:
+        return None
+    if email is None:
+        e = "NULL::text"
+    elif email[1] in _PG_TEXT:
+        e = f"nullif(btrim({email[0]}, {ws}), '')"
+    else:
+        return None
+    if not is_trait:
+        return u, e, "'true'::text"
+    assert value is not None
+    name, oid = value
+    if oid in _PG_INTEGER:
+        v = f"{name}::text"
+    elif oid == _PG_BOOL:
+        v = f"CASE WHEN {name} THEN 'true' WHEN NOT {name} THEN 'false' END"
+    elif oid in _PG_TEXT:
+        v = f"to_json({name})::text"
+    else:
+        return None
+    return u, e, v
+
+
+def query_text(sql: str) -> str:
+    """The query as it can stand inside a subquery (trailing semicolons removed)."""
+    return sql.strip().rstrip(";").rstrip()
+
+
+def plan(conn: Connection, comp: Computation) -> Pushdown | None:
+    """The pushed-down form of ``comp``'s query on ``conn`` (the state database), or None to stream it instead.
+
+    None when the computation reads a file, when the wrapped query does not run (the streamed path then
+    reports the query's own error), or when a column has a type SQL cannot render exactly as Python would.
+    Raises SourceError, as the streamed path does, when a required column is missing. Give it a connection of
+    its own: a failed probe may leave a PostgreSQL transaction aborted.
+    """
+    if comp.sql is None:
+        return None
+    inner = query_text(comp.sql)
+    dialect = conn.dialect.name
+    probe = f"SELECT * FROM ({inner}) AS src LIMIT 0"
+    if dialect == "postgresql":
+        probe = probe.replace("%", "%%")
+    try:
+        result = conn.exec_driver_sql(probe)
+        names = list(result.keys())
+        types = [getattr(d, "type_code", None) for d in (result.cursor.description or [])]
+        result.close()
+    except SQLAlchemyError:
+        return None
+    uid, email, value = locate(comp, names, "the query")
+    is_trait = comp.computation_class == "trait"
+
+    def ref(i: int | None) -> str | None:
+        return None if i is None else f"src.{_quote(names[i])}"
+
+    columns: tuple[str, str, str] | None
+    if dialect == "sqlite":
+        uid_ref = ref(uid)
+        assert uid_ref is not None
+        columns = _sqlite_columns(uid_ref, ref(email), ref(value), is_trait)
+    elif dialect == "postgresql":
+
+        def typed(i: int | None) -> tuple[str, int] | None:
+            r = ref(i)
+            return None if r is None or i is None else (r, int(types[i] or 0))
+
+        uid_typed = typed(uid)
+        assert uid_typed is not None
+        columns = _pg_columns(uid_typed, typed(email), typed(value), is_trait)
+    else:
+        return None
+    if columns is None:
+        return None
+    u, e, v = columns
+    return Pushdown(comp, f"SELECT {u} AS u, {e} AS e, {v} AS v FROM ({inner}) AS src")
+
+
+def _json_value(value: Any) -> str | None:
+    return encode(value)  # TypeError for values with no JSON form: the statement fails and the run streams
+
+
+def register_normalizers(dbapi_conn: Any) -> None:
+    """Make the streamed path's own normalising functions callable from SQL on a SQLite connection."""
+    dbapi_conn.create_function("as_user_id", 1, _user_id, deterministic=True)
+    dbapi_conn.create_function("as_email", 1, _email, deterministic=True)
+    dbapi_conn.create_function("as_json_value", 1, _json_value, deterministic=True)

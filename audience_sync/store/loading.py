@@ -1,0 +1,129 @@
+"""Loading a computation's rows into ``staging`` in bulk: pushed down, copied, or inserted in large batches.
+
+Whatever the path, the staged result is the same as :func:`audience_sync.store.staging.insert_rows` would give
+for the rows in source order: one row per user, the first value, the first non-null email, and in
+``conflict_value`` the last value that differs from the first (so :func:`staging.first_conflict` can report
+a trait given two values).
+
+- **Pushdown** (:func:`push_down`): the state database is the source; one ``INSERT INTO staging SELECT`` per
+  computation, no member row passes through Python.
+- **COPY** (:func:`copy_rows`, PostgreSQL): streamed rows go through ``COPY`` into a temporary table, then one
+  ``INSERT ... SELECT`` into ``staging``.
+- **Batches** (:func:`insert_batches`, SQLite): ``executemany`` upserts, many chunks per transaction.
+
+On PostgreSQL the bulk insert is first tried as a plain ``INSERT`` (in a savepoint); only when the source
+repeated a user is it redone with ``ON CONFLICT DO NOTHING``, keeping the first row, and one more statement
+settles the email and the conflicting value from the rows' order (:func:`_settle_repeats`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
+
+from ..sources.pushdown import Pushdown
+from .staging import StagedRow, insert_rows
+
+_COLUMNS = "run_id, computation_key, user_id, email, value"
+_SQLITE_UPSERT = (
+    "ON CONFLICT (run_id, computation_key, user_id) DO UPDATE SET "
+    "email = coalesce(staging.email, excluded.email), "
+    "conflict_value = CASE WHEN staging.value IS NOT excluded.value THEN excluded.value "
+    "ELSE staging.conflict_value END"
+)
+_LOAD_TABLE = "as_staging_load"
+
+
+def _p(conn: Connection, name: str) -> str:
+    """A named parameter in the driver's own style."""
+    return f"%({name})s" if conn.dialect.paramstyle in ("format", "pyformat") else f":{name}"
+
+
+def _sql(conn: Connection, text: str) -> str:
+    """Query text (which may hold a user's query) escaped for drivers that parse ``%`` even in literals."""
+    return text.replace("%", "%%") if conn.dialect.paramstyle in ("format", "pyformat") else text
+
+
+def _settle_repeats(conn: Connection, run_id: int, key: str, ordered: str) -> None:
+    """For users the source returned more than once: first value, first non-null email, last differing value.
+
+    ``ordered`` is a SELECT of ``u, e, v, ord`` (``ord`` the row's position in the source's order).
+    """
+    sql = (
+        f"WITH o AS (SELECT u, e, v, ord FROM ({_sql(conn, ordered)}) AS o0 WHERE u IS NOT NULL AND v IS NOT NULL), "
+        "dup AS (SELECT u FROM o GROUP BY u HAVING count(*) > 1), "
+        "o2 AS (SELECT o.u, o.e, o.v, o.ord, first_value(o.v) OVER (PARTITION BY o.u ORDER BY o.ord) AS fv "
+        "FROM o JOIN dup ON dup.u = o.u), "
+        "c AS (SELECT u, min(fv) AS v, (array_agg(e ORDER BY ord) FILTER (WHERE e IS NOT NULL))[1] AS e, "
+        "(array_agg(v ORDER BY ord DESC) FILTER (WHERE v <> fv))[1] AS other FROM o2 GROUP BY u) "
+        "UPDATE staging AS st SET value = c.v, email = c.e, conflict_value = c.other FROM c "
+        f"WHERE st.run_id = {_p(conn, 'run')} AND st.computation_key = {_p(conn, 'key')} AND st.user_id = c.u"
+    )
+    conn.exec_driver_sql(sql, {"run": run_id, "key": key})
+
+
+def push_down(conn: Connection, run_id: int, pushdown: Pushdown) -> tuple[int, int, int]:
+    """Stage ``pushdown``'s rows with statements run inside the database; return (rows, null ids, null values).
+
+    Guarantees the same staged rows as streaming the query through :func:`staging.insert_rows`. Raises the
+    database's error (SQLAlchemyError) if the query fails; call inside a transaction so that nothing of a
+    failed load stays.
+    """
+    key = pushdown.comp.key
+    params = {"run": run_id, "key": key}
+    rows, null_ids, null_values = conn.exec_driver_sql(_sql(conn, pushdown.counts)).one()
+    insert = (
+        f"INSERT INTO staging ({_COLUMNS}) SELECT {_p(conn, 'run')}, {_p(conn, 'key')}, u, e, v "
+        f"FROM ({_sql(conn, pushdown.staged)}) AS s"
+    )
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(f"{insert} WHERE true {_SQLITE_UPSERT}", params)
+    elif not _insert_unique(conn, insert, params):
+        conn.exec_driver_sql(f"{insert} ON CONFLICT DO NOTHING", params)
+        _settle_repeats(conn, run_id, key, pushdown.ordered)
+    return int(rows), int(null_ids), int(null_values)
+
+
+def _insert_unique(conn: Connection, insert: str, params: dict[str, Any]) -> bool:
+    """PostgreSQL: run ``insert`` as a plain INSERT, which is about twice as fast as ``ON CONFLICT``; False
+    (and nothing inserted) when the source repeated a user."""
+    savepoint = conn.begin_nested()
+    try:
+        conn.exec_driver_sql(insert, params)
+    except IntegrityError as exc:
+        savepoint.rollback()
+        if getattr(exc.orig, "sqlstate", None) != "23505":  # not a unique violation: a real error
+            raise
+        return False
+    savepoint.commit()
+    return True
+
+
+def copy_rows(conn: Connection, run_id: int, key: str, chunks: Iterable[Sequence[StagedRow]]) -> None:
+    """PostgreSQL: stage streamed ``chunks`` with ``COPY`` into a temporary table and one ``INSERT ... SELECT``.
+
+    Memory holds one chunk. Call inside a transaction (the temporary table is dropped at its end).
+    """
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {_LOAD_TABLE} (ord bigint, u text, e text, v text) ON COMMIT DROP")
+    raw: Any = conn.connection.driver_connection
+    ord_ = 0
+    with raw.cursor() as cur, cur.copy(f"COPY {_LOAD_TABLE} (ord, u, e, v) FROM STDIN") as copy:
+        for chunk in chunks:
+            for user_id, email, value in chunk:
+                ord_ += 1
+                copy.write_row((ord_, user_id, email, value))
+    insert = f"INSERT INTO staging ({_COLUMNS}) SELECT %(run)s, %(key)s, u, e, v FROM {_LOAD_TABLE}"
+    params = {"run": run_id, "key": key}
+    if not _insert_unique(conn, insert, params):
+        conn.exec_driver_sql(f"{insert} ON CONFLICT DO NOTHING", params)
+        _settle_repeats(conn, run_id, key, f"SELECT u, e, v, ord FROM {_LOAD_TABLE}")
+    conn.exec_driver_sql(f"DROP TABLE {_LOAD_TABLE}")
+
+
+def insert_batches(conn: Connection, run_id: int, key: str, chunks: Iterable[Sequence[StagedRow]]) -> None:
+    """Stage streamed ``chunks`` with ``executemany`` upserts, all in the caller's transaction."""
+    for chunk in chunks:
+        insert_rows(conn, run_id, key, chunk)

@@ -1,0 +1,369 @@
+"""Benchmark (run by hand, not a test): audience-sync at 1M and 10M memberships against bare SQL on the same engine.
+
+Generates, with SQL only, ``users`` (id, email, ltv) and ``members`` (aud, user_id, email): N users, each a
+member of 97.5 % of A audiences, plus a computed trait (``ltv``) for every user, so about ``N * (A + 1)``
+memberships. The source is the state database itself, so audience-sync pushes each query down into it.
+
+Three phases, each timed twice: ``audience-sync run`` as a subprocess (wall time of the whole process, its
+peak RSS), then a bare-SQL baseline in this process doing the same work on the same engine with its own tables:
+staging (one ``INSERT ... SELECT`` per computation into a keyed table), a set-based diff (entered/changed and
+exited into a changes table), the changes written as Engage-shaped JSON lines (rendered by the database,
+streamed to a file), and the snapshot upsert.
+
+- initial: every membership is a change;
+- no change: nothing changed;
+- 5 % churn: 2.5 % of audience memberships exit and as many enter; 5 % of users' trait values change.
+
+    python benchmarks/scale.py --engine sqlite --memberships 1000000
+    python benchmarks/scale.py --engine postgresql --memberships 1000000 \\
+        --pg-url "postgresql://postgres@127.0.0.1:5432/test" --schema bench_scale
+
+The PostgreSQL schema is created and dropped (``--keep`` keeps it). ``--stream`` hands audience-sync the source
+as another database (a copy of the tables in a second SQLite file; on PostgreSQL the same schema under a URL
+that differs by ``application_name``), so rows stream through Python and are loaded with COPY or batches.
+``--smoke`` checks that the runs succeeded and sent what the baseline sent (the test suite runs it at 10k
+memberships).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# --- the data ----------------------------------------------------------------------------------------------
+
+
+def sqlite_build(db: sqlite3.Connection, users: int, audiences: int) -> None:
+    db.executescript(
+        f"""
+        CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT, ltv INTEGER);
+        WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {users})
+        INSERT INTO users SELECT i, 'user' || i || '@example.com', i % 997 FROM s;
+        CREATE TABLE members (aud INTEGER, user_id INTEGER, email TEXT, PRIMARY KEY (aud, user_id)) WITHOUT ROWID;
+        WITH RECURSIVE a(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM a WHERE i < {audiences - 1})
+        INSERT INTO members SELECT a.i, u.id, u.email FROM a, users AS u WHERE (u.id + a.i) % 40 <> 1
+        ORDER BY a.i, u.id;
+        """
+    )
+    db.commit()
+
+
+def pg_build(db: Any, users: int, audiences: int) -> None:
+    db.execute("CREATE TABLE users (id bigint PRIMARY KEY, email text, ltv bigint)")
+    db.execute(f"INSERT INTO users SELECT i, 'user' || i || '@example.com', i % 997 FROM generate_series(1, {users}) i")
+    db.execute("CREATE TABLE members (aud int, user_id bigint, email text, PRIMARY KEY (aud, user_id))")
+    db.execute(
+        f"INSERT INTO members SELECT a, u.id, u.email FROM generate_series(0, {audiences - 1}) a, users u "
+        "WHERE (u.id + a) % 40 <> 1 ORDER BY a, u.id"
+    )
+    db.execute("ANALYZE users")
+    db.execute("ANALYZE members")
+    db.commit()
+
+
+CHURN = (  # 2.5 % of audience memberships exit, 2.5 % enter, 5 % of trait values change
+    "INSERT INTO members SELECT aud, user_id + 1, 'user' || (user_id + 1) || '@example.com' "
+    "FROM members WHERE (user_id + aud) % 40 = 0 AND user_id < (SELECT max(id) FROM users)",
+    "DELETE FROM members WHERE (user_id + aud) % 40 = 0",
+    "UPDATE users SET ltv = ltv + 1 WHERE id % 20 = 1",
+)
+
+
+# --- the bare-SQL baseline ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Engine:
+    """What differs between SQLite and PostgreSQL in the baseline and the setup."""
+
+    name: str
+    url: str  # SQLAlchemy URL for audience-sync
+    connect: Callable[[], Any]
+    without_rowid: str
+    as_text: Callable[[str], str]
+    line: str  # SQL rendering a change as an identify call (columns k, user_id, email, new_value)
+
+
+def _sqlite_line() -> str:
+    return (
+        "json_object('type', 'identify', 'userId', user_id, "
+        "'traits', json_object(k, json(coalesce(new_value, 'null')), 'email', email), "
+        "'context', json_object('personas', json_object('computation_class', cls, "
+        "'computation_id', 'aud_' || k, 'computation_key', k, 'namespace', 'spa_bench', 'space_id', 'bench')), "
+        "'messageId', 'as-' || k || '-' || user_id, 'timestamp', ?)"
+    )
+
+
+def _pg_line() -> str:
+    return (
+        "json_build_object('type', 'identify', 'userId', user_id, "
+        "'traits', json_build_object(k, coalesce(new_value, 'null')::json, 'email', email), "
+        "'context', json_build_object('personas', json_build_object('computation_class', cls, "
+        "'computation_id', 'aud_' || k, 'computation_key', k, 'namespace', 'spa_bench', 'space_id', 'bench')), "
+        "'messageId', 'as-' || k || '-' || user_id, 'timestamp', %s::text)::text"
+    )
+
+
+def computations(audiences: int) -> list[tuple[str, str, str]]:
+    """(key, class, baseline SELECT of user_id text, email, value text) for every computation."""
+    out = [
+        (f"aud_{i}", "audience", f"SELECT CAST(user_id AS TEXT), email, 'true' FROM members WHERE aud = {i}")
+        for i in range(audiences)
+    ]
+    out.append(("ltv", "trait", "SELECT CAST(id AS TEXT), email, CAST(ltv AS TEXT) FROM users"))
+    return out
+
+
+def baseline_setup(db: Any, eng: Engine) -> None:
+    db.execute(
+        "CREATE TABLE base_snapshot (k TEXT, user_id TEXT, value TEXT, email TEXT, PRIMARY KEY (k, user_id))"
+        + eng.without_rowid
+    )
+    db.commit()
+
+
+def baseline_run(db: Any, eng: Engine, audiences: int, out: Path) -> int:
+    """One run of the bare-SQL pipeline; returns how many changes it wrote."""
+    pg = eng.name == "postgresql"
+    db.execute(
+        "CREATE TABLE base_staging (k TEXT, user_id TEXT, email TEXT, value TEXT, PRIMARY KEY (k, user_id))"
+        + eng.without_rowid
+    )
+    for key, _cls, select in computations(audiences):
+        db.execute(f"INSERT INTO base_staging SELECT '{key}', * FROM ({select}) AS q WHERE true ON CONFLICT DO NOTHING")
+    if pg:
+        db.execute("ANALYZE base_staging")
+    db.execute("CREATE TABLE base_changes (k TEXT, cls TEXT, user_id TEXT, email TEXT, new_value TEXT)")
+    cls = "CASE WHEN {0}.k LIKE 'aud%' THEN 'audience' ELSE 'trait' END"
+    db.execute(
+        f"INSERT INTO base_changes SELECT s.k, {cls.format('s')}, s.user_id, coalesce(s.email, p.email), s.value "
+        "FROM base_staging s LEFT JOIN base_snapshot p ON p.k = s.k AND p.user_id = s.user_id "
+        "WHERE p.value IS NULL OR p.value <> s.value"
+    )
+    db.execute(
+        f"INSERT INTO base_changes SELECT p.k, {cls.format('p')}, p.user_id, p.email, "
+        "CASE WHEN p.k LIKE 'aud%' THEN 'false' END "
+        "FROM base_snapshot p LEFT JOIN base_staging s ON s.k = p.k AND s.user_id = p.user_id "
+        "WHERE s.user_id IS NULL AND p.value IS NOT NULL AND p.value <> 'false'"
+    )
+    if pg:
+        db.execute("ANALYZE base_changes")
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    written = 0
+    cursor = db.cursor(name="lines") if pg else db.cursor()
+    cursor.execute(f"SELECT {eng.line} FROM base_changes", (ts,))
+    with out.open("a", encoding="utf-8") as f:
+        while rows := cursor.fetchmany(10_000):
+            f.write("".join(r[0] + "\n" for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+            written += len(rows)
+    cursor.close()
+    db.execute(
+        "INSERT INTO base_snapshot SELECT k, user_id, new_value, email FROM base_changes WHERE true "
+        "ON CONFLICT (k, user_id) DO UPDATE SET value = excluded.value, email = excluded.email"
+    )
+    db.execute("DROP TABLE base_staging")
+    db.execute("DROP TABLE base_changes")
+    db.commit()
+    return written
+
+
+# --- audience-sync ---------------------------------------------------------------------------------------------
+
+
+def write_config(path: Path, url: str, out: Path, audiences: int, chunk_size: int, source: str | None) -> None:
+    body = [
+        f'[state]\nurl = "{url}"\n',
+        f'[source]\nurl = "{source}"\n' if source else "",
+        f'[[destinations]]\nname = "file"\ntype = "jsonl"\npath = "{out}"\nchunk_size = {chunk_size}\n',
+    ]
+    body += [
+        f'[[audiences]]\nname = "Aud {i}"\nsql = "SELECT user_id, email FROM members WHERE aud = {i}"\n'
+        for i in range(audiences)
+    ]
+    body.append('[[computed_traits]]\nname = "LTV"\nsql = "SELECT id AS user_id, email, ltv AS value FROM users"\n')
+    path.write_text("".join(body), encoding="utf-8")
+
+
+def timed_run(config: Path, cwd: Path, profile: Path | None = None) -> tuple[float, float, dict[str, Any]]:
+    """Wall seconds and peak RSS (MB) of one ``audience-sync run`` process, and its JSON result."""
+    prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
+    code = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "dt = time.perf_counter() - t; "
+        "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode); "
+        "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr)"
+    )
+    target = ["-m", "audience_sync"]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *prefix, *target, "run", "--json", "--config", str(config)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    first, _, rest = proc.stdout.partition("\n")
+    seconds, rss_kb, rc = first.split()
+    if rc not in ("0",):
+        raise SystemExit(f"audience-sync run failed ({rc}): {rest[-2000:]} {proc.stderr[-2000:]}")
+    return float(seconds), int(rss_kb) / 1024, json.loads(rest)
+
+
+# --- driver ------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def engine_for(kind: str, work: Path, pg_url: str, schema: str, keep: bool) -> Iterator[Engine]:
+    if kind == "sqlite":
+        path = work / "bench.db"
+
+        def connect_sqlite() -> Any:
+            db = sqlite3.connect(path, isolation_level="DEFERRED")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            return db
+
+        yield Engine("sqlite", f"sqlite:///{path}", connect_sqlite, " WITHOUT ROWID", str, _sqlite_line())
+        return
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        base = pg_url.split("?")[0]
+        sa_url = f"{base}?options=-csearch_path%3D{schema}".replace("postgresql://", "postgresql+psycopg://", 1)
+
+        def connect_pg() -> Any:
+            return psycopg.connect(pg_url, options=f"-csearch_path={schema}")
+
+        yield Engine("postgresql", sa_url, connect_pg, "", str, _pg_line())
+    finally:
+        if not keep:
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
+    audiences = args.audiences
+    users = args.memberships // (audiences + 1)
+    rows: list[dict[str, Any]] = []
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="as-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        with engine_for(args.engine, work, args.pg_url, args.schema, args.keep) as eng:
+            db = eng.connect()
+            t = time.perf_counter()
+            (sqlite_build if eng.name == "sqlite" else pg_build)(db, users, audiences)
+            print(
+                f"# {eng.name}: {users:,} users x ({audiences} audiences + 1 trait) = "
+                f"{users * (audiences + 1):,} memberships, built in {time.perf_counter() - t:.1f} s",
+                flush=True,
+            )
+            baseline_setup(db, eng)
+            config = work / "bench.toml"
+            source = None
+            if args.stream:  # the same tables, reached as another database: rows stream through Python
+                if eng.name == "sqlite":
+                    source_path = work / "source.db"
+                    source_path.unlink(missing_ok=True)
+                    db.execute(f"ATTACH DATABASE '{source_path}' AS src")
+                    db.execute("CREATE TABLE src.users AS SELECT * FROM users")
+                    db.execute("CREATE TABLE src.members AS SELECT * FROM members")
+                    db.commit()
+                    db.execute("DETACH DATABASE src")
+                    source = f"sqlite:///{source_path}"
+                else:
+                    source = f"{eng.url}&application_name=audience-sync-source"
+            write_config(config, eng.url, work / "out.jsonl", audiences, args.chunk_size, source)
+            for phase in ("initial", "no change", "5 % churn"):
+                if phase == "5 % churn":
+                    for stmt in CHURN:
+                        db.execute(stmt)
+                    if source and eng.name == "sqlite":
+                        with sqlite3.connect(work / "source.db") as src:
+                            for stmt in CHURN:
+                                src.execute(stmt)
+                    if eng.name == "postgresql":
+                        db.execute("ANALYZE members")
+                        db.execute("ANALYZE users")
+                    db.commit()
+                before = load()
+                profile = work / f"profile-{phase.replace(' ', '_').replace('%', 'pct')}.out" if args.profile else None
+                ours, rss, result = timed_run(config, work, profile)
+                t = time.perf_counter()
+                sent_base = baseline_run(db, eng, audiences, work / "baseline.jsonl")
+                base = time.perf_counter() - t
+                sent = result["counts"]["sent"]
+                row = {
+                    "engine": eng.name + (" streamed" if source else ""),
+                    "memberships": users * (audiences + 1),
+                    "phase": phase,
+                    "changes": sent,
+                    "baseline_changes": sent_base,
+                    "ours_s": ours,
+                    "baseline_s": base,
+                    "ratio": ours / base if base else float("inf"),
+                    "rss_mb": rss,
+                    "load": before,
+                }
+                rows.append(row)
+                print(
+                    f"| {row['engine']} | {row['memberships']:,} | {phase} | {sent:,} | {ours:.1f} | {base:.1f} | "
+                    f"{row['ratio']:.2f} | {rss:.0f} | {before} |",
+                    flush=True,
+                )
+                if args.smoke and (result["status"] != "succeeded" or sent != sent_base):
+                    raise SystemExit(f"{phase}: audience-sync sent {sent}, the baseline {sent_base}: {result}")
+            db.close()
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--memberships", type=int, default=1_000_000)
+    parser.add_argument("--audiences", type=int, default=9, help="audiences per user (plus one trait)")
+    parser.add_argument("--chunk-size", type=int, default=10_000, help="the jsonl destination's chunk_size")
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--schema", default="bench_scale")
+    parser.add_argument("--workdir", default=None, help="keep files here (default: a temporary directory)")
+    parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL schema")
+    parser.add_argument("--profile", action="store_true", help="cProfile each run into the workdir")
+    parser.add_argument("--smoke", action="store_true", help="fail unless every run sent what the baseline sent")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="give audience-sync the source as another database (no pushdown: streamed, COPY on PostgreSQL)",
+    )
+    args = parser.parse_args(argv)
+    print(f"# {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, load {load()}")
+    print("| engine | memberships | phase | changes | audience-sync s | bare SQL s | ratio | peak RSS MB | load |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---|")
+    return bench(args)
+
+
+if __name__ == "__main__":
+    main()
