@@ -165,9 +165,7 @@ def _stage(
         if push and comp.sql is not None and _push_down(engine, run_id, comp, st):
             progress.advance(task, st.rows)
         else:
-            _stream(
-                engine, source, config, run_id, comp, st, lambda n, task=task: progress.advance(task, n), stop
-            )
+            _stream(engine, source, config, run_id, comp, st, lambda n, task=task: progress.advance(task, n), stop)
         progress.end(task)
         with engine.connect() as conn:
             # an audience's value is always true: only a trait can have two values for one user

@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from audience_sync.config import Config, parse_config
 from audience_sync.sync import RunResult, run_sync
+from tests.fakes.capture import CaptureServer
 from tests.fakes.gist import FakeGist
 
 PG_URL = os.environ.get("AUDIENCE_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -58,6 +59,16 @@ def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'state.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def receiver() -> Iterator[CaptureServer]:
+    """A loopback server that records every request and answers 200 (webhooks, alert hooks)."""
+    server = CaptureServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -135,6 +146,12 @@ class Harness:
     def config(self, body: str, *, environ: Mapping[str, str] | None = None) -> Config:
         text_ = f'[state]\nurl = "{self.state_url}"\n[source]\nurl = "{self.warehouse.url}"\n' + body
         return parse_config(text_, path=str(self.tmp_path / "test.toml"), environ=environ or {})
+
+    def config_file(self, body: str, name: str = "audience_sync.toml") -> Path:
+        """Write a config file with this test's state and warehouse and ``body``; return its path."""
+        path = self.tmp_path / name
+        path.write_text(f'[state]\nurl = "{self.state_url}"\n[source]\nurl = "{self.warehouse.url}"\n' + body)
+        return path
 
     def jsonl_destination(self, name: str = "file") -> str:
         return f'[[destinations]]\nname = "{name}"\ntype = "jsonl"\npath = "{self.tmp_path / (name + ".jsonl")}"\n'

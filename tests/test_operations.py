@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +102,9 @@ def test_metrics_file_tells_status_counts_pending_and_sizes(harness: Harness, gi
 
 def test_run_writes_metrics_from_the_command_line(harness: Harness) -> None:
     harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
-    config = harness.tmp_path / "c.toml"
-    config.write_text(
-        f'[state]\nurl = "{harness.state_url}"\n[source]\nurl = "{harness.warehouse.url}"\n'
-        + harness.jsonl_destination()
-        + harness.audience("VIP")
+    config = harness.config_file(
+        harness.jsonl_destination() + harness.audience("VIP"),
+        "c.toml",
     )
     prom = harness.tmp_path / "out.prom"
     proc = subprocess.run(
@@ -146,15 +143,6 @@ def test_per_audience_runs_keep_each_others_metrics_and_dry_runs_are_left_out(ha
 
 
 # ---- alerts ----
-
-
-@pytest.fixture
-def receiver() -> Iterator[CaptureServer]:
-    server = CaptureServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def posts(receiver: CaptureServer) -> list[str]:
@@ -397,11 +385,9 @@ def test_prune_command_refuses_a_bad_duration(tmp_path: Path) -> None:
 
 def test_json_logs_carry_run_id_destination_counts_and_durations(harness: Harness) -> None:
     harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
-    config = harness.tmp_path / "c.toml"
-    config.write_text(
-        f'[state]\nurl = "{harness.state_url}"\n[source]\nurl = "{harness.warehouse.url}"\n'
-        + harness.jsonl_destination()
-        + harness.audience("VIP")
+    config = harness.config_file(
+        harness.jsonl_destination() + harness.audience("VIP"),
+        "c.toml",
     )
     proc = subprocess.run(
         [

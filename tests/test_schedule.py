@@ -42,6 +42,16 @@ def start_schedule(config: Path, *extra: str, env: dict[str, str]) -> subprocess
     )
 
 
+def gist_schedule(harness: Harness, gist: FakeGist, *, every: str) -> Path:
+    """A config file: the VIP audience to the fake Gist (key from $GIST_API_KEY) every ``every``."""
+    return harness.config_file(
+        f'[schedule]\nevery = "{every}"\n'
+        f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "GIST_API_KEY"\nendpoint = "{gist.url}"\n'
+        + Harness.audience("VIP"),
+        "schedule.toml",
+    )
+
+
 def state_counts(state_url: str) -> dict[str, int]:
     engine = create_engine(state_url)
     with engine.connect() as conn:
@@ -57,13 +67,7 @@ def json_lines(stderr: str) -> list[dict[str, Any]]:
 
 def test_schedule_delivers_source_changes_and_stops_cleanly_on_sigterm(harness: Harness, gist: FakeGist) -> None:
     harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
-    config = harness.tmp_path / "schedule.toml"
-    config.write_text(
-        f'[state]\nurl = "{harness.state_url}"\n[source]\nurl = "{harness.warehouse.url}"\n'
-        '[schedule]\nevery = "2s"\n'
-        f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "GIST_API_KEY"\nendpoint = "{gist.url}"\n'
-        + Harness.audience("VIP")
-    )
+    config = gist_schedule(harness, gist, every="2s")
     proc = start_schedule(config, env={"GIST_API_KEY": gist.api_key})
     try:
         wait_for(lambda: gist.properties("u1") == {"vip": True})  # the first scheduled run
@@ -103,13 +107,12 @@ def test_sigterm_during_a_scheduled_run_ends_it_partial_and_exits_zero(harness: 
     segment = FakeSegment(delay=0.05).start()
     try:
         harness.warehouse.set_members("VIP", {f"u{i:03d}": f"{i}@x.io" for i in range(300)})
-        config = harness.tmp_path / "schedule.toml"
-        config.write_text(
-            f'[state]\nurl = "{harness.state_url}"\n[source]\nurl = "{harness.warehouse.url}"\n'
+        config = harness.config_file(
             '[schedule]\nevery = "1h"\n'
-            f'[[destinations]]\nname = "segment"\ntype = "segment"\nwrite_key_env = "SEGMENT_WRITE_KEY"\n'
-            f'endpoint = "{segment.url}"\nconcurrency = 1\nchunk_size = 10\nmax_batch_messages = 5\n'
-            + Harness.audience("VIP")
+            + '[[destinations]]\nname = "segment"\ntype = "segment"\nwrite_key_env = "SEGMENT_WRITE_KEY"\n'
+            + f'endpoint = "{segment.url}"\nconcurrency = 1\nchunk_size = 10\nmax_batch_messages = 5\n'
+            + Harness.audience("VIP"),
+            "schedule.toml",
         )
         proc = start_schedule(config, "--now", env={"SEGMENT_WRITE_KEY": segment.write_key})
         try:
@@ -129,13 +132,7 @@ def test_sigterm_during_a_scheduled_run_ends_it_partial_and_exits_zero(harness: 
 
 def test_a_failed_run_is_logged_and_the_schedule_goes_on(harness: Harness, gist: FakeGist) -> None:
     harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
-    config = harness.tmp_path / "schedule.toml"
-    config.write_text(
-        f'[state]\nurl = "{harness.state_url}"\n[source]\nurl = "{harness.warehouse.url}"\n'
-        '[schedule]\nevery = "1s"\n'
-        f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "GIST_API_KEY"\nendpoint = "{gist.url}"\n'
-        + Harness.audience("VIP")
-    )
+    config = gist_schedule(harness, gist, every="1s")
     proc = start_schedule(config, env={"GIST_API_KEY": "wrong-key"})
     try:
         wait_for(lambda: len(gist.requests) >= 2)  # refused twice: two runs, the schedule went on

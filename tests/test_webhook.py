@@ -6,24 +6,12 @@ import gzip
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from tests.conftest import Harness, toml_options
 from tests.fakes.capture import CaptureServer
 
 ENV = {"HOOK_TOKEN": "tok-123", "HOOK_SECRET": "hmac-secret"}
-
-
-@pytest.fixture
-def receiver() -> Iterator[CaptureServer]:
-    server = CaptureServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def webhook(url: str, **options: Any) -> str:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine, delete, exists, func, select
+from sqlalchemy import Engine, Select, Table, delete, exists, func, select
 
 from .schema import DiffRow, SyncRun, table_of, utcnow
 
@@ -54,22 +55,19 @@ def prune(engine: Engine, older_than: dt.timedelta, *, batch_size: int = 10_000,
             n_runs = conn.execute(select(func.count()).select_from(would_be_empty.subquery())).scalar_one()
         return PruneResult(cutoff, int(n_diffs), int(n_runs))
 
-    deleted_diffs = 0
-    while True:
-        with engine.begin() as conn:
-            ids = conn.execute(prunable.limit(batch_size)).scalars().all()
-            if ids:
-                conn.execute(delete(diffs).where(diffs.c.id.in_(ids)))
-        deleted_diffs += len(ids)
-        if len(ids) < batch_size:
-            break
-    deleted_runs = 0
-    while True:
-        with engine.begin() as conn:
-            run_ids = conn.execute(empty_runs.limit(batch_size)).scalars().all()
-            if run_ids:
-                conn.execute(delete(runs).where(runs.c.id.in_(run_ids)))
-        deleted_runs += len(run_ids)
-        if len(run_ids) < batch_size:
-            break
+    deleted_diffs = _delete_in_batches(engine, diffs, prunable, batch_size)
+    deleted_runs = _delete_in_batches(engine, runs, empty_runs, batch_size)
     return PruneResult(cutoff, deleted_diffs, deleted_runs)
+
+
+def _delete_in_batches(engine: Engine, table: Table, ids: Select[Any], batch_size: int) -> int:
+    """Delete the rows of ``table`` whose ``id`` ``ids`` selects, ``batch_size`` per transaction; how many."""
+    deleted = 0
+    while True:
+        with engine.begin() as conn:
+            batch = conn.execute(ids.limit(batch_size)).scalars().all()
+            if batch:
+                conn.execute(delete(table).where(table.c.id.in_(batch)))
+        deleted += len(batch)
+        if len(batch) < batch_size:
+            return deleted
