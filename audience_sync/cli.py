@@ -409,7 +409,8 @@ def prune(config_path: str | None, older_than: str, dry_run: bool, batch_size: i
     result = queries.prune_history(config, dt.timedelta(seconds=seconds), dry_run=dry_run, batch_size=batch_size)
     verb = "would delete" if dry_run else "deleted"
     stdout.print(
-        f"{verb} {result.diffs} diff rows and {result.runs} runs that finished before "
+        f"{verb} {result.diffs} diff row{'' if result.diffs == 1 else 's'} and {result.runs} "
+        f"run{'' if result.runs == 1 else 's'} that finished before "
         f"{result.cutoff.isoformat(timespec='seconds')}"
     )
 
