@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from .changes import Outcome
+from .changes import NOT_ATTEMPTED, Outcome
 from .destinations.base import Destination, MessageDestination
 from .errors import CredentialsRejected, DestinationError
 from .progress import NoProgress, Progress
@@ -72,11 +72,16 @@ def _paths(
         messages = outbox.pending_messages(
             engine, run_id, destination.name, chunk_size, destination.send, destination.options
         )
-        return messages, lambda chunk: destination.deliver_messages(chunk.items), lambda _chunk, partial: partial
+
+        def refused(chunk: outbox.Chunk[Any], partial: dict[int, Outcome] | None) -> dict[int, Outcome]:
+            # partial lists what was not acknowledged; without one, nothing was
+            return partial if partial is not None else {diff_id: NOT_ATTEMPTED for diff_id, _ in chunk.items}
+
+        return messages, lambda chunk: destination.deliver_messages(chunk.items), refused
     changes = outbox.pending_chunks(engine, run_id, destination.name, chunk_size)
 
-    def unacked(chunk: outbox.Chunk[Any], outcomes: dict[int, Outcome]) -> dict[int, Outcome]:
-        return outbox.unacknowledged(chunk.items, outcomes)
+    def unacked(chunk: outbox.Chunk[Any], outcomes: dict[int, Outcome] | None) -> dict[int, Outcome]:
+        return outbox.unacknowledged(chunk.items, outcomes or {})
 
     return changes, lambda chunk: unacked(chunk, destination.deliver(chunk.items)), unacked
 

@@ -87,8 +87,9 @@ class DestinationError(AudienceSyncError):
     def __init__(self, message: str, *, destination: str, status_code: int | None = None) -> None:
         self.destination = destination
         self.status_code = status_code
-        #: outcomes of the changes a destination handled before it had to stop (``diff_id`` -> Outcome)
-        self.partial: dict[int, Any] = {}
+        #: outcomes of the changes a destination handled before it had to stop (``diff_id`` -> Outcome);
+        #: None: nothing is known to have been acknowledged
+        self.partial: dict[int, Any] | None = None
         super().__init__(message)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from ..changes import SENT, Change, Outcome
-from ..errors import CredentialsRejected
+from ..errors import DestinationError
 from .batching import Encoded, encode
 from .messages import MessageOptions, messages_for, timestamp
 
@@ -56,8 +56,9 @@ class MessageDestination(Destination):
         messages = [(c.diff_id, encode(m)) for c in changes for m in messages_for(c, self.send, self.options, ts=ts)]
         try:
             unacked = self.deliver_messages(messages)
-        except CredentialsRejected as exc:
-            exc.partial = {c.diff_id: exc.partial.get(c.diff_id, SENT) for c in changes}
+        except DestinationError as exc:  # its partial lists what was not acknowledged: turn it into outcomes
+            if exc.partial is not None:
+                exc.partial = {c.diff_id: exc.partial.get(c.diff_id, SENT) for c in changes}
             raise
         return {c.diff_id: unacked.get(c.diff_id, SENT) for c in changes}
 
@@ -65,4 +66,5 @@ class MessageDestination(Destination):
     def deliver_messages(self, messages: Sequence[Encoded]) -> dict[int, Outcome]:
         """Deliver ``messages`` (``(diff_id, bytes)``, a change's messages together); return the outcome of each
         change that was **not** acknowledged, which includes changes not attempted. Every other change of the
-        chunk was acknowledged. On CredentialsRejected, ``partial`` carries that same mapping."""
+        chunk was acknowledged. A DestinationError carries that same mapping as ``partial``, or None when
+        nothing of the chunk was acknowledged."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from ..changes import NOT_ATTEMPTED, Outcome
+from ..changes import Outcome
 from ..config import JsonlDestination
 from ..errors import PermanentDestinationError
 from .base import MessageDestination
@@ -42,20 +42,18 @@ class JsonlSink(MessageDestination):
         try:
             out = self._open()
         except OSError as exc:
-            raise self._refused(messages, f"cannot open {str(self.path)!r}: {exc.strerror}") from None
+            raise self._refused(f"cannot open {str(self.path)!r}: {exc.strerror}") from None
         try:
             out.write(b"".join(message + b"\n" for _, message in messages))
             out.flush()
             os.fsync(out.fileno())
         except OSError as exc:
-            raise self._refused(messages, f"writing {str(self.path)!r} failed: {exc.strerror}") from None
+            raise self._refused(f"writing {str(self.path)!r} failed: {exc.strerror}") from None
         return {}
 
-    def _refused(self, messages: Sequence[Encoded], reason: str) -> PermanentDestinationError:
-        """The sink cannot take anything: every change of the chunk stays unacknowledged."""
-        error = PermanentDestinationError(f"destination {self.name!r}: {reason}", destination=self.name)
-        error.partial = {diff_id: NOT_ATTEMPTED for diff_id, _ in messages}
-        return error
+    def _refused(self, reason: str) -> PermanentDestinationError:
+        """The sink cannot take anything (no ``partial``: nothing of the chunk was acknowledged)."""
+        return PermanentDestinationError(f"destination {self.name!r}: {reason}", destination=self.name)
 
     def close(self) -> None:
         if self._file is not None:
