@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..config import Computation
+from ..store.dialect import literal_sql
 from ..values import encode
 from .columns import locate
 from .rows import _email, _user_id
@@ -189,9 +190,7 @@ def plan(conn: Connection, comp: Computation) -> Pushdown | None:
         return None
     inner = query_text(comp.sql)
     dialect = conn.dialect.name
-    probe = f"SELECT * FROM ({inner}) AS src LIMIT 0"
-    if dialect == "postgresql":
-        probe = probe.replace("%", "%%")
+    probe = literal_sql(conn.dialect, f"SELECT * FROM ({inner}) AS src LIMIT 0")
     try:
         result = conn.exec_driver_sql(probe)
         names = list(result.keys())

@@ -9,6 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Computation
 from ..errors import SourceError
+from ..store.dialect import literal_sql
 from .columns import locate
 from .rows import RawRow
 
@@ -26,9 +27,7 @@ def read_sql(engine: Engine, comp: Computation, chunk_size: int) -> Iterator[lis
     result. Raises SourceError naming the computation and the database's own reason.
     """
     assert comp.sql is not None
-    sql = comp.sql
-    if engine.dialect.paramstyle in ("format", "pyformat"):  # the driver parses % even without parameters
-        sql = sql.replace("%", "%%")
+    sql = literal_sql(engine.dialect, comp.sql)
     try:
         with engine.connect() as conn:
             result = conn.execution_options(stream_results=True, max_row_buffer=chunk_size).exec_driver_sql(sql)

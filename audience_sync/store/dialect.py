@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 
 from ..errors import StoreError
 
@@ -28,3 +29,9 @@ def analyze(conn: Connection, table: str) -> None:
     """
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"ANALYZE {table}")
+
+
+def literal_sql(dialect: Dialect, text: str) -> str:
+    """SQL text (which may hold a user's query) for ``exec_driver_sql``: ``%`` doubled for drivers that parse it
+    as a parameter marker even in literals (psycopg), so that the database sees the text as written."""
+    return text.replace("%", "%%") if dialect.paramstyle in ("format", "pyformat") else text

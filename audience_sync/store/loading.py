@@ -25,6 +25,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from ..sources.pushdown import Pushdown
+from .dialect import literal_sql
 from .staging import StagedRow, insert_rows
 
 _COLUMNS = "run_id, computation_key, user_id, email, value"
@@ -43,8 +44,7 @@ def _p(conn: Connection, name: str) -> str:
 
 
 def _sql(conn: Connection, text: str) -> str:
-    """Query text (which may hold a user's query) escaped for drivers that parse ``%`` even in literals."""
-    return text.replace("%", "%%") if conn.dialect.paramstyle in ("format", "pyformat") else text
+    return literal_sql(conn.dialect, text)
 
 
 def _settle_repeats(conn: Connection, run_id: int, key: str, ordered: str) -> None:
