@@ -219,10 +219,3 @@ def notify(engine: Engine, config: AlertsConfig, attempt: Attempt, *, timeout: f
                     [dict(r._mapping) for r in announce],
                 )
     return AlertReport(opened=tuple(i.incident for i in opened), recovered=tuple(recovered), posted=posted)
-
-
-def open_incidents(engine: Engine) -> list[dict[str, Any]]:
-    """The incidents open now, oldest first (for people and tests)."""
-    with engine.connect() as conn:
-        rows = conn.execute(select(incidents).order_by(incidents.c.opened_at, incidents.c.incident)).mappings()
-        return [dict(r) for r in rows]

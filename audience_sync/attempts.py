@@ -7,11 +7,14 @@ so those see the same facts whether the run finished or raised.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .config import Config
 from .errors import AudienceSyncError
 from .store.schema import utcnow
-from .sync import RunResult
+from .sync import RunResult, select_targets
 
 
 @dataclass(frozen=True)
@@ -36,3 +39,12 @@ class Attempt:
     def status(self) -> str:
         """The run's status (``succeeded``, ``partial``, ``failed``), or ``error`` when it raised."""
         return self.result.status if self.result is not None else "error"
+
+
+def attempt_of(
+    config: Config, destinations: Sequence[str] | None, audiences: Sequence[str] | None, *, dry_run: bool = False
+) -> Callable[..., Attempt]:
+    """A maker of :class:`Attempt` for a run with these filters (``result=`` or ``error=`` to complete it);
+    ConfigError for an unknown destination or key, as :func:`~.sync.run_sync` would raise."""
+    dest_names, comps = select_targets(config, destinations, audiences)
+    return functools.partial(Attempt, tuple(dest_names), tuple(c.key for c in comps), dry_run=dry_run)

@@ -23,14 +23,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__, queries, report
-from .attempts import Attempt
+from .attempts import attempt_of
 from .config import Config, load_config, parse_duration
 from .errors import AudienceSyncError
 from .logs import LOG_FORMATS, LogFormat, configure_logging
 from .postrun import after_run
 from .progress import NoProgress, Progress, RichProgress
 from .store.schema import STATUSES
-from .sync import RunResult, run_sync, select_targets
+from .sync import RunResult, run_sync
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -133,10 +133,7 @@ def _graceful_stop() -> Iterator[threading.Event]:
 
 
 def _run(config: Config, as_json: bool, metrics_file: Path | None, **kwargs: Any) -> None:
-    dest_names, comps = select_targets(config, kwargs.get("destinations"), kwargs.get("audiences"))
-    scope = functools.partial(
-        Attempt, tuple(dest_names), tuple(c.key for c in comps), dry_run=bool(kwargs.get("dry_run"))
-    )
+    scope = attempt_of(config, kwargs.get("destinations"), kwargs.get("audiences"), dry_run=bool(kwargs.get("dry_run")))
     progress = _progress()
     try:
         with _graceful_stop() as stop, progress if isinstance(progress, RichProgress) else contextlib.nullcontext():

@@ -21,7 +21,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from .attempts import Attempt
+from .attempts import Attempt, attempt_of
 from .config import Config, ScheduleConfig, parse_duration
 from .crontab import cron_trigger
 from .errors import AudienceSyncError, ConfigError, LockHeld
@@ -114,7 +114,6 @@ class SyncScheduler:
         self.stop = stop
         self.after_run = after_run
         self.jobs = plan_jobs(config)
-        self.runs_started = 0
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -148,9 +147,7 @@ class SyncScheduler:
     def _run_job(self, job: ScheduledJob) -> None:
         if self.stop.is_set():
             return
-        self.runs_started += 1
-        comps = [c for c in self.config.computations if job.audiences is None or c.key in job.audiences]
-        dests = job.destinations or tuple(d.name for d in self.config.destinations)
+        scope = attempt_of(self.config, job.destinations, job.audiences)
         attempt: Attempt
         log.info("scheduled run of %s starting", job.name, extra={"job": job.name})
         try:
@@ -161,16 +158,16 @@ class SyncScheduler:
                 trigger="schedule",
                 stop=self.stop,
             )
-            attempt = Attempt(tuple(dests), tuple(c.key for c in comps), result=result)
+            attempt = scope(result=result)
         except LockHeld as exc:
             log.warning("scheduled run of %s skipped: %s", job.name, exc, extra={"job": job.name})
-            attempt = Attempt(tuple(dests), tuple(c.key for c in comps), error=exc)
+            attempt = scope(error=exc)
         except AudienceSyncError as exc:
             log.error("scheduled run of %s failed: %s", job.name, exc, extra={"job": job.name})
-            attempt = Attempt(tuple(dests), tuple(c.key for c in comps), error=exc)
+            attempt = scope(error=exc)
         except Exception as exc:  # the schedule must outlive any one run
             log.exception("scheduled run of %s crashed", job.name, extra={"job": job.name})
-            attempt = Attempt(tuple(dests), tuple(c.key for c in comps), error=AudienceSyncError(repr(exc)))
+            attempt = scope(error=AudienceSyncError(repr(exc)))
         if self.after_run is not None:
             self.after_run(attempt)
         if not self.stop.is_set():
