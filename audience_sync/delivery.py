@@ -118,7 +118,7 @@ def deliver_pending(
                 with conn.begin():
                     if _stop_requested(stop):
                         return _stopped(conn, run_id, report)
-                    outbox.mark_sending(conn, chunk)
+                    outbox.mark_in_flight(conn, chunk)
             while chunk is not None:
                 try:
                     unacked = deliver(chunk)
@@ -138,7 +138,7 @@ def deliver_pending(
                     if following is not None:
                         if _stop_requested(stop):
                             return _stopped(conn, run_id, report)
-                        outbox.mark_sending(conn, following)
+                        outbox.mark_in_flight(conn, following)
                 chunk = following
     finally:
         ahead.close()

@@ -131,7 +131,7 @@ def build_registry(engine: Engine, pairs: Iterable[Pair], attempt: Attempt | Non
             select(diffs.c.destination, func.count())
             .select_from(diffs.join(runs, runs.c.id == diffs.c.run_id))
             .where(
-                diffs.c.status.in_(("pending", "sending")),
+                diffs.c.status == "pending",
                 runs.c.mode != "dry_run",
                 diffs.c.destination.in_(destinations),
             )

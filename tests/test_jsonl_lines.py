@@ -42,7 +42,9 @@ def test_a_death_after_writing_a_chunk_is_repaired(
     engine = create_engine(harness.state_url)
     with engine.connect() as conn:
         statuses = dict(conn.execute(text("SELECT status, count(*) FROM diffs GROUP BY status")).all())
-    assert statuses == {"sent": 20, "sending": 10, "pending": 20}
+        in_flight = conn.execute(text("SELECT first_user_id, last_user_id FROM delivery_in_flight")).all()
+    assert statuses == {"sent": 20, "pending": 30}
+    assert [tuple(r) for r in in_flight] == [("u020", "u029")]  # the third chunk, noted before it was written
     # u020..u029 were in flight; one of them leaves before the next run, which must still send its exit
     warehouse.set_members("VIP", {u: e for u, e in members.items() if u != "u025"})
     result = harness.run(config)

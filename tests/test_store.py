@@ -84,7 +84,7 @@ def test_migration_0004_keeps_the_snapshot_and_goes_back(state_url: str) -> None
         conn.execute(text(f"INSERT INTO snapshot VALUES {row}"))
         conn.execute(text("INSERT INTO staging VALUES (1, 'k', 'u1', NULL, 'true', NULL)"))
         assert not _bulk_layout(conn)["staging"]
-    assert upgrade(engine) == "0004"
+    command.upgrade(cfg, "0004")
     with engine.connect() as conn:
         assert _bulk_layout(conn) == {"staging": True, "snapshot": True}
         assert conn.execute(text("SELECT user_id, value, email, run_id FROM snapshot")).all() == [
@@ -95,6 +95,63 @@ def test_migration_0004_keeps_the_snapshot_and_goes_back(state_url: str) -> None
     with engine.connect() as conn:
         assert not _bulk_layout(conn)["staging"]
         assert conn.execute(text("SELECT count(*) FROM snapshot")).scalar_one() == 1
+    engine.dispose()
+
+
+def test_migration_0005_turns_changes_left_sending_into_the_range_in_flight(state_url: str) -> None:
+    """A database an older version left with a chunk ``sending`` (its run died) upgrades to pending changes inside
+    one in-flight range, which the next run recovers as it would have; downgrading gives the ``sending`` rows back."""
+    engine = create_engine(state_url)
+    cfg = alembic_config(engine)
+    command.upgrade(cfg, "0004")
+    run = "(7, 'incremental', 'manual', 'failed', '2026-11-29 00:00:00', '[]', '[]', '{}', 'h', 1)"
+    rows = [  # (id, user, status): u2..u4 were in flight; u1 sent before, u5 still pending
+        (1, "u1", "sent"),
+        (2, "u2", "sending"),
+        (3, "u3", "sending"),
+        (4, "u3", "sending"),
+        (5, "u4", "sending"),
+        (6, "u5", "pending"),
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO sync_runs (id, mode, trigger, status, started_at, destinations, computations, counts, "
+                f"host, pid) VALUES {run}"
+            )
+        )
+        for diff_id, user, status in rows:
+            conn.execute(
+                text(
+                    "INSERT INTO diffs (id, run_id, destination, computation_key, computation_class, user_id, change, "
+                    f"status, attempts, created_at) VALUES ({diff_id}, 7, 'd', 'k{diff_id}', 'audience', '{user}', "
+                    f"'entered', '{status}', 0, '2026-11-29 00:00:00')"
+                )
+            )
+    command.upgrade(cfg, "0005")
+    with engine.connect() as conn:
+        ranges = conn.execute(
+            text(
+                "SELECT run_id, destination, first_user_id, first_diff_id, last_user_id, last_diff_id FROM delivery_in_flight"
+            )
+        ).all()
+        statuses = dict(conn.execute(text("SELECT id, status FROM diffs")).all())
+    assert [tuple(r) for r in ranges] == [(7, "d", "u2", 2, "u4", 5)]
+    assert statuses == {1: "sent", 2: "pending", 3: "pending", 4: "pending", 5: "pending", 6: "pending"}
+    command.downgrade(cfg, "0004")
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(text("SELECT id, status FROM diffs")).all())
+    assert statuses == {1: "sent", 2: "sending", 3: "sending", 4: "sending", 5: "sending", 6: "pending"}
+    command.upgrade(cfg, "0005")
+    from audience_sync.store.outbox import recover_in_flight
+
+    with engine.begin() as conn:
+        assert recover_in_flight(conn, 8, ["d"]) == 4
+        statuses = dict(conn.execute(text("SELECT id, status FROM diffs")).all())
+        doubted = conn.execute(text("SELECT computation_key FROM snapshot WHERE in_doubt ORDER BY 1")).scalars().all()
+        assert conn.execute(text("SELECT count(*) FROM delivery_in_flight")).scalar_one() == 0
+    assert statuses == {1: "sent", 2: "superseded", 3: "superseded", 4: "superseded", 5: "superseded", 6: "pending"}
+    assert doubted == ["k2", "k3", "k4", "k5"]
     engine.dispose()
 
 

@@ -1,7 +1,8 @@
 """The outbox: reading a run's pending changes in chunks, and recording what destinations did with them.
 
 Recording is where the delivery contract lives: the snapshot row of a change advances in the same
-transaction that marks the change ``sent``, and only for changes the destination acknowledged.
+transaction that marks the change ``sent``, and only for changes the destination acknowledged. The chunk being
+handed over is noted as one ``delivery_in_flight`` row (its key range) until its outcomes are recorded.
 """
 
 from __future__ import annotations
@@ -11,7 +12,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Engine, Select, bindparam, false, func, select, true, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    bindparam,
+    delete,
+    false,
+    func,
+    insert,
+    select,
+    true,
+    tuple_,
+    update,
+)
 
 from ..changes import NOT_ATTEMPTED, SENT, Change, Outcome
 from ..destinations.batching import Encoded
@@ -19,12 +34,13 @@ from ..destinations.messages import MessageOptions, timestamp
 from ..values import decode
 from .dialect import upsert
 from .messages import TIMESTAMP, message_columns
-from .schema import DiffRow, SnapshotRow, status_is, table_of, utcnow
+from .schema import DiffRow, InFlightChunk, SnapshotRow, table_of, utcnow
 
 T = TypeVar("T")
 
 diffs = table_of(DiffRow)
 snapshot = table_of(SnapshotRow)
+in_flight = table_of(InFlightChunk)
 
 #: what a Change needs besides ``id`` and ``user_id``, which every chunk query selects first
 _FIELDS = (
@@ -81,6 +97,8 @@ class Chunk(Generic[T]):
     last: tuple[str, int]
     size: int
     items: T
+    #: the ids of its changes, in (user_id, id) order
+    ids: Sequence[int] = ()
 
 
 def _keyset_chunks(
@@ -128,7 +146,8 @@ def pending_chunks(engine: Engine, run_id: int, destination: str, chunk_size: in
     """
     for first, rows in _keyset_chunks(engine, run_id, destination, chunk_size, _FIELDS):
         changes = [_change(r) for r in rows]
-        yield Chunk(run_id, destination, first, (changes[-1].user_id, changes[-1].diff_id), len(changes), changes)
+        last = (changes[-1].user_id, changes[-1].diff_id)
+        yield Chunk(run_id, destination, first, last, len(changes), changes, [c.diff_id for c in changes])
 
 
 def pending_messages(
@@ -147,7 +166,7 @@ def pending_messages(
             items: list[Encoded] = [(r[0], r[2]) for r in rows]
         else:
             items = [(r[0], m) for r in rows for m in r[2:]]
-        yield Chunk(run_id, destination, first, (rows[-1][1], rows[-1][0]), len(rows), items)
+        yield Chunk(run_id, destination, first, (rows[-1][1], rows[-1][0]), len(rows), items, [r[0] for r in rows])
 
 
 def unacknowledged(changes: Sequence[Change], outcomes: Mapping[int, Outcome]) -> dict[int, Outcome]:
@@ -160,12 +179,14 @@ def unacknowledged(changes: Sequence[Change], outcomes: Mapping[int, Outcome]) -
     return out
 
 
-def _in_chunk(chunk: Chunk[Any]) -> list[ColumnElement[bool]]:
-    """The rows of a chunk by its key range: (run, destination) and (user_id, id) from its first to its last."""
-    (first_user, first_id), (last_user, last_id) = chunk.first, chunk.last
+def _in_range(
+    run_id: int, destination: str, first: tuple[str, int], last: tuple[str, int]
+) -> list[ColumnElement[bool]]:
+    """The rows of a run for a destination whose (user_id, id) lies from ``first`` to ``last``."""
+    (first_user, first_id), (last_user, last_id) = first, last
     return [
-        diffs.c.run_id == chunk.run_id,
-        diffs.c.destination == chunk.destination,
+        diffs.c.run_id == run_id,
+        diffs.c.destination == destination,
         diffs.c.user_id >= first_user,
         diffs.c.user_id <= last_user,
         tuple_(diffs.c.user_id, diffs.c.id) >= tuple_(first_user, first_id),
@@ -175,13 +196,13 @@ def _in_chunk(chunk: Chunk[Any]) -> list[ColumnElement[bool]]:
 
 def record(conn: Connection, chunk: Chunk[Any], unacked: Mapping[int, Outcome]) -> None:
     """Store what became of each change of ``chunk``: those in ``unacked`` get their outcome, every other one was
-    acknowledged: it is marked ``sent`` and its snapshot row advances.
+    acknowledged: it is marked ``sent`` and its snapshot row advances. The chunk is no longer in flight.
 
-    ``chunk`` must be one chunk as :func:`pending_chunks` or :func:`pending_messages` yielded it, marked with
-    :func:`mark_sending`: then its rows are exactly the ``sending`` rows of its key range, so the range is marked
-    sent and copied to the snapshot in a few statements whatever the chunk's size, after the changes that were
-    not acknowledged got their own outcome back. Call inside one transaction: the snapshot and the diff rows can
-    then never disagree, and nothing outside it ever sees a change marked sent that was not.
+    ``chunk`` must be one chunk as :func:`pending_chunks` or :func:`pending_messages` yielded it, noted with
+    :func:`mark_in_flight`: its rows are then exactly the pending rows of its key range, so the range is marked
+    sent and copied to the snapshot in a few statements whatever the chunk's size. Call inside one transaction:
+    the snapshot and the diff rows can then never disagree, and nothing outside it ever sees a change marked
+    sent that was not.
     """
     if not chunk.size:
         return
@@ -190,39 +211,82 @@ def record(conn: Connection, chunk: Chunk[Any], unacked: Mapping[int, Outcome]) 
     for diff_id, outcome in unacked.items():
         if outcome != SENT:
             by_outcome[outcome].append(diff_id)
+    in_chunk = _in_range(chunk.run_id, chunk.destination, chunk.first, chunk.last)
+    pending = diffs.c.status == "pending"
     for outcome, ids in by_outcome.items():
-        for start in range(0, len(ids), _ID_BATCH):
+        for batch in _batches(ids):
             conn.execute(
                 update(diffs)
-                .where(diffs.c.id.in_(ids[start : start + _ID_BATCH]), diffs.c.status == "sending")
+                .where(diffs.c.id.in_(batch), pending)
                 .values(status=outcome.status, error=outcome.error, sent_at=None, attempts=diffs.c.attempts + 1)
             )
-    if sum(map(len, by_outcome.values())) < chunk.size:
-        in_chunk = _in_chunk(chunk)
-        conn.execute(
-            update(diffs)
-            .where(*in_chunk, diffs.c.status == "sending")
-            .values(status="sent", error=None, sent_at=now, attempts=diffs.c.attempts + 1)
-        )
-        _advance_snapshot(conn, [*in_chunk, diffs.c.status == "sent"], now)
+    sent = {"status": "sent", "error": None, "sent_at": now, "attempts": diffs.c.attempts + 1}
+    if any(outcome.status == "pending" for outcome in by_outcome):  # still pending: mark the others by id
+        left = set(unacked)
+        for batch in _batches([i for i in chunk.ids if i not in left]):
+            conn.execute(update(diffs).where(diffs.c.id.in_(batch), pending).values(**sent))
+    elif sum(map(len, by_outcome.values())) < chunk.size:
+        conn.execute(update(diffs).where(*in_chunk, pending).values(**sent))
+    _advance_snapshot(conn, [*in_chunk, diffs.c.status == "sent"], now)
+    conn.execute(
+        delete(in_flight).where(in_flight.c.run_id == chunk.run_id, in_flight.c.destination == chunk.destination)
+    )
 
 
-def mark_sending(conn: Connection, chunk: Chunk[Any]) -> None:
-    """Note durably that ``chunk`` is being handed to its destination (commit before sending)."""
+def _batches(ids: Sequence[int]) -> Iterator[Sequence[int]]:
+    """``ids`` in lists short enough for one ``IN (...)`` on every backend."""
+    for start in range(0, len(ids), _ID_BATCH):
+        yield ids[start : start + _ID_BATCH]
+
+
+def mark_in_flight(conn: Connection, chunk: Chunk[Any]) -> None:
+    """Note durably that ``chunk`` is being handed to its destination (commit before sending): one row naming its
+    key range, until :func:`record` records its outcomes. At most one chunk per run and destination."""
     if chunk.size:
-        conn.execute(update(diffs).where(*_in_chunk(chunk), diffs.c.status == "pending").values(status="sending"))
+        (first_user, first_id), (last_user, last_id) = chunk.first, chunk.last
+        conn.execute(
+            insert(in_flight).values(
+                run_id=chunk.run_id,
+                destination=chunk.destination,
+                first_user_id=first_user,
+                first_diff_id=first_id,
+                last_user_id=last_user,
+                last_diff_id=last_id,
+                started_at=utcnow(),
+            )
+        )
 
 
 def recover_in_flight(conn: Connection, run_id: int, destinations: Sequence[str]) -> int:
-    """Put the changes that dead runs left in flight (``sending``) in doubt; return how many there were.
+    """Put the changes that dead runs left in flight in doubt; return how many there were.
 
     The destination may or may not have applied them, so their snapshot rows are marked ``in_doubt`` (created
     if missing, keeping the email the change went to) and the next diff sends the current truth for them,
     exits included. Their ``run_id`` becomes the dead run's, so the re-send gets a message id of its own: a
     destination that deduplicates must not drop it as the repeat of an older message with the same value.
-    The old rows become ``superseded``. Call while holding those destinations' locks.
+    The old rows become ``superseded``, and the in-flight notes are removed. Call while holding those
+    destinations' locks.
     """
-    in_flight = [status_is("sending"), diffs.c.destination.in_(list(destinations)), diffs.c.run_id < run_id]
+    dead = [in_flight.c.destination.in_(list(destinations)), in_flight.c.run_id < run_id]
+    total = 0
+    for dead_run, destination, first_user, first_id, last_user, last_id in conn.execute(
+        select(
+            in_flight.c.run_id,
+            in_flight.c.destination,
+            in_flight.c.first_user_id,
+            in_flight.c.first_diff_id,
+            in_flight.c.last_user_id,
+            in_flight.c.last_diff_id,
+        ).where(*dead)
+    ).all():
+        rows = _in_range(dead_run, destination, (first_user, first_id), (last_user, last_id))
+        total += _put_in_doubt(conn, run_id, [*rows, diffs.c.status == "pending"])
+    conn.execute(delete(in_flight).where(*dead))
+    return total
+
+
+def _put_in_doubt(conn: Connection, run_id: int, rows: Sequence[ColumnElement[bool]]) -> int:
+    """Mark the snapshot rows of the changes selected by ``rows`` in doubt and the changes superseded."""
     stmt = upsert(conn, snapshot)
     source = select(
         diffs.c.destination,
@@ -232,7 +296,7 @@ def recover_in_flight(conn: Connection, run_id: int, destinations: Sequence[str]
         diffs.c.run_id,
         bindparam("now", utcnow(), type_=snapshot.c.updated_at.type),
         true(),
-    ).where(*in_flight)
+    ).where(*rows)
     stmt = stmt.from_select(
         ["destination", "computation_key", "user_id", "email", "run_id", "updated_at", "in_doubt"], source
     )
@@ -247,7 +311,7 @@ def recover_in_flight(conn: Connection, run_id: int, destinations: Sequence[str]
     conn.execute(stmt)
     result = conn.execute(
         update(diffs)
-        .where(*in_flight)
+        .where(*rows)
         .values(
             status="superseded", error=f"in flight when its run stopped; run {run_id} sends the current value again"
         )

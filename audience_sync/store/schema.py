@@ -8,6 +8,7 @@ People query these tables directly (the README documents them); change them only
 - ``snapshot``: per destination, computation and user, the value the destination acknowledged, and the
   identifiers it was sent with. Audiences store ``true``/``false``; traits store JSON, NULL for "no value".
 - ``diffs``: the outbox and the audit trail: every change of every run and what became of it.
+- ``delivery_in_flight``: the key range of the chunk each running delivery has handed its destination.
 - ``alert_incidents``: open incidents, so that each is alerted once and its recovery once.
 """
 
@@ -177,14 +178,27 @@ class DiffRow(Base):
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),
         ),
-        # changes left in flight by a dead run (recovery looks for them at every start); usually none
-        Index(
-            "ix_diffs_sending",
-            "destination",
-            postgresql_where=text("status = 'sending'"),
-            sqlite_where=text("status = 'sending'"),
-        ),
     )
+
+
+class InFlightChunk(Base):
+    """The chunk of a run's changes that is being handed to a destination: its key range in (user_id, id) order.
+
+    Written (and committed) before the chunk goes out, deleted in the transaction that records its outcomes, so
+    a row left behind means its run died with the chunk in flight: the ``pending`` changes of the run and
+    destination in that range may or may not have been applied. One row per chunk instead of marking each
+    change ``sending`` (migration 0005): the changes themselves are written once, when they are recorded.
+    """
+
+    __tablename__ = "delivery_in_flight"
+
+    run_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    destination: Mapped[str] = mapped_column(String(100), primary_key=True)
+    first_user_id: Mapped[str] = mapped_column(String(255))
+    first_diff_id: Mapped[int] = mapped_column(BigInteger)
+    last_user_id: Mapped[str] = mapped_column(String(255))
+    last_diff_id: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 def status_is(status: str) -> ColumnElement[bool]:
@@ -196,10 +210,11 @@ def status_is(status: str) -> ColumnElement[bool]:
 
 #: Values of ``diffs.change``.
 CHANGES = ("entered", "exited", "changed")
-#: Values of ``diffs.status``. ``sending``: handed to the destination, outcome not yet recorded;
-#: ``superseded``: still pending (or in flight when its run died) when a later run recomputed the change;
-#: ``held``: kept back by the mass-exit guard, never sent.
-STATUSES = ("pending", "sending", "sent", "failed", "skipped", "superseded", "held")
+#: Values of ``diffs.status``. ``superseded``: still pending (or in flight when its run died) when a later run
+#: recomputed the change; ``held``: kept back by the mass-exit guard, never sent. A change being handed to its
+#: destination stays ``pending``, inside the range of a ``delivery_in_flight`` row (before migration 0005 it was
+#: marked ``sending``; no change is marked so any more).
+STATUSES = ("pending", "sent", "failed", "skipped", "superseded", "held")
 #: Values of ``sync_runs.mode`` and ``sync_runs.status``.
 MODES = ("incremental", "resync", "dry_run")
 RUN_STATUSES = ("running", "succeeded", "partial", "failed")
