@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, literal_column, select, update
 
 from .config import Computation
 from .store.history import snapshot_sizes
@@ -55,10 +55,13 @@ class Hold:
 
 
 def _exits(conn: Connection, run_id: int, dest: str) -> dict[str, int]:
+    # grouped by an expression no index orders: SQLite's planner would otherwise walk ix_diffs_user, the whole
+    # history of the destination, in computation order to save a sort of this run's few keys
+    key = diffs.c.computation_key.concat(literal_column("''"))
     rows = conn.execute(
-        select(diffs.c.computation_key, func.count())
+        select(key, func.count())
         .where(diffs.c.run_id == run_id, diffs.c.destination == dest, diffs.c.change == "exited")
-        .group_by(diffs.c.computation_key)
+        .group_by(key)
     ).all()
     return {str(row[0]): int(row[1]) for row in rows}
 
@@ -71,8 +74,10 @@ def find_mass_exits(
     Trips when the source returned no rows for a computation the destination holds members of, or when the
     exits exceed the computation's ``max_exit_share`` of its members there and it has at least ``min_size``.
     """
-    sizes = {key: n for (_, key), n in snapshot_sizes(conn, destination=dest).items()}
     exits = _exits(conn, run_id, dest)
+    if not exits:  # nothing leaves: no need to count the members of anything
+        return []
+    sizes = {key: n for (_, key), n in snapshot_sizes(conn, destination=dest, keys=list(exits)).items()}
     holds = []
     for comp in comps:
         size, gone, now = sizes.get(comp.key, 0), exits.get(comp.key, 0), staged.get(comp.key, 0)

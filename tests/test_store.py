@@ -132,7 +132,8 @@ def test_migration_0005_turns_changes_left_sending_into_the_range_in_flight(stat
     with engine.connect() as conn:
         ranges = conn.execute(
             text(
-                "SELECT run_id, destination, first_user_id, first_diff_id, last_user_id, last_diff_id FROM delivery_in_flight"
+                "SELECT run_id, destination, first_user_id, first_diff_id, last_user_id, last_diff_id "
+                "FROM delivery_in_flight"
             )
         ).all()
         statuses = dict(conn.execute(text("SELECT id, status FROM diffs")).all())

@@ -117,17 +117,25 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _sqlite_unpadded(text: str) -> str:
+    """SQLite: whether ``text`` starts and ends with a printable ASCII character other than space, so that trimming
+    it would change nothing. Trimming with :data:`WHITESPACE` costs about three times this test."""
+    return f"unicode({text}) BETWEEN 33 AND 126 AND unicode(substr({text}, -1)) BETWEEN 33 AND 126"
+
+
 def _sqlite_columns(uid: str, email: str | None, value: str | None, is_trait: bool) -> tuple[str, str, str]:
     ws = _literal(WHITESPACE)
     u = (
         f"CASE typeof({uid}) WHEN 'integer' THEN CAST({uid} AS TEXT) "
-        f"WHEN 'text' THEN CASE WHEN trim({uid}, {ws}) = '' THEN NULL ELSE {uid} END "
+        f"WHEN 'text' THEN CASE WHEN {_sqlite_unpadded(uid)} THEN {uid} "
+        f"WHEN trim({uid}, {ws}) = '' THEN NULL ELSE {uid} END "
         f"WHEN 'null' THEN NULL ELSE as_user_id({uid}) END"
     )
     e = (
         "NULL"
         if email is None
-        else f"CASE typeof({email}) WHEN 'text' THEN nullif(trim({email}, {ws}), '') "
+        else f"CASE typeof({email}) WHEN 'text' THEN CASE WHEN {_sqlite_unpadded(email)} THEN {email} "
+        f"ELSE nullif(trim({email}, {ws}), '') END "
         f"WHEN 'null' THEN NULL ELSE as_email({email}) END"
     )
     if not is_trait:

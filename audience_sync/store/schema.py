@@ -170,11 +170,12 @@ class DiffRow(Base):
         # by key range; status is left out so that those updates do not move index entries (migration 0003)
         Index("ix_diffs_delivery", "run_id", "destination", "user_id", "id"),
         Index("ix_diffs_user", "destination", "computation_key", "user_id"),
-        # the outbox proper: what is still owed, whatever the run
+        # the outbox proper: what is still owed, whatever the run (run_id: superseding earlier runs' changes)
         Index(
             "ix_diffs_pending",
             "destination",
             "computation_key",
+            "run_id",
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),
         ),
