@@ -20,6 +20,7 @@ SQL exactly as :func:`audience_sync.changes.message_id` computes it.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,7 +124,9 @@ class _Target:
             .select_from(source)
             .where(*where)
         )
-        return conn.execute(diffs.insert().from_select(_COLUMNS, sel)).rowcount
+        # SQLAlchemy reports an INSERT's rowcount only when asked to (psycopg's is -1 otherwise)
+        insert = diffs.insert().from_select(_COLUMNS, sel).execution_options(preserve_rowcount=True)
+        return conn.execute(insert).rowcount
 
 
 def write_changes(
@@ -134,8 +137,9 @@ def write_changes(
     *,
     resync: bool = False,
     users: Sequence[str] | None = None,
-) -> int:
-    """Insert the changes of ``comps`` for destination ``dest`` into ``diffs`` as pending; return how many.
+) -> Counter[str]:
+    """Insert the changes of ``comps`` for destination ``dest`` into ``diffs`` as pending; return how many of each
+    kind (``entered``, ``exited``, ``changed``).
 
     One ``INSERT ... SELECT`` per change class covers every computation of a class (and flap-damping
     setting), so the snapshot and staging are each read once per class, not once per computation.
@@ -145,10 +149,10 @@ def write_changes(
     for comp in comps:
         damping = comp.exit_after if comp.computation_class == "audience" else None
         groups.setdefault((comp.computation_class, damping), []).append(comp.key)
-    return sum(
-        _write_group(conn, run_id, dest, cls, keys, damping, resync=resync, users=users)
-        for (cls, damping), keys in groups.items()
-    )
+    written: Counter[str] = Counter()
+    for (cls, damping), keys in groups.items():
+        written += _write_group(conn, run_id, dest, cls, keys, damping, resync=resync, users=users)
+    return written
 
 
 def _write_group(
@@ -161,7 +165,7 @@ def _write_group(
     *,
     resync: bool,
     users: Sequence[str] | None,
-) -> int:
+) -> Counter[str]:
     target = _Target(run_id, dest, computation_class, f"resync:{run_id}" if resync else "")
     s = table_of(StagingRow).alias("s")
     p = table_of(SnapshotRow).alias("p")
@@ -202,28 +206,29 @@ def _write_group(
         if exit_after is not None and not resync:
             cutoff = utcnow() - dt.timedelta(seconds=exit_after)
             out_long_enough = [or_(p.c.in_doubt, p.c.missing_since <= literal(cutoff, UTCDateTime))]
-        return target.insert(
-            conn, "entered", new=literal(TRUE, String), where=in_staging + not_member, **current
-        ) + target.insert(
-            conn,
-            "exited",
-            new=literal(FALSE, String),
-            where=[*in_snapshot, or_(p.c.value == TRUE, p.c.in_doubt), *out_long_enough],
-            **left,
+        return Counter(
+            entered=target.insert(conn, "entered", new=literal(TRUE, String), where=in_staging + not_member, **current),
+            exited=target.insert(
+                conn,
+                "exited",
+                new=literal(FALSE, String),
+                where=[*in_snapshot, or_(p.c.value == TRUE, p.c.in_doubt), *out_long_enough],
+                **left,
+            ),
         )
     differs = [] if resync else [or_(p.c.value != s.c.value, p.c.in_doubt)]
-    return (
-        target.insert(conn, "entered", new=s.c.value, where=[*in_staging, p.c.value.is_(None)], **current)
-        + target.insert(
+    return Counter(
+        entered=target.insert(conn, "entered", new=s.c.value, where=[*in_staging, p.c.value.is_(None)], **current),
+        changed=target.insert(
             conn, "changed", new=s.c.value, where=[*in_staging, p.c.value.is_not(None), *differs], **current
-        )
-        + target.insert(
+        ),
+        exited=target.insert(
             conn,
             "exited",
             new=literal(None, String),
             where=[*in_snapshot, or_(p.c.value.is_not(None), p.c.in_doubt)],
             **left,
-        )
+        ),
     )
 
 

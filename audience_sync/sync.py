@@ -228,7 +228,7 @@ def _diff(
             targeted = [c for c in comps if name in c.destinations]
             if not dry_run:
                 supersede_pending(conn, run_id, name, [c.key for c in targeted])
-            write_changes(conn, run_id, name, targeted, resync=resync, users=users)
+            written = write_changes(conn, run_id, name, targeted, resync=resync, users=users)
             for comp in targeted:
                 if comp.exit_after is not None and not dry_run:
                     note_missing(conn, run_id, name, comp)
@@ -241,7 +241,7 @@ def _diff(
                     required,
                     f"no email: destination {name!r} ({dest.type}) requires {' and '.join(('user_id', *required))}",
                 )
-            if not force:
+            if not force and written["exited"]:  # the guard has nothing to weigh without exits
                 holds += find_mass_exits(conn, run_id, name, targeted, staged, min_size=config.guard.min_size)
         for held in holds:
             hold(conn, run_id, held.comp.key, held.message())

@@ -156,6 +156,47 @@ def test_migration_0005_turns_changes_left_sending_into_the_range_in_flight(stat
     engine.dispose()
 
 
+def test_migration_0007_keeps_the_changes_and_their_partial_index(state_url: str) -> None:
+    """Dropping the foreign key rebuilds ``diffs`` on SQLite: rows, ids and the partial index must survive."""
+    engine = create_engine(state_url)
+    cfg = alembic_config(engine)
+    command.upgrade(cfg, "0006")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO sync_runs (id, mode, trigger, status, started_at, destinations, computations, counts, "
+                "host, pid) VALUES (3, 'incremental', 'manual', 'succeeded', '2026-11-29 00:00:00', '[]', '[]', "
+                "'{}', 'h', 1)"
+            )
+        )
+        for diff_id, status in ((41, "sent"), (42, "pending")):
+            conn.execute(
+                text(
+                    "INSERT INTO diffs (id, run_id, destination, computation_key, computation_class, user_id, change, "
+                    f"status, attempts, created_at) VALUES ({diff_id}, 3, 'd', 'k', 'audience', 'u{diff_id}', "
+                    f"'entered', '{status}', 0, '2026-11-29 00:00:00')"
+                )
+            )
+    assert upgrade(engine) == "0007"
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT id, status FROM diffs ORDER BY id")).all() == [(41, "sent"), (42, "pending")]
+        conn.execute(
+            text(
+                "INSERT INTO diffs (run_id, destination, computation_key, computation_class, user_id, "
+                "change, status, attempts, created_at) VALUES (3, 'd', 'k', 'audience', 'u43', 'entered', "
+                "'pending', 0, '2026-11-29 00:00:00')"
+            )
+        )
+        assert conn.execute(text("SELECT count(DISTINCT id) FROM diffs")).scalar_one() == 3  # ids still generated
+        if conn.dialect.name == "sqlite":
+            index = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'ix_diffs_pending'")).scalar_one()
+            assert index.endswith("WHERE status = 'pending'")
+    command.downgrade(cfg, "0006")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM diffs")).scalar_one() == 3
+    engine.dispose()
+
+
 def test_a_database_from_a_newer_version_is_refused(state_url: str) -> None:
     engine = create_engine(state_url)
     upgrade(engine)

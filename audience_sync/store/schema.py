@@ -23,7 +23,6 @@ from sqlalchemy import (
     Boolean,
     ColumnElement,
     DateTime,
-    ForeignKey,
     Index,
     Integer,
     String,
@@ -147,7 +146,8 @@ class DiffRow(Base):
     __tablename__ = "diffs"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    run_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("sync_runs.id"))
+    #: the run that computed it (``sync_runs.id``; not a declared foreign key: migration 0007)
+    run_id: Mapped[int] = mapped_column(BigInteger)
     destination: Mapped[str] = mapped_column(String(100))
     computation_key: Mapped[str] = mapped_column(String(150))
     computation_class: Mapped[str] = mapped_column(String(16))
