@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import TYPE_CHECKING
 
-from apscheduler.triggers.cron import CronTrigger
+if TYPE_CHECKING:  # APScheduler is imported when a trigger is built: a plain run does not need it
+    from apscheduler.triggers.cron import CronTrigger
 
 _CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _TOKEN = re.compile(r"^(\*|[0-7a-z]{1,3}(?:-[0-7a-z]{1,3})?)(?:/(\d+))?$")
@@ -65,6 +67,8 @@ def cron_trigger(expr: str, timezone: dt.tzinfo, jitter: int | None = None) -> C
             f"{expr!r} restricts both the day of month and the day of week (cron runs when either matches); "
             f"use two schedules or restrict only one"
         )
+    from apscheduler.triggers.cron import CronTrigger
+
     return CronTrigger(
         minute=minute,
         hour=hour,

@@ -8,7 +8,6 @@ import datetime as dt
 import logging
 from pathlib import Path
 
-from . import alerts, metrics
 from .attempts import Attempt
 from .config import Config
 from .errors import LockHeld
@@ -45,6 +44,8 @@ def after_run(config: Config, attempt: Attempt, *, metrics_file: str | Path | No
                     )
             except Exception:
                 log.exception("automatic pruning failed (the run itself is unaffected)")
+        from . import alerts, metrics  # imported when wanted: a plain run needs neither HTTP nor Prometheus
+
         try:
             alerts.notify(engine, config.alerts, attempt)
         except Exception:

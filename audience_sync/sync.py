@@ -375,6 +375,7 @@ def _locked_run(
     dry_run = mode == "dry_run"
     with engine.begin() as conn:
         runs.abandon_stale_runs(conn, dest_names, reason="abandoned: its process stopped before finishing")
+        before = runs.last_change_id(conn)
         run_id = runs.open_run(
             conn, mode=mode, trigger=plan.trigger, destinations=dest_names, computations=[c.key for c in comps]
         )
@@ -421,7 +422,7 @@ def _locked_run(
         with engine.begin() as conn:  # the next diff joins the snapshot: plan it with its new size
             analyze(conn, "snapshot")
     with engine.begin() as conn:
-        counts = runs.count_changes(conn, run_id)
+        counts = runs.count_changes(conn, run_id, after_id=before)
         counts["sources"] = source_stats
         if holds or any(r.credentials_rejected for r in reports.values()):
             status = "failed"

@@ -74,32 +74,43 @@ def push_down(conn: Connection, run_id: int, pushdown: Pushdown) -> tuple[int, i
     """
     key = pushdown.comp.key
     params = {"run": run_id, "key": key}
-    rows, null_ids, null_values = conn.exec_driver_sql(_sql(conn, pushdown.counts)).one()
     insert = (
         f"INSERT INTO staging ({_COLUMNS}) SELECT {_p(conn, 'run')}, {_p(conn, 'key')}, u, e, v "
         f"FROM ({_sql(conn, pushdown.staged)}) AS s"
     )
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql(f"{insert} WHERE true {_SQLITE_UPSERT}", params)
-    elif not _insert_unique(conn, insert, params):
-        conn.exec_driver_sql(f"{insert} ON CONFLICT DO NOTHING", params)
-        _settle_repeats(conn, run_id, key, pushdown.ordered)
+    staged: int | None
+    if conn.dialect.name == "sqlite":  # an upsert counts every row it inserts or updates
+        staged = _execute(conn, f"{insert} WHERE true {_SQLITE_UPSERT}", params)
+    else:
+        staged = _insert_unique(conn, insert, params)
+        if staged is None:
+            conn.exec_driver_sql(f"{insert} ON CONFLICT DO NOTHING", params)
+            _settle_repeats(conn, run_id, key, pushdown.ordered)
+    rows = int(conn.exec_driver_sql(_sql(conn, f"SELECT count(*) FROM ({pushdown.normalized}) AS n")).scalar_one())
+    if staged == rows:  # every row had a user id and a value: nothing to tell apart
+        return rows, 0, 0
+    rows, null_ids, null_values = conn.exec_driver_sql(_sql(conn, pushdown.counts)).one()
     return int(rows), int(null_ids), int(null_values)
 
 
-def _insert_unique(conn: Connection, insert: str, params: dict[str, Any]) -> bool:
-    """PostgreSQL: run ``insert`` as a plain INSERT, which is about twice as fast as ``ON CONFLICT``; False
-    (and nothing inserted) when the source repeated a user."""
+def _execute(conn: Connection, sql: str, params: dict[str, Any]) -> int:
+    """Run ``sql``; return the rows it wrote (SQLAlchemy keeps an INSERT's count only when asked)."""
+    return int(conn.exec_driver_sql(sql, params, execution_options={"preserve_rowcount": True}).rowcount)
+
+
+def _insert_unique(conn: Connection, insert: str, params: dict[str, Any]) -> int | None:
+    """PostgreSQL: run ``insert`` as a plain INSERT, which is about twice as fast as ``ON CONFLICT``; return the
+    rows inserted, or None (and nothing inserted) when the source repeated a user."""
     savepoint = conn.begin_nested()
     try:
-        conn.exec_driver_sql(insert, params)
+        inserted = _execute(conn, insert, params)
     except IntegrityError as exc:
         savepoint.rollback()
         if getattr(exc.orig, "sqlstate", None) != "23505":  # not a unique violation: a real error
             raise
-        return False
+        return None
     savepoint.commit()
-    return True
+    return inserted
 
 
 def copy_rows(conn: Connection, run_id: int, key: str, chunks: Iterable[Sequence[StagedRow]]) -> None:
@@ -117,7 +128,7 @@ def copy_rows(conn: Connection, run_id: int, key: str, chunks: Iterable[Sequence
                 copy.write_row((ord_, user_id, email, value))
     insert = f"INSERT INTO staging ({_COLUMNS}) SELECT %(run)s, %(key)s, u, e, v FROM {_LOAD_TABLE}"
     params = {"run": run_id, "key": key}
-    if not _insert_unique(conn, insert, params):
+    if _insert_unique(conn, insert, params) is None:
         conn.exec_driver_sql(f"{insert} ON CONFLICT DO NOTHING", params)
         _settle_repeats(conn, run_id, key, f"SELECT u, e, v, ord FROM {_LOAD_TABLE}")
     conn.exec_driver_sql(f"DROP TABLE {_LOAD_TABLE}")

@@ -7,7 +7,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, literal_column, select, update
 
 from .schema import DiffRow, SyncRun, table_of, utcnow
 
@@ -46,16 +46,28 @@ def close_run(conn: Connection, run_id: int, *, status: str, counts: dict[str, A
     )
 
 
-def count_changes(conn: Connection, run_id: int) -> dict[str, Any]:
+def last_change_id(conn: Connection) -> int:
+    """The id of the newest diff row (0 if none): every change written after this call gets a greater id."""
+    return int(conn.execute(select(func.coalesce(func.max(diffs.c.id), 0))).scalar_one())
+
+
+def count_changes(conn: Connection, run_id: int, *, after_id: int | None = None) -> dict[str, Any]:
     """Counts of a run's diff rows: totals, and the same per destination and per computation.
 
     ``entered``/``exited``/``changed`` count changes by kind; ``sent``/``failed``/``skipped``/``pending`` by
-    what became of them.
+    what became of them. ``after_id``, :func:`last_change_id` from before the run wrote its changes, lets the
+    count read the run's rows in table order (a range of ids) instead of one index lookup per row.
     """
+    mine = [diffs.c.run_id == run_id]
+    if after_id is not None:
+        # run_id + 0: no index serves it, so the planners (SQLite's has no statistics) take the id range
+        mine = [diffs.c.id > after_id, (diffs.c.run_id + 0) == run_id]
+    # grouped by an expression no index orders, or SQLite walks a whole index of the history to save a sort
+    destination = diffs.c.destination.concat(literal_column("''"))
     rows = conn.execute(
-        select(diffs.c.destination, diffs.c.computation_key, diffs.c.change, diffs.c.status, func.count())
-        .where(diffs.c.run_id == run_id)
-        .group_by(diffs.c.destination, diffs.c.computation_key, diffs.c.change, diffs.c.status)
+        select(destination, diffs.c.computation_key, diffs.c.change, diffs.c.status, func.count())
+        .where(*mine)
+        .group_by(destination, diffs.c.computation_key, diffs.c.change, diffs.c.status)
     ).all()
     totals = dict.fromkeys(COUNT_KEYS, 0)
     per_destination: dict[str, dict[str, int]] = {}
