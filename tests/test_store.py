@@ -98,13 +98,34 @@ def test_migration_0004_keeps_the_snapshot_and_goes_back(state_url: str) -> None
     engine.dispose()
 
 
+def _insert_run(conn: Connection, run_id: int) -> None:
+    conn.execute(
+        text(
+            "INSERT INTO sync_runs (id, mode, trigger, status, started_at, destinations, computations, counts, host, "
+            f"pid) VALUES ({run_id}, 'incremental', 'manual', 'failed', '2026-11-29 00:00:00', '[]', '[]', '{{}}', "
+            "'h', 1)"
+        )
+    )
+
+
+def _insert_change(conn: Connection, run_id: int, user: str, status: str, diff_id: int | None = None) -> None:
+    """A change of audience ``k<diff_id>`` (or ``k``) for destination ``d``, with ``diff_id`` when given."""
+    ids = ("id, ", f"{diff_id}, ") if diff_id is not None else ("", "")
+    conn.execute(
+        text(
+            f"INSERT INTO diffs ({ids[0]}run_id, destination, computation_key, computation_class, user_id, change, "
+            f"status, attempts, created_at) VALUES ({ids[1]}{run_id}, 'd', 'k{diff_id or ''}', 'audience', '{user}', "
+            f"'entered', '{status}', 0, '2026-11-29 00:00:00')"
+        )
+    )
+
+
 def test_migration_0005_turns_changes_left_sending_into_the_range_in_flight(state_url: str) -> None:
     """A database an older version left with a chunk ``sending`` (its run died) upgrades to pending changes inside
     one in-flight range, which the next run recovers as it would have; downgrading gives the ``sending`` rows back."""
     engine = create_engine(state_url)
     cfg = alembic_config(engine)
     command.upgrade(cfg, "0004")
-    run = "(7, 'incremental', 'manual', 'failed', '2026-11-29 00:00:00', '[]', '[]', '{}', 'h', 1)"
     rows = [  # (id, user, status): u2..u4 were in flight; u1 sent before, u5 still pending
         (1, "u1", "sent"),
         (2, "u2", "sending"),
@@ -114,20 +135,9 @@ def test_migration_0005_turns_changes_left_sending_into_the_range_in_flight(stat
         (6, "u5", "pending"),
     ]
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO sync_runs (id, mode, trigger, status, started_at, destinations, computations, counts, "
-                f"host, pid) VALUES {run}"
-            )
-        )
+        _insert_run(conn, 7)
         for diff_id, user, status in rows:
-            conn.execute(
-                text(
-                    "INSERT INTO diffs (id, run_id, destination, computation_key, computation_class, user_id, change, "
-                    f"status, attempts, created_at) VALUES ({diff_id}, 7, 'd', 'k{diff_id}', 'audience', '{user}', "
-                    f"'entered', '{status}', 0, '2026-11-29 00:00:00')"
-                )
-            )
+            _insert_change(conn, 7, user, status, diff_id)
     command.upgrade(cfg, "0005")
     with engine.connect() as conn:
         ranges = conn.execute(
@@ -162,31 +172,13 @@ def test_migration_0007_keeps_the_changes_and_their_partial_index(state_url: str
     cfg = alembic_config(engine)
     command.upgrade(cfg, "0006")
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO sync_runs (id, mode, trigger, status, started_at, destinations, computations, counts, "
-                "host, pid) VALUES (3, 'incremental', 'manual', 'succeeded', '2026-11-29 00:00:00', '[]', '[]', "
-                "'{}', 'h', 1)"
-            )
-        )
+        _insert_run(conn, 3)
         for diff_id, status in ((41, "sent"), (42, "pending")):
-            conn.execute(
-                text(
-                    "INSERT INTO diffs (id, run_id, destination, computation_key, computation_class, user_id, change, "
-                    f"status, attempts, created_at) VALUES ({diff_id}, 3, 'd', 'k', 'audience', 'u{diff_id}', "
-                    f"'entered', '{status}', 0, '2026-11-29 00:00:00')"
-                )
-            )
-    assert upgrade(engine) == "0007"
+            _insert_change(conn, 3, f"u{diff_id}", status, diff_id)
+    command.upgrade(cfg, "0007")
     with engine.begin() as conn:
         assert conn.execute(text("SELECT id, status FROM diffs ORDER BY id")).all() == [(41, "sent"), (42, "pending")]
-        conn.execute(
-            text(
-                "INSERT INTO diffs (run_id, destination, computation_key, computation_class, user_id, "
-                "change, status, attempts, created_at) VALUES (3, 'd', 'k', 'audience', 'u43', 'entered', "
-                "'pending', 0, '2026-11-29 00:00:00')"
-            )
-        )
+        _insert_change(conn, 3, "u43", "pending")
         assert conn.execute(text("SELECT count(DISTINCT id) FROM diffs")).scalar_one() == 3  # ids still generated
         if conn.dialect.name == "sqlite":
             index = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'ix_diffs_pending'")).scalar_one()
