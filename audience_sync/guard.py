@@ -7,16 +7,19 @@ saying what it saw and how to proceed. ``--force`` skips the guard.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, func, literal_column, select, update
+from sqlalchemy import Connection, Select, func, literal_column, select, update
 
 from .config import Computation
-from .store.history import snapshot_sizes
-from .store.schema import DiffRow, table_of
+from .store.schema import DiffRow, SnapshotRow, table_of
+from .values import TRUE
 
 diffs = table_of(DiffRow)
+snapshot = table_of(SnapshotRow)
 
 
 @dataclass(frozen=True)
@@ -75,15 +78,30 @@ def find_mass_exits(
     exits exceed the computation's ``max_exit_share`` of its members there and it has at least ``min_size``.
     """
     exits = _exits(conn, run_id, dest)
-    if not exits:  # nothing leaves: no need to count the members of anything
-        return []
-    sizes = {key: n for (_, key), n in snapshot_sizes(conn, destination=dest, keys=list(exits)).items()}
     holds = []
     for comp in comps:
-        size, gone, now = sizes.get(comp.key, 0), exits.get(comp.key, 0), staged.get(comp.key, 0)
-        if size and gone and (now == 0 or (size >= min_size and gone / size > comp.max_exit_share)):
+        gone, now = exits.get(comp.key, 0), staged.get(comp.key, 0)
+        if not gone:
+            continue
+        # members are counted only as far as the decision needs: with `enough` of them (a margin of one over
+        # gone / share, against rounding) the exits are under the share whatever the rest
+        enough = None if now == 0 else max(math.floor(gone / comp.max_exit_share) + 2, min_size)
+        size = _members(conn, dest, comp, enough)
+        if size and (now == 0 or (size >= min_size and gone / size > comp.max_exit_share)):
             holds.append(Hold(dest, comp, gone, size, now))
     return holds
+
+
+def _members(conn: Connection, dest: str, comp: Computation, limit: int | None) -> int:
+    """How many users ``dest`` holds ``comp`` for (audiences: ``true``; traits: a value), counting at most
+    ``limit`` of them when given."""
+    holds = snapshot.c.value == TRUE if comp.computation_class == "audience" else snapshot.c.value.is_not(None)
+    users: Select[Any] = select(literal_column("1")).where(
+        snapshot.c.destination == dest, snapshot.c.computation_key == comp.key, holds
+    )
+    if limit is not None:
+        users = users.limit(limit)
+    return int(conn.execute(select(func.count()).select_from(users.subquery())).scalar_one())
 
 
 def hold(conn: Connection, run_id: int, key: str, reason: str) -> int:

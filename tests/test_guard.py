@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from audience_sync.queries import list_diffs
 from tests.conftest import Harness
 
@@ -97,3 +99,38 @@ def test_exit_after_is_an_audience_setting(harness: Harness) -> None:
         harness.config(harness.jsonl_destination() + harness.trait("Score") + 'exit_after = "1h"\n')
     with pytest.raises(ConfigError, match=r"audiences\[0\] \('VIP'\)\.exit_after: .*not a duration"):
         harness.config(harness.jsonl_destination() + harness.audience("VIP") + 'exit_after = "a day"\n')
+
+
+@pytest.mark.parametrize(
+    ("members", "stay", "share", "min_size", "held"),
+    [
+        (200, 100, 0.5, 100, False),  # exactly the share leaves: allowed (the share must be exceeded)
+        (200, 99, 0.5, 100, True),  # one more: held, with the exact size in the message
+        (99, 0 + 1, 0.5, 100, False),  # under min_size
+        (100, 1, 0.5, 100, True),  # at min_size
+        (200, 190, 0.04, 100, True),  # a small share: 10 of 200 is 5 %
+        (200, 193, 0.04, 100, False),  # 7 of 200 is 3.5 %
+        (40, 30, 0.3, 10, False),  # 10 / 0.3 = 33.3: counting stopped at 33 would hold 10 of 40 (25 %)
+    ],
+)
+def test_the_guard_decides_at_its_boundaries(
+    harness: Harness, members: int, stay: int, share: float, min_size: int, held: bool
+) -> None:
+    """The guard counts a destination's members only as far as its decision needs; the decisions at the edges
+    of ``max_exit_share`` and ``min_size`` must be those of the exact count."""
+    everyone = {f"u{i:03d}": f"{i}@x.io" for i in range(members)}
+    harness.warehouse.set_members("VIP", everyone)
+    config = harness.config(
+        f"[guard]\nmax_exit_share = {share}\nmin_size = {min_size}\n"
+        + harness.jsonl_destination()
+        + harness.audience("VIP")
+    )
+    harness.run(config)
+    harness.warehouse.set_members("VIP", dict(list(everyone.items())[:stay]))
+    result = harness.run(config)
+    assert (result.status == "failed") is held, result.error
+    if held:
+        gone = members - stay
+        assert f"would lose {gone} of {members} members" in (result.error or "")
+    else:
+        assert result.counts["exited"] == members - stay

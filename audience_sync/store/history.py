@@ -73,16 +73,11 @@ def list_diffs(
     return out
 
 
-def snapshot_sizes(
-    conn: Connection, *, destination: str | None = None, keys: Sequence[str] | None = None
-) -> dict[tuple[str, str], int]:
-    """Per (destination, computation key): users the destination holds a value for (audiences: ``true``); only
-    ``destination`` and ``keys`` when given."""
+def snapshot_sizes(conn: Connection, *, destination: str | None = None) -> dict[tuple[str, str], int]:
+    """Per (destination, computation key): users the destination holds a value for (audiences: ``true``)."""
     stmt = select(snapshot.c.destination, snapshot.c.computation_key, func.count()).select_from(_joined)
     if destination is not None:
         stmt = stmt.where(snapshot.c.destination == destination)
-    if keys is not None:
-        stmt = stmt.where(snapshot.c.computation_key.in_(list(keys)))
     rows = conn.execute(stmt.where(_holds_value()).group_by(snapshot.c.destination, snapshot.c.computation_key)).all()
     return {(d, k): n for d, k, n in rows}
 
