@@ -19,7 +19,10 @@ process otherwise pays for collecting them (that was the "drop at 100k after the
 collections charged to the Segment path).
 
     python benchmarks/delivery.py [--changes N] [--concurrency C] [--rate R] [--paths gist,segment,rate]
-                                  [--repeat K]
+                                  [--repeat K] [--pg-url postgresql://postgres@127.0.0.1:5432/test]
+
+The state database is a fresh SQLite file per run, or with ``--pg-url`` a fresh schema in that PostgreSQL
+database per run (created, then dropped).
 
 With ``--repeat K`` each path is measured K times (ours, then the bare loop, back to back) and the table shows
 the medians and the median of the per-round ratios: on a machine shared with other work, single figures swing
@@ -40,10 +43,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine
 
 from audience_sync.changes import Change, message_id
 from audience_sync.config import parse_config
@@ -119,12 +125,36 @@ def build_warehouse(path: Path, n: int) -> None:
         db.executemany("INSERT INTO users VALUES (?, ?)", ((f"user-{i:07d}", f"u{i}@example.com") for i in range(n)))
 
 
-def our_rate(work: Path, n: int, destination: str, state: str) -> float:
+@contextmanager
+def fresh_state(work: Path, name: str, pg_url: str | None) -> Iterator[str]:
+    """The URL of an empty state database named ``name``: a SQLite file, or a PostgreSQL schema dropped after."""
+    if pg_url is None:
+        yield f"sqlite:///{work / name}"
+        return
+    schema = "bench_delivery_" + name.replace(".", "_")
+    admin = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield pg_url.replace("postgresql://", "postgresql+psycopg://") + f"?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.dispose()
+
+
+def our_rate(work: Path, n: int, destination: str, state: str, pg_url: str | None = None) -> float:
     """Changes per second of the delivery phase of one initial run, on a fresh state database ``state``."""
+    with fresh_state(work, state, pg_url) as url:
+        return _our_rate(work, n, destination, url)
+
+
+def _our_rate(work: Path, n: int, destination: str, state_url: str) -> float:
     config = parse_config(
         f"""
 [state]
-url = "sqlite:///{work / state}"
+url = "{state_url}"
 [source]
 url = "sqlite:///{work / "wh.db"}"
 {destination}
@@ -219,6 +249,7 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="rounds of (ours, bare) per path; the table shows medians"
     )
+    parser.add_argument("--pg-url", help="keep the state in a fresh schema of this PostgreSQL database per run")
     args = parser.parse_args()
     paths = set(args.paths.split(","))
     port = free_port()
@@ -240,14 +271,17 @@ def main() -> None:
             rows = []
             if "gist" in paths:
                 rounds = [
-                    (our_rate(work, args.changes, gist, f"gist{i}.db"), bare_gist(url, args.changes, args.concurrency))
+                    (
+                        our_rate(work, args.changes, gist, f"gist{i}.db", args.pg_url),
+                        bare_gist(url, args.changes, args.concurrency),
+                    )
                     for i in range(args.repeat)
                 ]
                 rows.append(("Gist identify calls/s", *medians(rounds)))
             if "segment" in paths:
                 rounds = [
                     (
-                        our_rate(work, args.changes, segment, f"segment{i}.db"),
+                        our_rate(work, args.changes, segment, f"segment{i}.db", args.pg_url),
                         bare_segment(url, args.changes, args.concurrency),
                     )
                     for i in range(args.repeat)
@@ -258,7 +292,7 @@ def main() -> None:
             if "rate" in paths:
                 (work / "wh.db").unlink()
                 build_warehouse(work / "wh.db", small)
-                limited = our_rate(work, small, gist + f"rate_limit = {args.rate}\n", "limited.db")
+                limited = our_rate(work, small, gist + f"rate_limit = {args.rate}\n", "limited.db", args.pg_url)
     finally:
         server.terminate()
         server.wait()
