@@ -98,7 +98,7 @@ def _push_down(engine: Engine, run_id: int, comp: Computation, stats: SourceStat
         return False
     try:
         with engine.begin() as conn:
-            rows, null_ids, null_values = loading.push_down(conn, run_id, plan)
+            rows, null_ids, null_values, stats.members = loading.push_down(conn, run_id, plan)
     except SQLAlchemyError as exc:  # the streamed path reports the query's own error, or a value's
         log.info("%s: pushdown failed (%s); streaming instead", comp.key, " ".join(str(exc).split())[:200])
         return False
@@ -170,7 +170,7 @@ def _stage(
         with engine.connect() as conn:
             # an audience's value is always true: only a trait can have two values for one user
             conflict = staging.first_conflict(conn, run_id, comp.key) if comp.computation_class == "trait" else None
-            members = staging.count_members(conn, run_id, comp.key)
+            members = st.members if st.members is not None else staging.count_members(conn, run_id, comp.key)
         if conflict is not None:
             user, first, second = conflict
             raise SourceError(

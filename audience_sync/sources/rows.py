@@ -22,6 +22,8 @@ class SourceStats:
     rows: int = 0
     null_user_ids: int = 0
     null_values: int = 0
+    #: distinct users staged, when the load knows it without counting (a plain insert of a pushdown)
+    members: int | None = None
 
 
 def _user_id(raw: Any) -> str | None:

@@ -65,8 +65,9 @@ def _settle_repeats(conn: Connection, run_id: int, key: str, ordered: str) -> No
     conn.exec_driver_sql(sql, {"run": run_id, "key": key})
 
 
-def push_down(conn: Connection, run_id: int, pushdown: Pushdown) -> tuple[int, int, int]:
-    """Stage ``pushdown``'s rows with statements run inside the database; return (rows, null ids, null values).
+def push_down(conn: Connection, run_id: int, pushdown: Pushdown) -> tuple[int, int, int, int | None]:
+    """Stage ``pushdown``'s rows with statements run inside the database; return (rows, null ids, null values,
+    distinct users staged, or None when that takes a count of its own).
 
     Guarantees the same staged rows as streaming the query through :func:`staging.insert_rows`. Raises the
     database's error (SQLAlchemyError) if the query fails; call inside a transaction so that nothing of a
@@ -79,18 +80,19 @@ def push_down(conn: Connection, run_id: int, pushdown: Pushdown) -> tuple[int, i
         f"FROM ({_sql(conn, pushdown.staged)}) AS s"
     )
     staged: int | None
-    if conn.dialect.name == "sqlite":  # an upsert counts every row it inserts or updates
+    members: int | None = None
+    if conn.dialect.name == "sqlite":  # an upsert counts every row it inserts or updates, repeats included
         staged = _execute(conn, f"{insert} WHERE true {_SQLITE_UPSERT}", params)
     else:
-        staged = _insert_unique(conn, insert, params)
+        staged = members = _insert_unique(conn, insert, params)  # a plain insert: one row per user
         if staged is None:
             conn.exec_driver_sql(f"{insert} ON CONFLICT DO NOTHING", params)
             _settle_repeats(conn, run_id, key, pushdown.ordered)
     rows = int(conn.exec_driver_sql(_sql(conn, f"SELECT count(*) FROM ({pushdown.normalized}) AS n")).scalar_one())
     if staged == rows:  # every row had a user id and a value: nothing to tell apart
-        return rows, 0, 0
+        return rows, 0, 0, members
     rows, null_ids, null_values = conn.exec_driver_sql(_sql(conn, pushdown.counts)).one()
-    return int(rows), int(null_ids), int(null_values)
+    return int(rows), int(null_ids), int(null_values), members
 
 
 def _execute(conn: Connection, sql: str, params: dict[str, Any]) -> int:
