@@ -269,24 +269,20 @@ def main() -> None:
                 f'endpoint = "{url}"\nconcurrency = {args.concurrency}\n'
             )
             rows = []
-            if "gist" in paths:
-                rounds = [
-                    (
-                        our_rate(work, args.changes, gist, f"gist{i}.db", args.pg_url),
-                        bare_gist(url, args.changes, args.concurrency),
-                    )
-                    for i in range(args.repeat)
-                ]
-                rows.append(("Gist identify calls/s", *medians(rounds)))
-            if "segment" in paths:
-                rounds = [
-                    (
-                        our_rate(work, args.changes, segment, f"segment{i}.db", args.pg_url),
-                        bare_segment(url, args.changes, args.concurrency),
-                    )
-                    for i in range(args.repeat)
-                ]
-                rows.append(("Segment messages/s", *medians(rounds)))
+            measured = (
+                ("gist", "Gist identify calls/s", gist, bare_gist),
+                ("segment", "Segment messages/s", segment, bare_segment),
+            )
+            for name, label, destination, bare in measured:
+                if name in paths:
+                    rounds = [
+                        (
+                            our_rate(work, args.changes, destination, f"{name}{i}.db", args.pg_url),
+                            bare(url, args.changes, args.concurrency),
+                        )
+                        for i in range(args.repeat)
+                    ]
+                    rows.append((label, *medians(rounds)))
             small = min(args.changes, int(args.rate * 10))
             limited = None
             if "rate" in paths:

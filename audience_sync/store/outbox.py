@@ -98,7 +98,7 @@ class Chunk(Generic[T]):
     size: int
     items: T
     #: the ids of its changes, in (user_id, id) order
-    ids: Sequence[int] = ()
+    ids: Sequence[int]
 
 
 def _keyset_chunks(
