@@ -318,7 +318,7 @@ def audiences(config_path: str | None, history: bool, revive: str | None, fmt: s
     config = load_config(config_path)
     if revive:
         queries.revive(config, revive)
-        stderr.print(f"key {revive!r} is active again; the next run continues from its snapshot")
+        stderr.print(escape(f"key {revive!r} is active again; the next run continues from its snapshot"))
     rows = queries.audiences_overview(config, include_retired=history)
     if fmt == "json":
         click.echo(report.to_json(rows))
@@ -423,7 +423,7 @@ def db_upgrade(config_path: str | None) -> None:
     """Apply pending schema migrations to the state database (run does this too)."""
     config = load_config(config_path)
     revision = queries.upgrade_database(config)
-    stdout.print(f"state database at schema revision {revision}")
+    stdout.print(escape(f"state database at schema revision {revision}"))
 
 
 @db.command("copy")
@@ -442,8 +442,8 @@ def db_copy(config_path: str | None, target_url: str) -> None:
     """
     config = load_config(config_path)
     copied = queries.copy_state_database(config, target_url)
-    stdout.print(", ".join(f"{n} {table}" for table, n in copied.items()) + " rows copied")
-    stdout.print("Now set [state] url to the new database; the next run continues from the copied snapshot.")
+    stdout.print(escape(", ".join(f"{n} {table}" for table, n in copied.items()) + " rows copied"))
+    stdout.print(escape("Now set [state] url to the new database; the next run continues from the copied snapshot."))
 
 
 @cli.command()
@@ -469,20 +469,20 @@ def demo(config_path: str | None, warehouse: Path, newsletter: Path) -> None:
     config = load_config(config_path)
     if not warehouse.exists():
         shop.build_shop(warehouse, newsletter)
-        stdout.print(f"[bold]Built the demo shop[/bold] in {warehouse} (day {shop.shop_day(warehouse)}).")
+        stdout.print(f"[bold]Built the demo shop[/bold] in {escape(str(warehouse))} (day {shop.shop_day(warehouse)}).")
         _demo_run(config, "First sync: every current member is sent.")
     day = shop.advance_day(warehouse, newsletter)
-    stdout.print(f"\n[bold]The shop moved to {day}[/bold]: new orders, newsletter sign-ups and opt-outs.")
+    stdout.print(f"\n[bold]The shop moved to {escape(str(day))}[/bold]: new orders, newsletter sign-ups and opt-outs.")
     _demo_run(config, "Incremental sync: only users whose membership or value changed are sent.")
     outputs = ", ".join(str(getattr(d, "output_path", d.name)) for d in config.destinations)
     stdout.print(
-        f"\nSent calls are in {outputs}. Next: `audience-sync runs`, `audience-sync diff`, "
+        f"\nSent calls are in {escape(outputs)}. Next: `audience-sync runs`, `audience-sync diff`, "
         f"`audience-sync audiences`; run `audience-sync demo` again for another day."
     )
 
 
 def _demo_run(config: Config, title: str) -> None:
-    stdout.print(title)
+    stdout.print(escape(title))
     result = run_sync(config, progress=NoProgress(), trigger="demo")
     report.print_run_summary(stdout, result.to_dict())
     if result.exit_code:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgressBar
 
@@ -57,7 +58,8 @@ class RichProgress:
         self._progress.stop()
 
     def begin(self, task: str, total: int | None = None) -> None:
-        self._tasks[task] = self._progress.add_task(task, total=total)
+        # the description is rendered as markup: a name is shown literally
+        self._tasks[task] = self._progress.add_task(escape(task), total=total)
 
     def advance(self, task: str, amount: int) -> None:
         if task in self._tasks:

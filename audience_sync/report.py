@@ -1,4 +1,9 @@
-"""Rendering runs, diffs and audiences as a table, JSON or CSV. No business logic lives here."""
+"""Rendering runs, diffs and audiences as a table, JSON or CSV. No business logic lives here.
+
+Everything shown in a table or line comes from outside (ids, emails, values, names, a destination's error
+text) and may contain rich markup such as ``[/]`` or ``[link=...]``: it is handed to rich as :class:`Text`,
+never as a markup string, so it is shown literally and cannot break the output.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 FORMATS = ("table", "json", "csv")
 
@@ -96,33 +102,35 @@ def print_table(
     title: str | None = None,
     json_columns: Sequence[str] = (),
 ) -> None:
-    """Print ``rows`` as a rich table (or a one-line note when there are none)."""
+    """Print ``rows`` as a rich table (or a one-line note when there are none); every cell and the title are
+    shown literally (no markup is interpreted in them)."""
     if not rows:
-        console.print(f"[dim]{title + ': ' if title else ''}nothing to show[/dim]")
+        console.print(Text(f"{title + ': ' if title else ''}nothing to show", style="dim"))
         return
-    table = Table(title=title, show_lines=False, header_style="bold")
+    table = Table(title=Text(title) if title is not None else None, show_lines=False, header_style="bold")
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(_cell(row.get(c), json_values=c in json_columns) for c in columns))
+        table.add_row(*(Text(_cell(row.get(c), json_values=c in json_columns)) for c in columns))
     console.print(table)
 
 
 def print_run_summary(console: Console, result: dict[str, Any]) -> None:
-    """A run's outcome for people: per destination counts, errors, and where to look next."""
+    """A run's outcome for people: per destination counts, errors, and where to look next. Names and the
+    error (which may quote a destination's answer) are shown literally."""
     counts = result["counts"]
-    table = Table(title=f"run {result['run_id']} ({result['mode']}): {result['status']}", header_style="bold")
+    table = Table(title=Text(f"run {result['run_id']} ({result['mode']}): {result['status']}"), header_style="bold")
     keys = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending")
     table.add_column("destination")
     for key in keys:
         table.add_column(key, justify="right")
     for name, c in sorted(counts.get("destinations", {}).items()):
-        table.add_row(name, *(str(c.get(k, 0)) for k in keys))
+        table.add_row(Text(str(name)), *(str(c.get(k, 0)) for k in keys))
     table.add_row("[bold]total[/bold]", *(f"[bold]{counts.get(k, 0)}[/bold]" for k in keys))
     console.print(table)
     for key, st in sorted(counts.get("sources", {}).items()):
         extra = f", {st['null_user_ids']} rows without user_id dropped" if st.get("null_user_ids") else ""
-        console.print(f"  {key}: {st['members']} users from {st['rows']} source rows{extra}")
+        console.print(Text(f"  {key}: {st['members']} users from {st['rows']} source rows{extra}"))
     if result.get("error"):
-        console.print(f"[red]{result['error']}[/red]")
+        console.print(Text(str(result["error"]), style="red"))
     console.print(f"[dim]details: audience-sync diff --run {result['run_id']}[/dim]")

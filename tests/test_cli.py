@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -220,3 +221,40 @@ def test_wait_takes_the_lock_once_the_other_run_releases_it(project: Path, state
 
     proc = cli("run", "--wait", "0", "--config", "audience_sync.toml", cwd=project)
     assert proc.returncode == 0
+
+
+MARKUP_IDS = ("[/]", "[bold]x", "[link=x]", "[red]")
+
+
+def test_markup_in_ids_names_and_errors_is_shown_literally(tmp_path: Path, warehouse: Warehouse, gist: Any) -> None:
+    """Ids, names and a destination's error text that look like rich markup never crash a table or line."""
+    warehouse.set_members("VIP", {uid: f"{i}@x.io" for i, uid in enumerate(MARKUP_IDS)})
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    audience = Harness.audience("VIP").replace('name = "VIP"', 'name = "VIP [/]"\nkey = "vip"', 1)
+    (tmp_path / "audience_sync.toml").write_text(
+        f'[state]\nurl = "{state}"\n[source]\nurl = "{warehouse.url}"\n'
+        + Harness(tmp_path, state, warehouse).jsonl_destination()
+        + f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "K"\nendpoint = "{gist.url}"\n'
+        + audience
+    )
+    env = {"K": gist.api_key}
+    # the destination refuses our key with a body that is markup: the run's summary quotes it
+    gist.fail_next(1, 401, {"errors": [{"code": "unauthorized", "message": "bad token [/] [bold]"}]})
+    proc = cli("run", "--config", "audience_sync.toml", cwd=tmp_path, env=env)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "refused our credentials (HTTP 401: bad token [/] [bold])" in proc.stdout
+
+    for args in (("diff",), ("members", "vip"), ("audiences",), ("runs",), ("diff", "--status", "pending")):
+        proc = cli(*args, "--config", "audience_sync.toml", cwd=tmp_path, env=env)
+        assert "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert proc.returncode == 0, (args, proc.stderr)
+        shown = proc.stdout
+        # a long cell wraps onto continuation lines whose other cells are blank: read it as one line
+        flat = " ".join(re.sub("[│┃]", " ", shown).split())
+        if args == ("diff",) or args[0] == "members":
+            assert all(f" {uid} " in shown for uid in MARKUP_IDS), (args, shown)
+        if args[0] == "audiences":
+            assert "VIP [/]" in shown
+        if args[0] == "runs" or "pending" in args:
+            assert "(HTTP 401: bad token [/] [bold])" in flat, (args, shown)
