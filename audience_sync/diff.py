@@ -233,17 +233,26 @@ def _write_group(
 
 
 def note_missing(conn: Connection, run_id: int, dest: str, comp: Computation) -> None:
-    """Flap damping: start the clock for members missing from the source, stop it for those who are back."""
+    """Flap damping: start the clock for members missing from the source, stop it for those who are back.
+
+    Guarantees: after it, no ``missing_since`` of this destination and computation is later than now. A
+    ``missing_since`` in the future was written by a run whose clock was ahead; it counts as "missing since
+    now" (the exit comes ``exit_after`` from now), so a wrong clock delays an exit by at most ``exit_after``
+    instead of by however far it was ahead.
+    """
     s = table_of(StagingRow)
     p = table_of(SnapshotRow)
+    now = utcnow()
     staged = (
         select(s.c.user_id)
         .where(s.c.run_id == run_id, s.c.computation_key == comp.key, s.c.user_id == p.c.user_id)
         .exists()
     )
     mine = [p.c.destination == dest, p.c.computation_key == comp.key]
+    moment = literal(now, UTCDateTime)
+    conn.execute(update(p).where(*mine, p.c.missing_since > moment).values(missing_since=now))
     conn.execute(
-        update(p).where(*mine, p.c.value == TRUE, p.c.missing_since.is_(None), ~staged).values(missing_since=utcnow())
+        update(p).where(*mine, p.c.value == TRUE, p.c.missing_since.is_(None), ~staged).values(missing_since=now)
     )
     conn.execute(update(p).where(*mine, p.c.missing_since.is_not(None), staged).values(missing_since=None))
 

@@ -90,6 +90,43 @@ def test_flap_damping_sends_false_only_after_exit_after(harness: Harness) -> Non
     assert harness.new_calls() == []
 
 
+def test_a_run_with_its_clock_a_year_ahead_delays_no_exit_by_a_year(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing_since written by a clock that ran ahead counts as now for later runs, and is rewritten to now."""
+    import datetime as dt
+
+    from sqlalchemy import create_engine, text
+
+    from audience_sync.store import schema
+
+    offset = dt.timedelta()
+    monkeypatch.setattr(schema, "clock", lambda: schema.system_clock() + offset)
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
+    config = harness.config(harness.jsonl_destination() + harness.audience("VIP") + 'exit_after = "1h"\n')
+    harness.run(config)
+    harness.new_calls()
+
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io"})  # u2 drops out ...
+    offset = dt.timedelta(days=365)  # ... seen first by a run whose clock is a year ahead
+    assert harness.run(config).counts["exited"] == 0
+    offset = dt.timedelta()
+    assert harness.run(config).counts["exited"] == 0  # the clock is right again: u2 counts as missing since now
+    engine = create_engine(harness.state_url)
+    with engine.connect() as conn:
+        (since,) = conn.execute(text("SELECT missing_since FROM snapshot WHERE user_id = 'u2'")).one()
+    engine.dispose()
+    since = since if isinstance(since, dt.datetime) else dt.datetime.fromisoformat(since)  # SQLite: UTC text
+    since = since.replace(tzinfo=dt.UTC) if since.tzinfo is None else since
+    assert since <= dt.datetime.now(dt.UTC)  # never left in the future
+
+    offset = dt.timedelta(minutes=30)
+    assert harness.run(config).counts["exited"] == 0  # damping still holds within exit_after ...
+    offset = dt.timedelta(hours=2)
+    assert harness.run(config).counts["exited"] == 1  # ... and the exit comes once it has passed, not in a year
+    assert harness.sent(harness.new_calls()) == {("u2", "vip"): False}
+
+
 def test_exit_after_is_an_audience_setting(harness: Harness) -> None:
     import pytest
 

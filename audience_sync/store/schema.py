@@ -15,6 +15,7 @@ People query these tables directly (the README documents them); change them only
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
@@ -60,9 +61,19 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
-def utcnow() -> dt.datetime:
-    """The current time, timezone-aware in UTC."""
+def system_clock() -> dt.datetime:
+    """The machine's clock, timezone-aware in UTC."""
     return dt.datetime.now(dt.UTC)
+
+
+#: where every timestamp the state database records comes from: the one seam that lets a test run with a
+#: clock that is wrong (a year ahead, say) without touching the database
+clock: Callable[[], dt.datetime] = system_clock
+
+
+def utcnow() -> dt.datetime:
+    """The current time of :data:`clock`, timezone-aware in UTC."""
+    return clock()
 
 
 class Base(DeclarativeBase):
