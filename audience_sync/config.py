@@ -30,7 +30,6 @@ from pydantic import (
     model_validator,
 )
 
-from .crontab import cron_trigger
 from .errors import ConfigError, KeyCollisionError
 from .keys import is_valid_key, trait_key
 
@@ -97,6 +96,8 @@ class ScheduleConfig(_Section):
             return value
         if len(value.split()) != 5:
             raise ValueError(f"{value!r} is not a crontab expression of five fields, like '0 */3 * * *'")
+        from .crontab import cron_trigger  # loads APScheduler: only a config with a cron needs it
+
         try:
             cron_trigger(value, dt.UTC)
         except ValueError as exc:

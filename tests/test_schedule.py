@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -258,3 +259,74 @@ def test_cron_fires_in_its_time_zone_and_jitter_stays_within_bounds() -> None:
     fires = [jittered.get_next_fire_time(now, now) for _ in range(50)]
     offsets = {(f - now).total_seconds() for f in fires if f is not None}
     assert all(3600 <= o <= 3600 + 300 for o in offsets) and len(offsets) > 1  # a delay of 0 to 5 minutes
+
+
+def fire_times(schedule: ScheduleConfig, start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
+    """Every fire time in ``[start, end)``, asked as the scheduler asks: the next after the previous one."""
+    trigger = trigger_for(schedule)
+    fires: list[dt.datetime] = []
+    previous, now = None, start
+    while (fire := trigger.get_next_fire_time(previous, now)) is not None and fire < end:
+        fires.append(fire)
+        previous = now = fire
+    return fires
+
+
+def local(fires: list[dt.datetime]) -> list[str]:
+    return [f.isoformat(timespec="minutes") for f in fires]
+
+
+@pytest.mark.parametrize(
+    ("cron", "zone", "day", "expected"),
+    [
+        # autumn: 02:30 happens twice in Berlin; a fixed-time job fires at the first only, as cron does
+        ("30 2 * * *", "Europe/Berlin", "2026-10-25", ["2026-10-25T02:30+02:00"]),
+        ("0,30 2 * * *", "Europe/Berlin", "2026-10-25", ["2026-10-25T02:00+02:00", "2026-10-25T02:30+02:00"]),
+        ("30 1 * * *", "America/New_York", "2026-11-01", ["2026-11-01T01:30-04:00"]),
+        # spring: 02:30 does not happen; a fixed-time job fires once, right after the jump
+        ("30 2 * * *", "Europe/Berlin", "2026-03-29", ["2026-03-29T03:00+02:00"]),
+        ("0,30 2 * * *", "Europe/Berlin", "2026-03-29", ["2026-03-29T03:00+02:00"]),
+        ("30 2 * * *", "America/New_York", "2026-03-08", ["2026-03-08T03:00-04:00"]),
+        # a job whose minute or hour is `*` fires by the clock: at both passes of a repeated hour, not in a gap
+        (
+            "*/30 2 * * *",
+            "Europe/Berlin",
+            "2026-10-25",
+            ["2026-10-25T02:00+02:00", "2026-10-25T02:30+02:00", "2026-10-25T02:00+01:00", "2026-10-25T02:30+01:00"],
+        ),
+        ("*/30 2 * * *", "Europe/Berlin", "2026-03-29", []),
+        # untouched hours of those days
+        ("0 3 * * *", "Europe/Berlin", "2026-10-25", ["2026-10-25T03:00+01:00"]),
+        ("15 1 * * *", "Europe/Berlin", "2026-03-29", ["2026-03-29T01:15+01:00"]),
+    ],
+)
+def test_cron_fires_as_cron_does_on_daylight_saving_days(cron: str, zone: str, day: str, expected: list[str]) -> None:
+    tz = ZoneInfo(zone)
+    start = dt.datetime.fromisoformat(day).replace(tzinfo=tz)
+    end = (dt.datetime.fromisoformat(day) + dt.timedelta(days=1)).replace(tzinfo=tz)
+    assert local(fire_times(ScheduleConfig(cron=cron, timezone=zone), start, end)) == expected
+
+
+def test_an_hourly_cron_fires_every_real_hour_across_both_clock_changes() -> None:
+    berlin = ScheduleConfig(cron="0 * * * *", timezone="Europe/Berlin")
+    for day, hours in (("2026-10-24T22:00:00+00:00", 25), ("2026-03-28T23:00:00+00:00", 23)):
+        start = dt.datetime.fromisoformat(day)
+        fires = fire_times(berlin, start, start + dt.timedelta(hours=hours))
+        assert [f - start for f in fires] == [dt.timedelta(hours=h) for h in range(hours)]  # one per elapsed hour
+
+
+@pytest.mark.parametrize("cron", ["30 2 * * *", "*/20 * * * *", "0 9 * * 1-5", "15 4 1 * *", "0 */3 * * *"])
+def test_cron_away_from_clock_changes_fires_exactly_as_apscheduler(cron: str) -> None:
+    from apscheduler.triggers.cron import CronTrigger
+
+    tz = ZoneInfo("Europe/Berlin")
+    start, end = dt.datetime(2026, 4, 1, tzinfo=tz), dt.datetime(2026, 6, 1, tzinfo=tz)  # summer time only
+    minute, hour, day, month, weekday = cron.split()
+    reference = CronTrigger(
+        minute=minute, hour=hour, day=day, month=month, day_of_week=weekday.replace("1-5", "mon-fri"), timezone=tz
+    )
+    expected, previous, now = [], None, start
+    while (fire := reference.get_next_fire_time(previous, now)) is not None and fire < end:
+        expected.append(fire)
+        previous = now = fire
+    assert fire_times(ScheduleConfig(cron=cron, timezone="Europe/Berlin"), start, end) == expected
