@@ -33,6 +33,9 @@ from pydantic import (
 from .errors import ConfigError, KeyCollisionError
 from .keys import is_valid_key, trait_key
 
+#: how a trait's value is read from a CSV field, which has no type of its own (see ``sources/files.py``)
+ValueType = Literal["text", "number", "boolean", "json"]
+
 DEFAULT_CONFIG_PATH = "config/audience_sync.toml"
 CONFIG_ENV_VAR = "AUDIENCE_SYNC_CONFIG"
 DEFAULT_STATE_URL = "sqlite:///audience_sync.db"
@@ -376,7 +379,18 @@ class AudienceConfig(_ComputationBase):
 
 
 class TraitConfig(_ComputationBase):
-    pass
+    #: how a CSV file's value field becomes the value (CSV has no types): "text" (default), "number",
+    #: "boolean" or "json"; a query's or a Parquet file's column types decide for themselves
+    value_type: ValueType | None = None
+
+    @model_validator(mode="after")
+    def _value_type_is_for_csv(self) -> TraitConfig:
+        if self.value_type is not None and (self.file is None or Path(self.file).suffix.lower() != ".csv"):
+            raise ValueError(
+                f"value_type applies to CSV files only (a query's or a Parquet file's column types decide); "
+                f"remove it or read the values from a .csv file (value_type = {self.value_type!r})"
+            )
+        return self
 
 
 class _RawConfig(_Section):
@@ -409,11 +423,15 @@ class Computation:
     exit_after: float | None = None
     #: its own schedule for `audience-sync schedule`, if the config gives one
     schedule: ScheduleConfig | None = None
+    #: a CSV trait's ``value_type`` (None: text)
+    value_type: ValueType | None = None
 
     @property
     def definition_hash(self) -> str:
         """A short fingerprint of the definition, recorded so that a changed query can be noticed."""
         text = f"{self.computation_class}\0{self.sql or ''}\0{self.file or ''}"
+        if self.value_type is not None:  # absent: the fingerprint of a definition written before it existed
+            text += f"\0{self.value_type}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -537,6 +555,7 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
                 share,
                 parse_duration(damping) if damping else None,
                 entry.schedule,
+                getattr(entry, "value_type", None),
             )
         )
     if collisions:

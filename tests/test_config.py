@@ -157,3 +157,24 @@ def test_schedules_alerts_and_retention_are_validated_with_their_key_paths() -> 
     )
     assert ok.alerts.webhook_url is not None and "127.0.0.1" not in repr(ok.alerts)
     assert ok.retention.keep_seconds == 90 * 86400
+
+
+def test_value_type_is_validated_and_only_for_csv_traits() -> None:
+    env = {"GIST_API_KEY": "k"}
+    typed = parse_config(GOOD.replace('file = "ltv.csv"', 'file = "ltv.csv"\nvalue_type = "number"'), environ=env)
+    assert typed.computations[1].value_type == "number"
+    assert parse_config(GOOD, environ=env).computations[1].value_type is None  # text
+    cases = {
+        'file = "ltv.csv"\nvalue_type = "integer"': "computed_traits[0] ('Lifetime Value').value_type: "
+        "Input should be 'text', 'number', 'boolean' or 'json'",
+        'file = "ltv.parquet"\nvalue_type = "number"': "computed_traits[0] ('Lifetime Value'): value_type applies "
+        "to CSV files only",
+        'sql = "SELECT 1 AS user_id, 2 AS value"\nvalue_type = "text"': "computed_traits[0] ('Lifetime Value'): "
+        "value_type applies to CSV files only",
+    }
+    for replacement, message in cases.items():
+        with pytest.raises(ConfigError) as err:
+            parse_config(GOOD.replace('file = "ltv.csv"', replacement), path="c.toml", environ=env)
+        assert f"c.toml: {message}" in str(err.value) and err.value.exit_code == 2
+    with pytest.raises(ConfigError, match=r"audiences\[0\] \('Order Completed Last 30days'\)\.value_type: unknown key"):
+        parse_config(GOOD.replace('AS user_id"', 'AS user_id"\nvalue_type = "text"', 1), path="c.toml", environ=env)
