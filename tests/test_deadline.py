@@ -275,3 +275,24 @@ def test_webhook_batch_sent_at_and_signature_are_each_attempts_own(harness: Harn
     for request in (first, second):
         expected = "sha256=" + hmac.new(b"hmac-secret", request["body"], hashlib.sha256).hexdigest()
         assert request["headers"]["X-Signature-256"] == expected
+
+
+@pytest.mark.parametrize("state_url", ["sqlite"], indirect=True)
+def test_the_environments_proxy_is_still_used(
+    harness: Harness, receiver: CaptureServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline's transport takes the proxy httpx would have taken from the environment, and NO_PROXY."""
+    direct = CaptureServer().start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", receiver.url)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
+        proxied = destination("webhook", "http://hooks.example.invalid") + harness.audience("VIP")
+        assert harness.run(harness.config(proxied, environ=ENV)).exit_code == 0
+        assert [r["path"] for r in receiver.requests] == ["http://hooks.example.invalid/hook"]  # via the proxy
+        harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
+        direct_config = harness.config(destination("webhook", direct.url) + harness.audience("VIP"), environ=ENV)
+        assert harness.run(direct_config).exit_code == 0
+        assert len(receiver.requests) == 1 and [r["path"] for r in direct.requests] == ["/hook"]  # not via it
+    finally:
+        direct.stop()
