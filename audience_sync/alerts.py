@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, Row, delete, func, select, update
 from .attempts import Attempt
 from .config import AlertsConfig
 from .delivery import STOPPED
+from .destinations.deadline import deadline_client, within
 from .errors import LockHeld, RunStopped
 from .store.dialect import upsert
 from .store.schema import AlertIncident, DiffRow, table_of, utcnow
@@ -115,8 +116,9 @@ def _recoverable(destination: str, computations: Sequence[str], attempt: Attempt
 
 
 def _post(url: str, text: str, timeout: float) -> bool:
-    try:
-        response = httpx.post(url, json={"text": text}, timeout=timeout)
+    try:  # ``timeout`` bounds the whole post: an alert hook that trickles its answer cannot hold the scheduler
+        with deadline_client(proxy_for=url, timeout=timeout) as client, within(timeout):
+            response = client.post(url, json={"text": text})
         response.raise_for_status()
     except httpx.HTTPStatusError as exc:  # its text holds the URL, which is a secret
         log.warning(

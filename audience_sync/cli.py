@@ -29,6 +29,7 @@ from .errors import AudienceSyncError
 from .logs import LOG_FORMATS, LogFormat, configure_logging
 from .postrun import after_run
 from .progress import NoProgress, Progress, RichProgress
+from .redact import scrub
 from .store.schema import STATUSES
 from .sync import RunResult, run_sync
 
@@ -513,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
     except AudienceSyncError as exc:
-        stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        stderr.print(f"[red]error:[/red] {escape(scrub(str(exc)))}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         stderr.print("interrupted")

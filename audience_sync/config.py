@@ -32,6 +32,7 @@ from pydantic import (
 
 from .errors import ConfigError, KeyCollisionError
 from .keys import is_valid_key, trait_key
+from .redact import remember, url_secrets
 
 #: how a trait's value is read from a CSV field, which has no type of its own (see ``sources/files.py``)
 ValueType = Literal["text", "number", "boolean", "json"]
@@ -207,12 +208,18 @@ class _DestinationBase(_Section):
         return ()
 
 
-def _secret_from_env(var: str, field: str, info: ValidationInfo) -> SecretStr:
-    """The secret in environment variable ``var``; ValueError naming it when it is unset or empty."""
+def _secret_from_env(var: str, field: str, info: ValidationInfo, *, header: bool = False) -> SecretStr:
+    """The secret in environment variable ``var``; ValueError naming it (never its value) when it is unset or
+    empty, or, for a secret sent in an HTTP header (``header``), holds a character a header cannot carry."""
     environ: Mapping[str, str] = (info.context or {}).get("environ", {})
     value = environ.get(var)
     if not value:
         raise ValueError(f"environment variable {var} (named by `{field}`) is not set")
+    if header and not (value.isascii() and value.isprintable()):
+        raise ValueError(
+            f"environment variable {var} (named by `{field}`) holds a character an HTTP header cannot carry "
+            f"(only printable ASCII can: check it for accents, a line break or a stray control character)"
+        )
     return SecretStr(value)
 
 
@@ -225,12 +232,12 @@ class GistDestination(_DestinationBase):
     @field_validator("api_key_env")
     @classmethod
     def _env_var_is_set(cls, var: str, info: ValidationInfo) -> str:
-        _secret_from_env(var, "api_key_env", info)
+        _secret_from_env(var, "api_key_env", info, header=True)
         return var
 
     @model_validator(mode="after")
     def _resolve_secret(self, info: ValidationInfo) -> GistDestination:
-        self._api_key = _secret_from_env(self.api_key_env, "api_key_env", info)
+        self._api_key = _secret_from_env(self.api_key_env, "api_key_env", info, header=True)
         return self
 
     @property
@@ -266,12 +273,12 @@ class SegmentDestination(_DestinationBase):
     @field_validator("write_key_env")
     @classmethod
     def _env_var_is_set(cls, var: str, info: ValidationInfo) -> str:
-        _secret_from_env(var, "write_key_env", info)
+        _secret_from_env(var, "write_key_env", info, header=True)
         return var
 
     @model_validator(mode="after")
     def _resolve_secret(self, info: ValidationInfo) -> SegmentDestination:
-        self._write_key = _secret_from_env(self.write_key_env, "write_key_env", info)
+        self._write_key = _secret_from_env(self.write_key_env, "write_key_env", info, header=True)
         return self
 
     @property
@@ -297,7 +304,7 @@ class WebhookDestination(_DestinationBase):
     @classmethod
     def _header_vars_are_set(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         for var in value.values():
-            _secret_from_env(var, "headers_env", info)
+            _secret_from_env(var, "headers_env", info, header=True)
         return value
 
     @field_validator("signing_secret_env")
@@ -309,7 +316,7 @@ class WebhookDestination(_DestinationBase):
 
     @model_validator(mode="after")
     def _resolve_secrets(self, info: ValidationInfo) -> WebhookDestination:
-        self._secrets = {h: _secret_from_env(v, "headers_env", info) for h, v in self.headers_env.items()}
+        self._secrets = {h: _secret_from_env(v, "headers_env", info, header=True) for h, v in self.headers_env.items()}
         if self.signing_secret_env:
             self._secrets[""] = _secret_from_env(self.signing_secret_env, "signing_secret_env", info)
         return self
@@ -452,6 +459,26 @@ class Config:
     #: ``[source] pushdown``: None runs queries inside the state database whenever it is the source
     source_pushdown: bool | None = None
 
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds, as read (the forms they take on the wire are
+        :func:`audience_sync.redact.forms`'s business): API keys, write keys, webhook header values (and the
+        credential after a scheme such as ``Bearer``), signing secrets, the alert webhook's URL, and the
+        passwords in the state and source URLs, query-string ones (``?password=``) included."""
+        found: list[str] = [*url_secrets(self.state_url), *url_secrets(self.source_url)]
+        if self.alerts.webhook_url is not None:
+            found += url_secrets(self.alerts.webhook_url.get_secret_value(), whole=True)
+        for dest in self.destinations:
+            if isinstance(dest, GistDestination):
+                found.append(dest.api_key.get_secret_value())
+            elif isinstance(dest, SegmentDestination):
+                found.append(dest.write_key.get_secret_value())
+            elif isinstance(dest, WebhookDestination):
+                for value in (v.get_secret_value() for v in dest.secret_headers.values()):
+                    found += [value, value.partition(" ")[2]]
+                if dest.signing_secret is not None:
+                    found.append(dest.signing_secret.get_secret_value())
+        return [s for s in found if s]
+
     def destination(self, name: str) -> AnyDestination:
         """The destination called ``name``; ConfigError naming the known ones otherwise."""
         for dest in self.destinations:
@@ -579,7 +606,10 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
 
 
 def parse_config(text: str, *, path: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:
-    """Validate TOML text into a :class:`Config`; ConfigError listing every problem with its key path."""
+    """Validate TOML text into a :class:`Config`; ConfigError listing every problem with its key path.
+
+    The config's secrets are remembered (:func:`audience_sync.redact.remember`), so that no text from outside
+    shows them from then on."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -590,7 +620,9 @@ def parse_config(text: str, *, path: str = "<config>", environ: Mapping[str, str
     except ValidationError as exc:
         problems = _format_errors(path, exc, data)
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems), path=path, problems=problems) from None
-    return _resolve(path, raw)
+    config = _resolve(path, raw)
+    remember(config.secret_values())
+    return config
 
 
 def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Config:

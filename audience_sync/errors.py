@@ -12,6 +12,7 @@ Every error the library raises on purpose derives from :class:`AudienceSyncError
     ├── GuardTripped                     exit 1  an audience would lose too many members at once
     ├── DestinationError                         a destination refused or failed a call
     │   ├── TransientDestinationError            worth retrying; the change stays pending
+    │   │   └── RetryAfterTooLong        exit 3  asked to wait longer than the cap: nothing more sent this run
     │   └── PermanentDestinationError            not worth retrying; the change is failed
     │       └── CredentialsRejected      exit 1  401/403: the destination refused our credentials
     └── RunFailed                        exit 1  the run stopped; says what is pending and how to look
@@ -84,6 +85,9 @@ class GuardTripped(AudienceSyncError):
 class DestinationError(AudienceSyncError):
     """A destination failed or refused a call."""
 
+    #: True for failures that stop every further call to the destination in this run (what is left stays pending)
+    stops_destination: bool = False
+
     def __init__(self, message: str, *, destination: str, status_code: int | None = None) -> None:
         self.destination = destination
         self.status_code = status_code
@@ -108,12 +112,21 @@ class TransientDestinationError(DestinationError):
         super().__init__(message, destination=destination, status_code=status_code)
 
 
+class RetryAfterTooLong(TransientDestinationError):
+    """The destination asked us (``Retry-After``) to wait longer than the cap: retrying earlier would ignore it, so
+    nothing more is sent to it in this run and the changes left stay pending for the next run (exit 3)."""
+
+    stops_destination = True
+
+
 class PermanentDestinationError(DestinationError):
     """A failure that retrying will not fix (most 4xx); carries the destination's own reason."""
 
 
 class CredentialsRejected(PermanentDestinationError):
     """The destination answered 401 or 403: every further call would fail the same way."""
+
+    stops_destination = True
 
 
 class RunFailed(AudienceSyncError):

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Config
 from .errors import AudienceSyncError, ConfigError
+from .redact import scrub
 from .store import history, registry, retention, runs, transfer
 from .store.engine import create_state_engine, store_error
 from .store.lock import run_lock
@@ -45,10 +46,17 @@ def upgrade_database(config: Config) -> str:
         engine.dispose()
 
 
+def _scrubbed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with their ``error`` scrubbed of secrets (rows stored before scrubbing was done on writing)."""
+    for row in rows:
+        row["error"] = scrub(row.get("error"))
+    return rows
+
+
 def list_runs(config: Config, *, limit: int = 20) -> list[dict[str, Any]]:
     """The newest runs, newest first."""
     with state_engine(config) as engine, engine.connect() as conn:
-        return runs.list_runs(conn, limit=limit)
+        return _scrubbed(runs.list_runs(conn, limit=limit))
 
 
 def list_diffs(
@@ -66,7 +74,8 @@ def list_diffs(
             return None, []
         if run_id is not None and not runs.run_exists(conn, run_id):
             raise ConfigError(f"there is no run {run_id} in the state database (see `audience-sync runs`)")
-        return rid, history.list_diffs(conn, rid, computation=computation, status=status, destination=destination)
+        rows = history.list_diffs(conn, rid, computation=computation, status=status, destination=destination)
+        return rid, _scrubbed(rows)
 
 
 def audiences_overview(config: Config, *, include_retired: bool = False) -> list[dict[str, Any]]:

@@ -19,7 +19,12 @@ from audience_sync.destinations.http import (
     error_text,
     parse_retry_after,
 )
-from audience_sync.errors import CredentialsRejected, PermanentDestinationError, TransientDestinationError
+from audience_sync.errors import (
+    CredentialsRejected,
+    PermanentDestinationError,
+    RetryAfterTooLong,
+    TransientDestinationError,
+)
 
 
 def sender(handler: httpx.MockTransport, sleeps: list[float], retries: int = 3) -> HttpSender:
@@ -109,7 +114,7 @@ def test_network_errors_are_retried() -> None:
     assert len(calls) == 3 and len(sleeps) == 2
 
 
-def test_retry_after_seconds_and_dates_are_honoured_and_capped() -> None:
+def test_retry_after_seconds_and_dates_are_honoured() -> None:
     transport, _ = scripted(429, headers={"Retry-After": "7"})
     sleeps: list[float] = []
     sender(transport, sleeps).post("/x", content=b"{}")
@@ -117,7 +122,66 @@ def test_retry_after_seconds_and_dates_are_honoured_and_capped() -> None:
     now = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
     assert parse_retry_after("Thu, 01 Jan 2026 12:00:30 GMT", now=now) == 30.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
-    assert RetryPolicy(retry_after_cap=60).delay(1, 3600, random.Random(1)) == 60
+
+
+def test_a_retry_after_over_the_cap_is_never_cut_short_and_stops_the_destination() -> None:
+    transport, seen = scripted(429, headers={"Retry-After": "3600"})
+    sleeps: list[float] = []
+    with_sender = sender(transport, sleeps, retries=5)
+    with pytest.raises(RetryAfterTooLong, match=r"asked to wait 3600 s .* more than the 120 s cap") as err:
+        with_sender.post("/x", content=b"{}")
+    assert isinstance(err.value, TransientDestinationError) and err.value.stops_destination
+    assert sleeps == [] and seen == [429]  # not retried early
+    with pytest.raises(RetryAfterTooLong):
+        with_sender.post("/y", content=b"{}")
+    assert seen == [429]  # nothing more went out in this run
+    with_sender.close()
+
+
+def test_before_attempt_is_called_before_every_attempt_and_may_stop_it() -> None:
+    transport, seen = scripted(503, 503)
+    calls: list[int] = []
+    with_sender = HttpSender(
+        destination="d",
+        base_url="http://127.0.0.1:9",
+        timeout=1,
+        concurrency=1,
+        policy=RetryPolicy(max_retries=3),
+        transport=transport,
+        sleep=lambda _: None,
+        before_attempt=lambda: calls.append(len(seen)),
+    )
+    with_sender.post("/x", content=b"{}")
+    assert calls == [0, 1, 2] and seen == [503, 503, 200]  # right before each attempt, retries included
+
+    class Fenced(Exception):
+        pass
+
+    def refuse() -> None:
+        raise Fenced
+
+    with_sender.before_attempt = refuse
+    with pytest.raises(Fenced):
+        with_sender.post("/x", content=b"{}")
+    assert len(seen) == 3  # what it raised stopped the attempt before it went out, unretried
+    with_sender.close()
+
+
+def test_content_and_headers_are_made_for_every_attempt() -> None:
+    bodies: list[bytes] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        assert request.headers["X-Sig"] == request.content.decode().upper()
+        return httpx.Response(503 if len(bodies) == 1 else 200)
+
+    counter = iter(range(100))
+    with_sender = sender(httpx.MockTransport(handle), [])
+    with_sender.post(
+        "/x", content=lambda: f"attempt-{next(counter)}".encode(), headers=lambda b: {"X-Sig": b.decode().upper()}
+    )
+    assert bodies == [b"attempt-0", b"attempt-1"]
+    with_sender.close()
 
 
 def test_backoff_grows_exponentially_with_jitter_under_a_cap() -> None:

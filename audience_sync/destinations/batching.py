@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..changes import NOT_ATTEMPTED, Outcome, merge
-from ..errors import CredentialsRejected, PermanentDestinationError, TransientDestinationError
+from ..errors import DestinationError, PermanentDestinationError
 
 #: (diff_id, the message as compact JSON bytes)
 Encoded = tuple[int, bytes]
@@ -46,22 +46,23 @@ def pack(items: Iterable[Encoded], *, max_count: int, max_bytes: int) -> list[li
 
 def send_halving(post: Callable[[Sequence[Encoded]], object], items: Sequence[Encoded]) -> list[tuple[int, Outcome]]:
     """Post ``items`` as one batch; when it is refused as a whole (400/413), split it until the culprits are
-    alone, and fail only them. Transient failures leave the batch pending; CredentialsRejected propagates.
+    alone, and fail only them. Transient failures leave the batch pending; an error that stops the destination
+    (CredentialsRejected, RetryAfterTooLong) propagates.
 
     Returns the outcome of each message that was **not** acknowledged (the others were), so that a batch taken
     whole costs no per-message work.
     """
     try:
         post(items)
-    except CredentialsRejected:
-        raise
-    except TransientDestinationError as exc:
+    except DestinationError as exc:
+        if exc.stops_destination:
+            raise
+        if isinstance(exc, PermanentDestinationError):
+            if exc.status_code in SPLIT_ON and len(items) > 1:
+                half = len(items) // 2
+                return send_halving(post, items[:half]) + send_halving(post, items[half:])
+            return [(i, Outcome("failed", str(exc))) for i, _ in items]
         return [(i, Outcome("pending", str(exc))) for i, _ in items]
-    except PermanentDestinationError as exc:
-        if exc.status_code in SPLIT_ON and len(items) > 1:
-            half = len(items) // 2
-            return send_halving(post, items[:half]) + send_halving(post, items[half:])
-        return [(i, Outcome("failed", str(exc))) for i, _ in items]
     return []
 
 

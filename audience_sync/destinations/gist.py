@@ -5,7 +5,7 @@ Bearer auth. Users without ``user_id`` and ``email`` never reach this module: th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import groupby
 from typing import Any
 
@@ -13,7 +13,7 @@ import httpx
 
 from ..changes import SENT, Change, Outcome
 from ..config import GistDestination
-from ..errors import PermanentDestinationError, TransientDestinationError
+from ..errors import DestinationError, PermanentDestinationError
 from .base import Destination
 from .batching import encode
 from .http import HttpSender
@@ -27,7 +27,13 @@ class GistContacts(Destination):
     """Creates or updates one Gist contact per user with ``custom_properties`` set to the changed values, and
     with ``send`` including ``track`` posts an event per change. A change is sent when all its calls were."""
 
-    def __init__(self, config: GistDestination, *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        config: GistDestination,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        before_attempt: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config.name)
         self.config = config
         self.options = MessageOptions.of(config)
@@ -35,6 +41,7 @@ class GistContacts(Destination):
             config,
             base_url=config.endpoint,
             transport=transport,
+            before_attempt=before_attempt,
             headers={"Authorization": f"Bearer {config.api_key.get_secret_value()}", "Accept": "application/json"},
         )
 
@@ -67,12 +74,10 @@ class GistContacts(Destination):
         try:
             self.sender.post(path, content=encode(payload))
             outcome = SENT
-        except TransientDestinationError as exc:
-            outcome = Outcome("pending", str(exc))
-        except PermanentDestinationError as exc:
-            if exc.__class__ is not PermanentDestinationError:
-                raise  # CredentialsRejected: settled by the sender
-            outcome = Outcome("failed", str(exc))
+        except DestinationError as exc:
+            if exc.stops_destination:
+                raise  # credentials refused, or asked to wait too long: settled by the sender
+            outcome = Outcome("failed" if isinstance(exc, PermanentDestinationError) else "pending", str(exc))
         return [(c.diff_id, outcome) for c in changes]
 
     def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:

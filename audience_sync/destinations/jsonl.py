@@ -2,60 +2,136 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
 
 from ..changes import Outcome
 from ..config import JsonlDestination
-from ..errors import PermanentDestinationError
+from ..errors import TransientDestinationError
 from .base import MessageDestination
 from .batching import Encoded
 from .messages import MessageOptions
+
+log = logging.getLogger(__name__)
+
+#: how much of the file's end is read at a time when looking for its last newline
+_TAIL_BLOCK = 64 * 1024
+
+
+def cut_partial_line(fd: int) -> tuple[int, int]:
+    """Cut a partial last line off the file open at ``fd`` (back to just after its last newline; an empty file if
+    it has none), fsynced. Returns the file's size after the cut and how many bytes were cut (0: it ended whole)."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size, 0
+    keep, end = 0, size
+    while end > 0:
+        start = max(0, end - _TAIL_BLOCK)
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            keep = start + newline + 1
+            break
+        end = start
+    os.ftruncate(fd, keep)
+    os.fsync(fd)
+    return keep, size - keep
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class JsonlSink(MessageDestination):
     """Appends Engage-shaped identify (and, if configured, track) calls to a file, one per line.
 
     The state database builds the calls as JSON bytes (:mod:`audience_sync.store.messages`), so a chunk costs
-    no Python per change. Guarantees: a chunk is acknowledged only after its lines are flushed and fsynced, so
-    a crash can at most repeat the lines of the chunk in flight, never lose one.
+    no Python per change. Guarantees:
+
+    - a chunk is acknowledged only after its lines are written and fsynced, so a crash can at most repeat the
+      lines of the chunk in flight, never lose one;
+    - every line of the file parses: before each chunk is appended, a partial last line (a write cut short by a
+      full disk, or a crash mid-write) is cut off back to the last newline. Its changes were never recorded as
+      sent (their chunk was not acknowledged), so they are pending or in doubt, and are written again;
+    - a write or fsync that fails takes the chunk's bytes back off the file and leaves the whole chunk pending
+      with the reason (TransientDestinationError: the sink stops for this run, which ends partial, exit 3).
+
+    The file is written unbuffered (``os.write`` on a descriptor opened for appending), so nothing of a failed
+    chunk can be left in a buffer to be written later.
     """
 
-    def __init__(self, config: JsonlDestination) -> None:
+    def __init__(self, config: JsonlDestination, *, before_attempt: Callable[[], None] | None = None) -> None:
         super().__init__(config.name)
         self.path: Path = config.output_path
         self.send = config.send
         self.options = MessageOptions.of(config)
-        self._file: IO[bytes] | None = None
+        self.before_attempt = before_attempt
+        self._fd: int | None = None
 
-    def _open(self) -> IO[bytes]:
-        if self._file is None:
+    def _open(self) -> int:
+        if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("ab")
-        return self._file
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        return self._fd
 
     def deliver_messages(self, messages: Sequence[Encoded]) -> dict[int, Outcome]:
-        """Append the messages as lines, then flush and fsync; PermanentDestinationError (nothing acknowledged)
-        if the file cannot be opened or written."""
+        """Append the messages as lines, then fsync; TransientDestinationError (nothing acknowledged, nothing of the
+        chunk left in the file) if the file cannot be opened, repaired or written."""
         try:
-            out = self._open()
+            fd = self._open()
         except OSError as exc:
-            raise self._refused(f"cannot open {str(self.path)!r}: {exc.strerror}") from None
+            raise self._failed(f"cannot open {str(self.path)!r}: {exc.strerror}") from None
+        if self.before_attempt is not None:
+            self.before_attempt()
         try:
-            out.write(b"".join(message + b"\n" for _, message in messages))
-            out.flush()
-            os.fsync(out.fileno())
+            start, cut = cut_partial_line(fd)
         except OSError as exc:
-            raise self._refused(f"writing {str(self.path)!r} failed: {exc.strerror}") from None
+            raise self._failed(f"cannot repair the end of {str(self.path)!r}: {exc.strerror}") from None
+        if cut:
+            log.warning(
+                "destination %r: cut a partial last line of %d bytes off %s (a write cut short by a full disk or a "
+                "crash); its changes were never recorded as sent and are written again",
+                self.name,
+                cut,
+                self.path,
+                extra={"destination": self.name, "path": str(self.path), "bytes_cut": cut},
+            )
+        try:
+            _write_all(fd, b"".join(message + b"\n" for _, message in messages))
+            os.fsync(fd)
+        except OSError as exc:
+            taken_back = self._take_back(fd, start)
+            raise self._failed(
+                f"writing {str(self.path)!r} failed: {exc.strerror}; "
+                + (
+                    "the chunk's lines were taken back off the file"
+                    if taken_back
+                    else "taking the chunk's lines back failed too (the next write cuts a partial line; whole ones "
+                    "may be repeated)"
+                )
+                + " and its changes stay pending for the next run"
+            ) from None
         return {}
 
-    def _refused(self, reason: str) -> PermanentDestinationError:
-        """The sink cannot take anything (no ``partial``: nothing of the chunk was acknowledged)."""
-        return PermanentDestinationError(f"destination {self.name!r}: {reason}", destination=self.name)
+    @staticmethod
+    def _take_back(fd: int, size: int) -> bool:
+        """Truncate the file back to ``size`` (where the failed chunk began); False when even that failed, and the
+        next write's repair cuts what is left of it."""
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        except OSError:
+            return False
+        return True
+
+    def _failed(self, reason: str) -> TransientDestinationError:
+        """The sink cannot take the chunk now (no ``partial``: nothing of the chunk was acknowledged)."""
+        return TransientDestinationError(f"destination {self.name!r}: {reason}", destination=self.name)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

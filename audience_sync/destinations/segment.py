@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import httpx
 
@@ -24,17 +24,28 @@ class SegmentBatch(MessageDestination):
     are the changes' deterministic ids, so a re-send after a crash is dropped by Segment as a duplicate.
     """
 
-    def __init__(self, config: SegmentDestination, *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        config: SegmentDestination,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        before_attempt: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config.name)
         self.config = config
         self.send = config.send
         self.options = MessageOptions.of(config)
         self.sender = HttpSender.for_destination(
-            config, base_url=config.endpoint, transport=transport, auth=(config.write_key.get_secret_value(), "")
+            config,
+            base_url=config.endpoint,
+            transport=transport,
+            before_attempt=before_attempt,
+            auth=(config.write_key.get_secret_value(), ""),
         )
 
     def _post(self, items: Sequence[Encoded]) -> object:
-        return self.sender.post("/v1/batch", content=body(items, timestamp()))
+        # the envelope is made for every attempt: ``sentAt`` is when this attempt is sent, as Segment reads it
+        return self.sender.post("/v1/batch", content=lambda: body(items, timestamp()))
 
     def deliver_messages(self, messages: Sequence[Encoded]) -> dict[int, Outcome]:
         oversized = [item for item in messages if len(item[1]) > MAX_MESSAGE_BYTES]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import httpx
 
@@ -31,7 +31,13 @@ class Webhook(MessageDestination):
     request carries ``<signature_header>: sha256=<hex HMAC-SHA256 of the body>``.
     """
 
-    def __init__(self, config: WebhookDestination, *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        config: WebhookDestination,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        before_attempt: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config.name)
         self.config = config
         self.send = config.send
@@ -42,13 +48,19 @@ class Webhook(MessageDestination):
             config,
             base_url=config.url,
             transport=transport,
+            before_attempt=before_attempt,
             headers={k: v.get_secret_value() for k, v in config.secret_headers.items()},
         )
 
+    def _payload(self, items: Sequence[Encoded]) -> bytes:
+        return items[0][1] if self.config.batch_size == 0 else body(items, timestamp())
+
+    def _signed(self, payload: bytes) -> dict[str, str] | None:
+        return {self.config.signature_header: signature(self._secret, payload)} if self._secret else None
+
     def _post(self, items: Sequence[Encoded]) -> object:
-        payload = items[0][1] if self.config.batch_size == 0 else body(items, timestamp())
-        headers = {self.config.signature_header: signature(self._secret, payload)} if self._secret else None
-        return self.sender.post(self.config.url, content=payload, headers=headers)
+        # made for every attempt: a batch's ``sentAt`` is the attempt's, and the signature is of that very body
+        return self.sender.post(self.config.url, content=lambda: self._payload(items), headers=self._signed)
 
     def deliver_messages(self, messages: Sequence[Encoded]) -> dict[int, Outcome]:
         if self.config.batch_size == 0:

@@ -9,6 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Computation
 from ..errors import SourceError
+from ..redact import scrub
 from ..store.dialect import literal_sql
 from .columns import locate
 from .rows import RawRow
@@ -16,7 +17,7 @@ from .rows import RawRow
 
 def _reason(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)
-    return " ".join(str(orig if orig is not None else exc).split())
+    return scrub(" ".join(str(orig if orig is not None else exc).split()))  # a driver may quote its connection
 
 
 def read_sql(engine: Engine, comp: Computation, chunk_size: int) -> Iterator[list[RawRow]]:

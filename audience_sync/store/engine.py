@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -12,6 +13,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..errors import ConfigError, StoreError
+from ..redact import MASK, is_secret_parameter, scrub
 from .sqlfuncs import register_sqlite_functions
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -21,11 +23,15 @@ DELIVERY_CACHE_KIB = 16_384
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe for messages and logs."""
+    """The URL with its password and the values of its secret query parameters (``?password=``,
+    ``?sslpassword=``, ...) replaced by ``***``, and any other known secret scrubbed: safe for messages and logs."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
         return "<unparseable URL>"
+    masked = {name: MASK if is_secret_parameter(name) else value for name, value in parsed.query.items()}
+    rendered = parsed.set(query=masked).render_as_string(hide_password=True)
+    return scrub(rendered.replace(quote(MASK, safe=""), MASK))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
@@ -58,7 +64,7 @@ def create_state_engine(url: str, *, what: str = "state database") -> Engine:
             kwargs["pool_pre_ping"] = True
         engine = create_engine(parsed, **kwargs)
     except (ArgumentError, ImportError, ValueError) as exc:
-        raise ConfigError(f"{what} URL {redact_url(url)!r} is not usable: {exc}") from None
+        raise ConfigError(f"{what} URL {redact_url(url)!r} is not usable: {scrub(str(exc))}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -66,7 +72,7 @@ def create_state_engine(url: str, *, what: str = "state database") -> Engine:
 
 def store_error(exc: SQLAlchemyError, url: str, doing: str = "using") -> StoreError:
     """A StoreError naming the (redacted) state database and the database's own reason, one line."""
-    reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    reason = scrub(" ".join(str(getattr(exc, "orig", None) or exc).split()))
     return StoreError(f"{doing} the state database {redact_url(url)} failed: {type(exc).__name__}: {reason[:500]}")
 
 

@@ -31,6 +31,7 @@ from sqlalchemy import (
 from ..changes import NOT_ATTEMPTED, SENT, Change, Outcome
 from ..destinations.batching import Encoded
 from ..destinations.messages import MessageOptions, timestamp
+from ..redact import scrub
 from ..values import decode
 from .dialect import upsert
 from .messages import TIMESTAMP, message_columns
@@ -218,7 +219,7 @@ def record(conn: Connection, chunk: Chunk[Any], unacked: Mapping[int, Outcome]) 
             conn.execute(
                 update(diffs)
                 .where(diffs.c.id.in_(batch), pending)
-                .values(status=outcome.status, error=outcome.error, sent_at=None, attempts=diffs.c.attempts + 1)
+                .values(status=outcome.status, error=scrub(outcome.error), sent_at=None, attempts=diffs.c.attempts + 1)
             )
     sent = {"status": "sent", "error": None, "sent_at": now, "attempts": diffs.c.attempts + 1}
     if any(outcome.status == "pending" for outcome in by_outcome):  # still pending: mark the others by id
@@ -353,6 +354,6 @@ def keep_pending(conn: Connection, run_id: int, destination: str, reason: str) -
     result = conn.execute(
         update(diffs)
         .where(diffs.c.run_id == run_id, diffs.c.destination == destination, diffs.c.status == "pending")
-        .values(error=reason)
+        .values(error=scrub(reason))
     )
     return result.rowcount

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, literal_column, select, update
 
+from ..redact import scrub
 from .schema import DiffRow, SyncRun, table_of, utcnow
 
 runs = table_of(SyncRun)
@@ -42,7 +43,9 @@ def open_run(
 def close_run(conn: Connection, run_id: int, *, status: str, counts: dict[str, Any], error: str | None = None) -> None:
     """Mark a run finished with its final status, counts and error text."""
     conn.execute(
-        update(runs).where(runs.c.id == run_id).values(status=status, finished_at=utcnow(), counts=counts, error=error)
+        update(runs)
+        .where(runs.c.id == run_id)
+        .values(status=status, finished_at=utcnow(), counts=counts, error=scrub(error))
     )
 
 
