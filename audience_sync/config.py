@@ -59,6 +59,14 @@ class _Section(BaseModel):
 
 class StateConfig(_Section):
     url: str = DEFAULT_STATE_URL
+    #: the run lock's lease (SQLite: how long a paused or vanished holder keeps the lock; renewed every third)
+    lock_lease: str = "5m"
+
+    @field_validator("lock_lease")
+    @classmethod
+    def _lease(cls, value: str) -> str:
+        parse_duration(value)
+        return value
 
 
 class SourceConfig(_Section):
@@ -432,6 +440,8 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     #: ``[source] pushdown``: None runs queries inside the state database whenever it is the source
     source_pushdown: bool | None = None
+    #: ``[state] lock_lease`` in seconds
+    lock_lease: float = 300.0
 
     def destination(self, name: str) -> AnyDestination:
         """The destination called ``name``; ConfigError naming the known ones otherwise."""
@@ -555,6 +565,7 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
         alerts=raw.alerts,
         retention=raw.retention,
         source_pushdown=raw.source.pushdown,
+        lock_lease=parse_duration(raw.state.lock_lease),
     )
 
 

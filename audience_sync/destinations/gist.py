@@ -35,6 +35,7 @@ class GistContacts(Destination):
             config,
             base_url=config.endpoint,
             transport=transport,
+            before_attempt=self.check_fence,
             headers={"Authorization": f"Bearer {config.api_key.get_secret_value()}", "Accept": "application/json"},
         )
 

@@ -193,8 +193,11 @@ class HttpSender:
         auth: httpx.Auth | tuple[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        before_attempt: Callable[[], None] | None = None,
     ) -> None:
         self.destination = destination
+        #: called right before every attempt goes out, retries included (the run lock's fence check)
+        self.before_attempt = before_attempt or (lambda: None)
         self.policy = policy
         self.concurrency = concurrency
         self.bucket = TokenBucket(rate_limit, burst=1.0, sleep=sleep) if rate_limit else None
@@ -275,6 +278,7 @@ class HttpSender:
                 raise self._stopped
             if self.bucket is not None:
                 self.bucket.acquire()
+            self.before_attempt()  # after any wait: the last moment before the request goes out
             return self.client.post(
                 path, content=content, headers={"Content-Type": "application/json", **(headers or {})}
             )

@@ -43,6 +43,7 @@ class JsonlSink(MessageDestination):
             out = self._open()
         except OSError as exc:
             raise self._refused(f"cannot open {str(self.path)!r}: {exc.strerror}") from None
+        self.check_fence()
         try:
             out.write(b"".join(message + b"\n" for _, message in messages))
             out.flush()

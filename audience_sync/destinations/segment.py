@@ -30,7 +30,11 @@ class SegmentBatch(MessageDestination):
         self.send = config.send
         self.options = MessageOptions.of(config)
         self.sender = HttpSender.for_destination(
-            config, base_url=config.endpoint, transport=transport, auth=(config.write_key.get_secret_value(), "")
+            config,
+            base_url=config.endpoint,
+            transport=transport,
+            auth=(config.write_key.get_secret_value(), ""),
+            before_attempt=self.check_fence,
         )
 
     def _post(self, items: Sequence[Encoded]) -> object:

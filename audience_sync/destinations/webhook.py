@@ -42,6 +42,7 @@ class Webhook(MessageDestination):
             config,
             base_url=config.url,
             transport=transport,
+            before_attempt=self.check_fence,
             headers={k: v.get_secret_value() for k, v in config.secret_headers.items()},
         )
 
