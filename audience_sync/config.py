@@ -65,7 +65,8 @@ class StateConfig(_Section):
     @field_validator("lock_lease")
     @classmethod
     def _lease(cls, value: str) -> str:
-        parse_duration(value)
+        if parse_duration(value) < 1:
+            raise ValueError(f"{value!r} is shorter than a second (the lock's checks stand for 50 ms)")
         return value
 
 
