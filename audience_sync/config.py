@@ -62,6 +62,15 @@ class _Section(BaseModel):
 
 class StateConfig(_Section):
     url: str = DEFAULT_STATE_URL
+    #: the run lock's lease (SQLite: how long a paused or vanished holder keeps the lock; renewed every third)
+    lock_lease: str = "5m"
+
+    @field_validator("lock_lease")
+    @classmethod
+    def _lease(cls, value: str) -> str:
+        if parse_duration(value) < 1:
+            raise ValueError(f"{value!r} is shorter than a second (the lock's checks stand for 50 ms)")
+        return value
 
 
 class SourceConfig(_Section):
@@ -458,6 +467,8 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     #: ``[source] pushdown``: None runs queries inside the state database whenever it is the source
     source_pushdown: bool | None = None
+    #: ``[state] lock_lease`` in seconds
+    lock_lease: float = 300.0
 
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds, as read (the forms they take on the wire are
@@ -602,6 +613,7 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
         alerts=raw.alerts,
         retention=raw.retention,
         source_pushdown=raw.source.pushdown,
+        lock_lease=parse_duration(raw.state.lock_lease),
     )
 
 

@@ -1,8 +1,10 @@
 """Delivery: a run's pending changes for one destination, chunk by chunk, through its adapter.
 
-Each chunk is marked ``sending`` (committed), handed to the adapter, then its outcomes are recorded in one
-transaction that also advances the snapshot for what was acknowledged. A kill in between leaves the chunk
-``sending``: the next run puts it in doubt and sends the current truth, re-sending at most that chunk.
+Each chunk is noted in flight (one ``delivery_in_flight`` row, committed), handed to the adapter, then its outcomes
+are recorded in one transaction that also advances the snapshot for what was acknowledged. A kill in between
+leaves the note: the next run puts the chunk in doubt and sends the current truth, re-sending at most that chunk.
+Every attempt to send is preceded by a check of the run lock, and every recording transaction begins with a
+compare-and-set of its fencing token (``store/lock.py``), so a run that lost its lock sends and records no more.
 
 Destinations of Engage-shaped messages (:class:`~.destinations.base.MessageDestination`) get their messages
 built by the state database, as bytes; the others get :class:`~.changes.Change` objects. Either way the next
@@ -14,16 +16,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
 
 from .changes import NOT_ATTEMPTED, Outcome
 from .destinations.base import Destination, MessageDestination
-from .errors import CredentialsRejected, DestinationError
+from .errors import CredentialsRejected, DestinationError, LockLost
 from .progress import NoProgress, Progress
 from .store import outbox
 from .store.engine import delivery_cache
@@ -86,6 +88,33 @@ def _paths(
     return changes, lambda chunk: unacked(chunk, destination.deliver(chunk.items)), unacked
 
 
+class Fence(Protocol):
+    """The run lock as delivery sees it (:class:`~.store.lock.HeldLock`): a check before every attempt to send, a
+    compare-and-set first in every recording transaction, and each destination's fencing token."""
+
+    def check(self) -> None:
+        """Raise LockLost once the run no longer holds its locks."""
+
+    def confirm(self, conn: Connection, destinations: Sequence[str]) -> None:
+        """Raise LockLost, in ``conn``'s transaction, unless the run still holds the locks of ``destinations``."""
+
+    def destination_tokens(self) -> dict[str, int]:
+        """Destination name -> the fencing token of its lock."""
+
+
+class Unfenced:
+    """No lock to prove (delivery outside a run, as in unit tests): every check passes, no token."""
+
+    def check(self) -> None:
+        pass
+
+    def confirm(self, conn: Connection, destinations: Sequence[str]) -> None:
+        pass
+
+    def destination_tokens(self) -> dict[str, int]:
+        return {}
+
+
 def deliver_pending(
     engine: Engine,
     run_id: int,
@@ -94,56 +123,99 @@ def deliver_pending(
     chunk_size: int,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    fence: Fence | None = None,
 ) -> DeliveryReport:
     """Send the run's pending changes for ``destination`` and record each outcome.
 
-    Guarantees: a chunk is marked ``sending`` (committed) before any of it goes out, and at most one chunk is
+    Guarantees: a chunk is noted in flight (committed) before any of it goes out, and at most one chunk is
     in flight; a change is marked ``sent`` (and its snapshot advanced, in the same transaction) only after the
     adapter reported it acknowledged; a destination-wide failure (credentials refused, sink unwritable) stops
     this destination, records what it had acknowledged, and leaves the rest pending with the reason. When
     ``stop`` is set (a SIGTERM), the chunk in flight is finished and recorded, and the rest stays pending for
     the next run.
+
+    Fencing: ``fence`` is checked before every attempt to send (the adapter calls it) and confirmed first in every
+    transaction that notes or records a chunk. When the run lost its lock, LockLost is raised: nothing more is
+    recorded, the adapter is closed (its requests under way end first), and the chunk in flight is noted again
+    as ``late`` so that a later run re-sends its users' current values whatever this run sent after the loss.
     """
+    fence = fence or Unfenced()
+    name = destination.name
+    token = fence.destination_tokens().get(name)
+    destination.before_attempt = fence.check
     progress = progress or NoProgress()
-    report = DeliveryReport(destination.name)
-    task = f"sending to {destination.name}"
+    report = DeliveryReport(name)
+    task = f"sending to {name}"
     progress.begin(task)
     chunks, deliver, partial = _paths(engine, run_id, destination, chunk_size)
-    ahead = read_ahead(chunks, destination.name)
+    ahead = read_ahead(chunks, name)
+    in_flight: outbox.Chunk[Any] | None = None  # noted in flight (committed) and not recorded yet
     try:
         # one connection for the writes, with a page cache that holds a chunk between marking and recording it
         with engine.connect() as pooled, delivery_cache(pooled) as conn:
             chunk = next(ahead, None)
             if chunk is not None:
                 with conn.begin():
+                    fence.confirm(conn, [name])
                     if _stop_requested(stop):
                         return _stopped(conn, run_id, report)
-                    outbox.mark_in_flight(conn, chunk)
+                    outbox.mark_in_flight(conn, chunk, token)
+                in_flight = chunk
             while chunk is not None:
                 try:
                     unacked = deliver(chunk)
                 except DestinationError as exc:
                     with conn.begin():
+                        fence.confirm(conn, [name])
                         outbox.record(conn, chunk, partial(chunk, exc.partial))
-                        outbox.keep_pending(conn, run_id, destination.name, f"not sent: {exc}")
+                        outbox.keep_pending(conn, run_id, name, f"not sent: {exc}")
+                    in_flight = None
                     report.error = str(exc)
                     report.credentials_rejected = isinstance(exc, CredentialsRejected)
                     log.error("%s", exc)
                     return report
                 following = next(ahead, None)
                 with conn.begin():  # one transaction: this chunk recorded, the next one marked in flight
+                    fence.confirm(conn, [name])
                     outbox.record(conn, chunk, unacked)
                     report.attempted += chunk.size
                     progress.advance(task, chunk.size)
                     if following is not None:
                         if _stop_requested(stop):
+                            in_flight = None
                             return _stopped(conn, run_id, report)
-                        outbox.mark_in_flight(conn, following)
-                chunk = following
+                        outbox.mark_in_flight(conn, following, token)
+                in_flight = chunk = following
+    except LockLost:
+        _fenced_out(engine, destination, in_flight, token)
+        raise
     finally:
         ahead.close()
         progress.end(task)
     return report
+
+
+def _fenced_out(engine: Engine, destination: Destination, chunk: outbox.Chunk[Any] | None, token: int | None) -> None:
+    """After LockLost: let the adapter's requests under way end (closing it waits for them), then note the chunk
+    in flight again as ``late`` (best effort: the database may be what went away)."""
+    destination.close()
+    if chunk is None:
+        return
+    try:
+        with engine.begin() as conn:
+            outbox.note_late(conn, chunk, token)
+    except Exception:
+        log.error(
+            "run %d lost its lock for %s and could not note its chunk in flight again (users %r to %r): if the "
+            "destination applied that chunk after another run re-sent it, it may hold older values for them; "
+            "`audience-sync resync --destination %s` sends every current value again",
+            chunk.run_id,
+            destination.name,
+            chunk.first[0],
+            chunk.last[0],
+            destination.name,
+            exc_info=True,
+        )
 
 
 def _stop_requested(stop: threading.Event | None) -> bool:

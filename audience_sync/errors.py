@@ -9,6 +9,7 @@ Every error the library raises on purpose derives from :class:`AudienceSyncError
     ├── SourceError                      exit 1  failing query, missing column, unreadable file, bad data
     ├── StoreError                       exit 1  state database unreachable, too new, or inconsistent
     ├── LockHeld                         exit 1  another run holds the run lock
+    ├── LockLost                         exit 1  the run lost its lock while it ran; it stopped sending and recording
     ├── GuardTripped                     exit 1  an audience would lose too many members at once
     ├── DestinationError                         a destination refused or failed a call
     │   ├── TransientDestinationError            worth retrying; the change stays pending
@@ -71,6 +72,26 @@ class LockHeld(AudienceSyncError):
     def __init__(self, message: str, *, holder: str) -> None:
         self.holder = holder
         super().__init__(message)
+
+
+class LockLost(AudienceSyncError):
+    """The run lost a lock it held (its lease was taken over, its PostgreSQL session ended, the server restarted).
+
+    Raised by the fence check before a send attempt or by the compare-and-set in a recording transaction: the run
+    sends nothing more and records nothing more (the transaction rolls back). ``lock`` names the lock
+    (``destination:<name>``), ``run_id`` the run (None before its row was opened), ``how`` says how it was lost.
+    """
+
+    def __init__(self, message: str, *, lock: str, run_id: int | None, how: str) -> None:
+        self.lock = lock
+        self.run_id = run_id
+        self.how = how
+        super().__init__(message)
+
+    @property
+    def destination(self) -> str:
+        """The destination whose lock it was."""
+        return self.lock.removeprefix("destination:")
 
 
 class GuardTripped(AudienceSyncError):

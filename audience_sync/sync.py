@@ -11,6 +11,7 @@ Order of effects, and why it is safe to kill the process at any point:
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -19,11 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pydantic import SecretStr
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from .config import Computation, Config
-from .delivery import DeliveryReport, deliver_pending
+from .delivery import DeliveryReport, Fence, deliver_pending
 from .destinations import build_destination
 from .diff import note_missing, skip_unreachable, supersede_pending, write_changes
 from .errors import AudienceSyncError, ConfigError, RunStopped, SourceError
@@ -218,10 +221,13 @@ def _diff(
     users: Sequence[str] | None,
     force: bool,
     staged: Mapping[str, int],
+    fence: Fence,
 ) -> list[Hold]:
-    """Write every change of the run in one transaction, with the guard's holds; return the holds."""
+    """Write every change of the run in one transaction, with the guard's holds; return the holds. The transaction
+    begins by confirming the run lock: a run that lost it writes no change (LockLost)."""
     holds: list[Hold] = []
     with engine.begin() as conn:
+        fence.confirm(conn, dest_names)
         analyze(conn, "staging")
         for name in dest_names:
             dest = config.destination(name)
@@ -252,13 +258,19 @@ def _diff(
 
 
 def _deliver_one(
-    engine: Engine, config: Config, run_id: int, name: str, progress: Progress, stop: threading.Event | None
+    engine: Engine,
+    config: Config,
+    run_id: int,
+    name: str,
+    progress: Progress,
+    stop: threading.Event | None,
+    fence: Fence,
 ) -> DeliveryReport:
     dest_config = config.destination(name)
     started = time.monotonic()
     with build_destination(dest_config) as adapter:
         report = deliver_pending(
-            engine, run_id, adapter, chunk_size=dest_config.chunk_size, progress=progress, stop=stop
+            engine, run_id, adapter, chunk_size=dest_config.chunk_size, progress=progress, stop=stop, fence=fence
         )
     elapsed = time.monotonic() - started
     log.info(
@@ -286,12 +298,16 @@ def _deliver_all(
     dest_names: Sequence[str],
     progress: Progress,
     stop: threading.Event | None,
+    fence: Fence,
 ) -> dict[str, DeliveryReport]:
-    """Deliver to every destination at once, each on its own thread: a slow or failing one holds up no other."""
+    """Deliver to every destination at once, each on its own thread: a slow or failing one holds up no other.
+    When one raises (LockLost), the others finish first: a lost lock fences every destination of the run."""
     if len(dest_names) == 1:
-        return {dest_names[0]: _deliver_one(engine, config, run_id, dest_names[0], progress, stop)}
+        return {dest_names[0]: _deliver_one(engine, config, run_id, dest_names[0], progress, stop, fence)}
     with ThreadPoolExecutor(max_workers=len(dest_names), thread_name_prefix="deliver") as pool:
-        futures = {name: pool.submit(_deliver_one, engine, config, run_id, name, progress, stop) for name in dest_names}
+        futures = {
+            name: pool.submit(_deliver_one, engine, config, run_id, name, progress, stop, fence) for name in dest_names
+        }
         return {name: future.result() for name, future in futures.items()}
 
 
@@ -334,7 +350,7 @@ def run_sync(
         upgrade(engine)
         with engine.connect() as conn:
             registry.check_keys(conn, comps)
-        with run_lock(engine, dest_names, wait=wait) as lock:
+        with run_lock(engine, dest_names, dt.timedelta(seconds=config.lock_lease), wait=wait) as lock:
             plan = _Plan(
                 dest_names,
                 comps,
@@ -374,13 +390,15 @@ def _locked_run(
     dest_names, comps, mode = plan.dest_names, plan.comps, plan.mode
     dry_run = mode == "dry_run"
     with engine.begin() as conn:
+        # confirmed first: while this transaction runs, no run that it abandons or recovers can hold these locks
+        held.confirm(conn, dest_names)
         runs.abandon_stale_runs(conn, dest_names, reason="abandoned: its process stopped before finishing")
         before = runs.last_change_id(conn)
         run_id = runs.open_run(
             conn, mode=mode, trigger=plan.trigger, destinations=dest_names, computations=[c.key for c in comps]
         )
         if not dry_run:
-            in_doubt = outbox.recover_in_flight(conn, run_id, dest_names)
+            in_doubt = outbox.recover_in_flight(conn, run_id, dest_names, held.destination_tokens())
             if in_doubt:
                 log.warning(
                     "%d changes were in flight when an earlier run stopped; sending their current values", in_doubt
@@ -395,50 +413,10 @@ def _locked_run(
         extra={"run_id": run_id, "mode": mode, "destinations": dest_names, "trigger": plan.trigger},
     )
     try:
-        source_stats = _stage(engine, source, config, run_id, comps, progress, plan.stop)
-        staged = {key: st["members"] for key, st in source_stats.items()}
-        holds = _diff(
-            engine,
-            config,
-            run_id,
-            dest_names,
-            comps,
-            resync=mode == "resync",
-            dry_run=dry_run,
-            users=plan.users,
-            force=plan.force,
-            staged=staged,
-        )
-    except AudienceSyncError as exc:
-        with engine.begin() as conn:
-            runs.close_run(conn, run_id, status="failed", counts=runs.count_changes(conn, run_id), error=str(exc))
+        status, counts, error, reports = _steps(engine, source, config, plan, run_id, before, held, progress)
+    except BaseException as exc:  # whatever escapes, ours or not: the run row says it failed, and why
+        _close_failed(engine, config, run_id, exc)
         raise
-    finally:
-        with engine.begin() as conn:
-            staging.clear(conn, run_id)
-
-    reports = {} if dry_run else _deliver_all(engine, config, run_id, dest_names, progress, plan.stop)
-    if sum(r.attempted for r in reports.values()) >= ANALYZE_AFTER:
-        with engine.begin() as conn:  # the next diff joins the snapshot: plan it with its new size
-            analyze(conn, "snapshot")
-    with engine.begin() as conn:
-        counts = runs.count_changes(conn, run_id, after_id=before)
-        counts["sources"] = source_stats
-        if holds or any(r.credentials_rejected for r in reports.values()):
-            status = "failed"
-        elif counts["pending"] or counts["failed"] or any(r.error for r in reports.values()):
-            status = "partial"
-        else:
-            status = "succeeded"
-        if dry_run:
-            status = "succeeded"
-        errors = [h.message() for h in holds] + [f"{r.destination}: {r.error}" for r in reports.values() if r.error]
-        error = "; ".join(errors) or None
-        runs.close_run(conn, run_id, status=status, counts=counts, error=error)
-        if plan.full and not dry_run:
-            retired = registry.retire_missing(conn, [c.key for c in config.computations])
-            if retired:
-                log.info("retired keys no longer configured: %s (nothing is sent for them)", ", ".join(retired))
     result = RunResult(
         run_id=run_id,
         mode=mode,
@@ -468,3 +446,112 @@ def _locked_run(
         },
     )
     return result
+
+
+def _steps(
+    engine: Engine,
+    source: Engine,
+    config: Config,
+    plan: _Plan,
+    run_id: int,
+    before: int,
+    held: HeldLock,
+    progress: Progress,
+) -> tuple[str, dict[str, Any], str | None, dict[str, DeliveryReport]]:
+    """Stage, diff, deliver and close the open run ``run_id``; return its status, counts, error and reports."""
+    dest_names, comps, mode = plan.dest_names, plan.comps, plan.mode
+    dry_run = mode == "dry_run"
+    try:
+        source_stats = _stage(engine, source, config, run_id, comps, progress, plan.stop)
+        staged = {key: st["members"] for key, st in source_stats.items()}
+        holds = _diff(
+            engine,
+            config,
+            run_id,
+            dest_names,
+            comps,
+            resync=mode == "resync",
+            dry_run=dry_run,
+            users=plan.users,
+            force=plan.force,
+            staged=staged,
+            fence=held,
+        )
+    finally:
+        with engine.begin() as conn:
+            staging.clear(conn, run_id)
+
+    reports = {} if dry_run else _deliver_all(engine, config, run_id, dest_names, progress, plan.stop, held)
+    if sum(r.attempted for r in reports.values()) >= ANALYZE_AFTER:
+        with engine.begin() as conn:  # the next diff joins the snapshot: plan it with its new size
+            analyze(conn, "snapshot")
+    with engine.begin() as conn:
+        held.confirm(conn, dest_names)
+        counts = runs.count_changes(conn, run_id, after_id=before)
+        counts["sources"] = source_stats
+        if holds or any(r.credentials_rejected for r in reports.values()):
+            status = "failed"
+        elif counts["pending"] or counts["failed"] or any(r.error for r in reports.values()):
+            status = "partial"
+        else:
+            status = "succeeded"
+        if dry_run:
+            status = "succeeded"
+        errors = [h.message() for h in holds] + [f"{r.destination}: {r.error}" for r in reports.values() if r.error]
+        error = "; ".join(errors) or None
+        runs.close_run(conn, run_id, status=status, counts=counts, error=error)
+        if plan.full and not dry_run:
+            retired = registry.retire_missing(conn, [c.key for c in config.computations])
+            if retired:
+                log.info("retired keys no longer configured: %s (nothing is sent for them)", ", ".join(retired))
+    return status, counts, error, reports
+
+
+def _close_failed(engine: Engine, config: Config, run_id: int, exc: BaseException) -> None:
+    """Close run ``run_id`` as ``failed`` with the error that stopped it (secrets scrubbed) and its counts, whatever
+    its row says now (a run that took its lock over may have called it abandoned). Best effort: the database may be
+    what failed, and the original error must reach the caller."""
+    try:
+        with engine.begin() as conn:
+            counts = runs.count_changes(conn, run_id)
+            runs.close_run(conn, run_id, status="failed", counts=counts, error=failure_text(exc, config))
+    except Exception:
+        log.error("run %d: could not mark the run failed; the next run marks it abandoned", run_id, exc_info=True)
+
+
+def failure_text(exc: BaseException, config: Config) -> str:
+    """What a run row says about the error that stopped it: our own errors' messages as they are; anything else
+    as its type and message, one line, with every secret of ``config`` (keys, tokens, URL passwords) masked."""
+    if isinstance(exc, AudienceSyncError):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (a second SIGINT/SIGTERM, or Ctrl-C)"
+    if isinstance(exc, SQLAlchemyError):
+        return str(store_error(exc, config.state_url))
+    text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]
+    for secret in sorted(_secrets(config), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _secrets(config: Config) -> set[str]:
+    """Every secret value the configuration holds (empty ones left out)."""
+    found: set[str] = set()
+    for url in (config.state_url, config.source_url):
+        try:
+            password = make_url(url).password
+        except ArgumentError:
+            password = None
+        if password:
+            found.add(str(password))
+    for dest in config.destinations:
+        for attr in ("api_key", "write_key", "signing_secret"):
+            value = getattr(dest, attr, None)
+            if isinstance(value, SecretStr):
+                found.add(value.get_secret_value())
+        for header in getattr(dest, "secret_headers", {}).values():
+            found.add(header.get_secret_value())
+    hook = config.alerts.webhook_url
+    if hook is not None:
+        found.add(hook.get_secret_value())
+    return {s for s in found if s}

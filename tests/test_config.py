@@ -129,6 +129,15 @@ def test_schedule_durations_are_validated() -> None:
         parse_config('[schedule]\nevery = "3h"\ncron = "0 */3 * * *"\n', path="c.toml")
 
 
+def test_lock_lease_is_validated() -> None:
+    assert parse_config('[state]\nlock_lease = "90s"\n', path="c.toml").lock_lease == 90.0
+    assert parse_config("", path="c.toml").lock_lease == 300.0
+    with pytest.raises(ConfigError, match=r"state.lock_lease: .*'soon' is not a duration"):
+        parse_config('[state]\nlock_lease = "soon"\n', path="c.toml")
+    with pytest.raises(ConfigError, match=r"state.lock_lease: .*shorter than a second"):
+        parse_config('[state]\nlock_lease = "0.5s"\n', path="c.toml")
+
+
 def test_schedules_alerts_and_retention_are_validated_with_their_key_paths() -> None:
     text = (
         '[schedule]\ncron = "0 25 * * *"\ntimezone = "Mars/Olympus"\n'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import Connection, create_engine, inspect, text
 
 from audience_sync.errors import LockHeld, StoreError
 from audience_sync.store.lock import acquire, release, run_lock
@@ -153,7 +154,7 @@ def test_migration_0005_turns_changes_left_sending_into_the_range_in_flight(stat
     with engine.connect() as conn:
         statuses = dict(conn.execute(text("SELECT id, status FROM diffs")).all())
     assert statuses == {1: "sent", 2: "sending", 3: "sending", 4: "sending", 5: "sending", 6: "pending"}
-    command.upgrade(cfg, "0005")
+    command.upgrade(cfg, "head")  # today's recovery, on the notes 0005 made (0008 gives them no token)
     from audience_sync.store.outbox import recover_in_flight
 
     with engine.begin() as conn:
@@ -186,6 +187,51 @@ def test_migration_0007_keeps_the_changes_and_their_partial_index(state_url: str
     command.downgrade(cfg, "0006")
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM diffs")).scalar_one() == 3
+    engine.dispose()
+
+
+def test_migration_0008_gives_held_locks_and_in_flight_notes_their_place_in_the_token_order(state_url: str) -> None:
+    """A database upgraded while a run held a lock and had a chunk in flight: the lock keeps its row with token 0,
+    its holder's machine unknown (taken over on its lease only, even with its pid dead), and the next acquisition's
+    token is newer; the note, without a token, is recovered by whoever holds the lock next."""
+    from audience_sync.store.outbox import recover_in_flight
+
+    engine = create_engine(state_url)
+    cfg = alembic_config(engine)
+    command.upgrade(cfg, "0007")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with engine.begin() as conn:
+        _insert_run(conn, 7)
+        _insert_change(conn, 7, "u1", "pending", 1)
+        conn.execute(
+            text(
+                "INSERT INTO run_locks (name, holder, host, pid, run_id, acquired_at, expires_at) VALUES "
+                "('destination:d', 'old', :host, :pid, 7, '2026-11-29 00:00:00', '2999-01-01 00:00:00')"
+            ),
+            {"host": socket.gethostname(), "pid": int(dead.stdout)},
+        )
+        conn.execute(text("INSERT INTO delivery_in_flight VALUES (7, 'd', 'u1', 1, 'u1', 1, '2026-11-29 00:00:00')"))
+    command.upgrade(cfg, "0008")
+    with engine.connect() as conn:
+        lock = conn.execute(text("SELECT holder, run_id, token, boot_id, pid_ns FROM run_locks")).one()
+        assert tuple(lock) == ("old", 7, 0, None, None)
+        assert conn.execute(text("SELECT name, token FROM run_lock_tokens")).all() == [("destination:d", 0)]
+        assert conn.execute(text("SELECT token, late FROM delivery_in_flight")).one() in ((None, False), (None, 0))
+    with pytest.raises(LockHeld, match="run 7, pid"):  # a dead pid of an unknown machine proves nothing
+        acquire(engine, ["destination:d"], "new", dt.timedelta(minutes=5))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE run_locks SET expires_at = '2000-01-01 00:00:00'"))
+    tokens = acquire(engine, ["destination:d"], "new", dt.timedelta(minutes=5))
+    assert tokens == {"destination:d": 1}
+    with engine.begin() as conn:
+        assert recover_in_flight(conn, 8, ["d"], {"d": 1}) == 1
+        assert conn.execute(text("SELECT status FROM diffs")).scalar_one() == "superseded"
+    release(engine, ["destination:d"], "new")
+    command.downgrade(cfg, "0007")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM diffs")).scalar_one() == 1
+        columns = {c["name"] for c in inspect(conn).get_columns("run_locks")}
+        assert "token" not in columns and "run_lock_tokens" not in inspect(conn).get_table_names()
     engine.dispose()
 
 

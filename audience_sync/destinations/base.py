@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from ..changes import SENT, Change, Outcome
@@ -12,16 +12,30 @@ from .batching import Encoded, encode
 from .messages import MessageOptions, messages_for, timestamp
 
 
+def _unfenced() -> None:
+    """No run lock to check (an adapter used outside a delivery)."""
+
+
 class Destination(ABC):
     """A destination adapter. It knows its API, nothing of the state database.
 
     ``deliver`` returns an outcome for each change it was given (keyed by ``diff_id``); a change without one
     stays pending. It raises :class:`~audience_sync.errors.CredentialsRejected` when the destination refuses
     our credentials, so that the run stops calling it at once.
+
+    Before every attempt to send (each HTTP request, retries included; each write of a file) it calls
+    :meth:`check_fence`, which raises :class:`~audience_sync.errors.LockLost` once the run lost its lock: the
+    delivery sets :attr:`before_attempt` to the lock's check.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, before_attempt: Callable[[], None] | None = None) -> None:
         self.name = name
+        #: called by :meth:`check_fence`; the delivery sets it to its run lock's check
+        self.before_attempt: Callable[[], None] = before_attempt or _unfenced
+
+    def check_fence(self) -> None:
+        """Call right before each attempt to send: raises LockLost once the run no longer holds its lock."""
+        self.before_attempt()
 
     @abstractmethod
     def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:

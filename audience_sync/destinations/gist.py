@@ -34,14 +34,14 @@ class GistContacts(Destination):
         transport: httpx.BaseTransport | None = None,
         before_attempt: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(config.name)
+        super().__init__(config.name, before_attempt=before_attempt)
         self.config = config
         self.options = MessageOptions.of(config)
         self.sender = HttpSender.for_destination(
             config,
             base_url=config.endpoint,
             transport=transport,
-            before_attempt=before_attempt,
+            before_attempt=self.check_fence,
             headers={"Authorization": f"Bearer {config.api_key.get_secret_value()}", "Accept": "application/json"},
         )
 

@@ -64,11 +64,10 @@ class JsonlSink(MessageDestination):
     """
 
     def __init__(self, config: JsonlDestination, *, before_attempt: Callable[[], None] | None = None) -> None:
-        super().__init__(config.name)
+        super().__init__(config.name, before_attempt=before_attempt)
         self.path: Path = config.output_path
         self.send = config.send
         self.options = MessageOptions.of(config)
-        self.before_attempt = before_attempt
         self._fd: int | None = None
 
     def _open(self) -> int:
@@ -84,8 +83,7 @@ class JsonlSink(MessageDestination):
             fd = self._open()
         except OSError as exc:
             raise self._failed(f"cannot open {str(self.path)!r}: {exc.strerror}") from None
-        if self.before_attempt is not None:
-            self.before_attempt()
+        self.check_fence()
         try:
             start, cut = cut_partial_line(fd)
         except OSError as exc:

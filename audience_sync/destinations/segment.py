@@ -31,7 +31,7 @@ class SegmentBatch(MessageDestination):
         transport: httpx.BaseTransport | None = None,
         before_attempt: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(config.name)
+        super().__init__(config.name, before_attempt=before_attempt)
         self.config = config
         self.send = config.send
         self.options = MessageOptions.of(config)
@@ -39,8 +39,8 @@ class SegmentBatch(MessageDestination):
             config,
             base_url=config.endpoint,
             transport=transport,
-            before_attempt=before_attempt,
             auth=(config.write_key.get_secret_value(), ""),
+            before_attempt=self.check_fence,
         )
 
     def _post(self, items: Sequence[Encoded]) -> object:

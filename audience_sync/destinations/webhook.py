@@ -38,7 +38,7 @@ class Webhook(MessageDestination):
         transport: httpx.BaseTransport | None = None,
         before_attempt: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(config.name)
+        super().__init__(config.name, before_attempt=before_attempt)
         self.config = config
         self.send = config.send
         self.options = MessageOptions.of(config)
@@ -48,7 +48,7 @@ class Webhook(MessageDestination):
             config,
             base_url=config.url,
             transport=transport,
-            before_attempt=before_attempt,
+            before_attempt=self.check_fence,
             headers={k: v.get_secret_value() for k, v in config.secret_headers.items()},
         )
 

@@ -13,15 +13,19 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Connection,
     Engine,
     Select,
+    and_,
     bindparam,
     delete,
     false,
     func,
     insert,
+    literal,
+    or_,
     select,
     true,
     tuple_,
@@ -240,37 +244,70 @@ def _batches(ids: Sequence[int]) -> Iterator[Sequence[int]]:
         yield ids[start : start + _ID_BATCH]
 
 
-def mark_in_flight(conn: Connection, chunk: Chunk[Any]) -> None:
+def mark_in_flight(conn: Connection, chunk: Chunk[Any], token: int | None = None) -> None:
     """Note durably that ``chunk`` is being handed to its destination (commit before sending): one row naming its
-    key range, until :func:`record` records its outcomes. At most one chunk per run and destination."""
+    key range and the fencing ``token`` of the lock it goes out under, until :func:`record` records its outcomes.
+    At most one chunk per run and destination."""
     if chunk.size:
-        (first_user, first_id), (last_user, last_id) = chunk.first, chunk.last
-        conn.execute(
-            insert(in_flight).values(
-                run_id=chunk.run_id,
-                destination=chunk.destination,
-                first_user_id=first_user,
-                first_diff_id=first_id,
-                last_user_id=last_user,
-                last_diff_id=last_id,
-                started_at=utcnow(),
-            )
-        )
+        conn.execute(insert(in_flight).values(**_range_values(chunk), started_at=utcnow(), token=token))
 
 
-def recover_in_flight(conn: Connection, run_id: int, destinations: Sequence[str]) -> int:
-    """Put the changes that dead runs left in flight in doubt; return how many there were.
+def _range_values(chunk: Chunk[Any]) -> dict[str, Any]:
+    (first_user, first_id), (last_user, last_id) = chunk.first, chunk.last
+    return {
+        "run_id": chunk.run_id,
+        "destination": chunk.destination,
+        "first_user_id": first_user,
+        "first_diff_id": first_id,
+        "last_user_id": last_user,
+        "last_diff_id": last_id,
+    }
+
+
+def note_late(conn: Connection, chunk: Chunk[Any], token: int | None) -> None:
+    """Note ``chunk`` in flight again (``late``) after its run found it had lost its lock, once its requests ended.
+
+    The run that took the lock over may already have recovered the chunk and re-sent its users' values, and the
+    fenced run's requests may have reached the destination after that re-send: the next run to recover this note
+    sends those users' current values once more, under message ids of its own. Safe without the lock: it can only
+    make a later run re-send current values. Nothing is written if the chunk's first note is still there (nobody
+    has recovered it yet, so nobody has re-sent it).
+    """
+    if chunk.size:
+        stmt = upsert(conn, in_flight).values(**_range_values(chunk), started_at=utcnow(), token=token, late=True)
+        conn.execute(stmt.on_conflict_do_nothing(index_elements=[in_flight.c.run_id, in_flight.c.destination]))
+
+
+def recover_in_flight(
+    conn: Connection, run_id: int, destinations: Sequence[str], tokens: Mapping[str, int] | None = None
+) -> int:
+    """Put the changes that stopped runs left in flight in doubt; return how many there were.
 
     The destination may or may not have applied them, so their snapshot rows are marked ``in_doubt`` (created
     if missing, keeping the email the change went to) and the next diff sends the current truth for them,
-    exits included. Their ``run_id`` becomes the dead run's, so the re-send gets a message id of its own: a
-    destination that deduplicates must not drop it as the repeat of an older message with the same value.
-    The old rows become ``superseded``, and the in-flight notes are removed. Call while holding those
-    destinations' locks.
+    exits included. Their ``run_id`` becomes the stopped run's, so the re-send gets a message id of its own: a
+    destination that deduplicates must not drop it as the repeat of an older message with the same value. A
+    ``late`` note (its run lost its lock and may have sent after an earlier recovery re-sent it) takes this run's
+    id instead, which no earlier re-send used. The old rows become ``superseded``, and the notes are removed.
+
+    Call while holding those destinations' locks, in the transaction that confirmed them. With ``tokens`` (each
+    destination's fencing token of that lock), only notes taken under an older token are recovered: never a chunk
+    of a run that holds the lock now, nor one of this acquisition. Without, notes of runs older than ``run_id``.
     """
-    dead = [in_flight.c.destination.in_(list(destinations)), in_flight.c.run_id < run_id]
+    if tokens is None:
+        dead = [in_flight.c.destination.in_(list(destinations)), in_flight.c.run_id < run_id]
+    else:
+        dead = [
+            in_flight.c.run_id != run_id,
+            or_(
+                *(
+                    and_(in_flight.c.destination == d, or_(in_flight.c.token.is_(None), in_flight.c.token < tokens[d]))
+                    for d in destinations
+                )
+            ),
+        ]
     total = 0
-    for dead_run, destination, first_user, first_id, last_user, last_id in conn.execute(
+    for dead_run, destination, first_user, first_id, last_user, last_id, late in conn.execute(
         select(
             in_flight.c.run_id,
             in_flight.c.destination,
@@ -278,23 +315,30 @@ def recover_in_flight(conn: Connection, run_id: int, destinations: Sequence[str]
             in_flight.c.first_diff_id,
             in_flight.c.last_user_id,
             in_flight.c.last_diff_id,
+            in_flight.c.late,
         ).where(*dead)
     ).all():
         rows = _in_range(dead_run, destination, (first_user, first_id), (last_user, last_id))
-        total += _put_in_doubt(conn, run_id, [*rows, diffs.c.status == "pending"])
+        if late:  # a recovery has superseded them already; none of them was recorded after the loss
+            total += _put_in_doubt(conn, run_id, [*rows, diffs.c.status.in_(("pending", "superseded"))], base=run_id)
+        else:
+            total += _put_in_doubt(conn, run_id, [*rows, diffs.c.status == "pending"])
     conn.execute(delete(in_flight).where(*dead))
     return total
 
 
-def _put_in_doubt(conn: Connection, run_id: int, rows: Sequence[ColumnElement[bool]]) -> int:
-    """Mark the snapshot rows of the changes selected by ``rows`` in doubt and the changes superseded."""
+def _put_in_doubt(
+    conn: Connection, run_id: int, rows: Sequence[ColumnElement[bool]], *, base: int | None = None
+) -> int:
+    """Mark the snapshot rows of the changes selected by ``rows`` in doubt and the changes superseded. The snapshot
+    rows' ``run_id`` (the base of the re-send's message id) becomes ``base``, by default the changes' run."""
     stmt = upsert(conn, snapshot)
     source = select(
         diffs.c.destination,
         diffs.c.computation_key,
         diffs.c.user_id,
         diffs.c.email,
-        diffs.c.run_id,
+        diffs.c.run_id if base is None else literal(base, BigInteger),
         bindparam("now", utcnow(), type_=snapshot.c.updated_at.type),
         true(),
     ).where(*rows)

@@ -98,16 +98,21 @@ def latest_run_id(conn: Connection) -> int | None:
 
 
 def abandon_stale_runs(conn: Connection, destinations: Sequence[str], *, reason: str) -> list[int]:
-    """Mark runs still ``running`` on any of ``destinations`` as failed with ``reason``; return their ids.
+    """Mark runs still ``running`` on any of ``destinations`` as failed with ``reason`` and counts of what they
+    did (``sent``: what their destinations acknowledged and they recorded); return their ids.
 
-    Only call this while holding those destinations' run locks: then no such run can still be alive.
+    Only call this while holding those destinations' run locks (confirmed in ``conn``'s transaction): then no such
+    run can still record anything, though a paused one may still be alive; it closes its own row again when it
+    notices it lost its lock.
     """
     mine = set(destinations)
     rows = conn.execute(select(runs.c.id, runs.c.destinations).where(runs.c.status == "running")).all()
     stale = [r.id for r in rows if mine & set(r.destinations or [])]
-    if stale:
+    for run_id in stale:
         conn.execute(
-            update(runs).where(runs.c.id.in_(stale)).values(status="failed", finished_at=utcnow(), error=reason)
+            update(runs)
+            .where(runs.c.id == run_id)
+            .values(status="failed", finished_at=utcnow(), error=reason, counts=count_changes(conn, run_id))
         )
     return stale
 

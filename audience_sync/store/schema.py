@@ -9,6 +9,7 @@ People query these tables directly (the README documents them); change them only
   identifiers it was sent with. Audiences store ``true``/``false``; traits store JSON, NULL for "no value".
 - ``diffs``: the outbox and the audit trail: every change of every run and what became of it.
 - ``delivery_in_flight``: the key range of the chunk each running delivery has handed its destination.
+- ``run_locks``, ``run_lock_tokens``: the run lock of each destination, and its fencing token (a generation).
 - ``alert_incidents``: open incidents, so that each is alerted once and its recovery once.
 """
 
@@ -211,6 +212,12 @@ class InFlightChunk(Base):
     last_user_id: Mapped[str] = mapped_column(String(255))
     last_diff_id: Mapped[int] = mapped_column(BigInteger)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    #: the fencing token of the lock its run held when it noted the chunk (NULL: noted before migration 0008); a
+    #: run recovers only chunks noted under an older token than its own, so never one of a run that still holds it
+    token: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    #: noted again by its run after that run found it had lost its lock: a later run may already have re-sent these
+    #: changes, and the fenced run's requests may have reached the destination after that re-send
+    late: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 def status_is(status: str) -> ColumnElement[bool]:
@@ -244,6 +251,22 @@ class RunLock(Base):
     run_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     acquired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    #: the fencing token of this acquisition (``run_lock_tokens``; 0: taken before migration 0008)
+    token: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    #: the holder's machine and pid namespace (``/proc/sys/kernel/random/boot_id``, ``/proc/self/ns/pid``): its pid
+    #: says whether it is alive only to a process on the same machine in the same namespace; NULL: unknown
+    boot_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    pid_ns: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class RunLockToken(Base):
+    """The fencing token of each lock name: a generation that only grows, one step per acquisition. It outlives the
+    ``run_locks`` row (deleted on release), so a token is never handed out twice for one name (migration 0008)."""
+
+    __tablename__ = "run_lock_tokens"
+
+    name: Mapped[str] = mapped_column(String(150), primary_key=True)
+    token: Mapped[int] = mapped_column(BigInteger)
 
 
 class AlertIncident(Base):

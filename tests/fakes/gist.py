@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -21,6 +22,40 @@ class Fault:
     apply_first: bool = False  # the request takes effect, then the answer is an error (a lost answer)
 
 
+@dataclass
+class Trap:
+    """Catches the POSTs whose parsed body ``match`` accepts (at most ``times`` of them; None: all).
+
+    Each caught request is counted and signals ``caught``; with ``hold`` it then waits (outside the fake's lock, so
+    other requests go on) until :meth:`release`; then it is answered with ``fault`` if given, else applied as
+    usual. A test drives a run with it from events: "the run's request for u1 has arrived and is waiting".
+    """
+
+    match: Callable[[str, dict[str, Any]], bool]
+    hold: bool = False
+    fault: Fault | None = None
+    times: int | None = None
+    count: int = 0
+    caught: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self, timeout: float = 120.0) -> None:
+        """Block until a request was caught; AssertionError if none came within ``timeout`` (a broken run)."""
+        assert self.caught.wait(timeout), f"no request was caught within {timeout:g} s"
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def sets(user_id: str, key: str, value: Any) -> Callable[[str, dict[str, Any]], bool]:
+    """A Trap match: a contact update of ``user_id`` setting ``key`` to ``value``."""
+    return lambda path, body: (
+        path == "/contacts"
+        and body.get("user_id") == user_id
+        and (body.get("custom_properties") or {}).get(key, object()) == value
+    )
+
+
 class FakeGist(LoopbackServer):
     def __init__(self, api_key: str = "gist-test-key") -> None:
         self.api_key = api_key
@@ -29,8 +64,36 @@ class FakeGist(LoopbackServer):
         self.requests: list[dict[str, Any]] = []
         self.faults: deque[Fault] = deque()
         self.user_faults: dict[str, Fault] = {}
+        self.traps: list[Trap] = []
         self.lock = threading.Lock()
         super().__init__()
+
+    def trap(
+        self,
+        match: Callable[[str, dict[str, Any]], bool],
+        *,
+        hold: bool = False,
+        fault: Fault | None = None,
+        times: int | None = None,
+    ) -> Trap:
+        """Add a :class:`Trap` (traps are tried in the order they were added; the first that matches catches)."""
+        trap = Trap(match, hold, fault, times)
+        with self.lock:
+            self.traps.append(trap)
+        return trap
+
+    def release_all(self) -> None:
+        """Let every held request go on (at the end of a test, so that no client waits for ever)."""
+        for trap in self.traps:
+            trap.release()
+
+    def _catch(self, path: str, body: dict[str, Any]) -> Trap | None:
+        for trap in self.traps:
+            if (trap.times is None or trap.count < trap.times) and trap.match(path, body):
+                trap.count += 1
+                trap.caught.set()
+                return trap
+        return None
 
     def fail_next(
         self,
@@ -79,9 +142,13 @@ class FakeGist(LoopbackServer):
                         return self.answer(
                             422, {"errors": [{"code": "parameter_invalid", "message": f"{missing[0]} is required"}]}
                         )
-                    fault = fake.user_faults.get(str(body["user_id"])) or (
-                        fake.faults.popleft() if fake.faults else None
-                    )
+                    trap = fake._catch(self.path, body)
+                if trap is not None and trap.hold:
+                    trap.released.wait(120.0)
+                with fake.lock:
+                    fault = (trap.fault if trap is not None else None) or fake.user_faults.get(str(body["user_id"]))
+                    if fault is None and trap is None and fake.faults:
+                        fault = fake.faults.popleft()
                     if fault is not None:
                         if fault.apply_first:
                             fake._apply(self.path, body)
