@@ -14,7 +14,8 @@ so the current truth is sent again, including an exit when the user is no longer
 
 An exit goes to the email the destination last received (kept in the snapshot); other changes use the
 staged email, falling back to the snapshot's. Each row gets its deterministic message id here, computed in
-SQL exactly as :func:`audience_sync.changes.message_id` computes it.
+SQL exactly as :func:`audience_sync.changes.message_id` computes it, from the state database's install id
+(``store/install.py``) and the change.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from sqlalchemy import (
 
 from .changes import SEPARATOR
 from .config import Computation
+from .store.install import install_id
 from .store.schema import DiffRow, SnapshotRow, StagingRow, UTCDateTime, status_is, table_of, utcnow
 from .store.sqlfuncs import sha256_hex
 from .values import FALSE, TRUE
@@ -69,6 +71,7 @@ _COLUMNS = [
 @dataclass(frozen=True)
 class _Target:
     run_id: int
+    install_id: str
     destination: str
     computation_class: str
     salt: str
@@ -76,7 +79,9 @@ class _Target:
     def message_id(self, key: Any, user_id: Any, new_value: Any, base_run_id: Any) -> ColumnElement[str]:
         sep = literal(SEPARATOR, String)
         text = (
-            literal(self.destination, String)
+            literal(self.install_id, String)
+            + sep
+            + literal(self.destination, String)
             + sep
             + key
             + sep
@@ -150,23 +155,23 @@ def write_changes(
         damping = comp.exit_after if comp.computation_class == "audience" else None
         groups.setdefault((comp.computation_class, damping), []).append(comp.key)
     written: Counter[str] = Counter()
+    install = install_id(conn)
     for (cls, damping), keys in groups.items():
-        written += _write_group(conn, run_id, dest, cls, keys, damping, resync=resync, users=users)
+        target = _Target(run_id, install, dest, cls, f"resync:{run_id}" if resync else "")
+        written += _write_group(conn, target, keys, damping, resync=resync, users=users)
     return written
 
 
 def _write_group(
     conn: Connection,
-    run_id: int,
-    dest: str,
-    computation_class: str,
+    target: _Target,
     keys: Sequence[str],
     exit_after: float | None,
     *,
     resync: bool,
     users: Sequence[str] | None,
 ) -> Counter[str]:
-    target = _Target(run_id, dest, computation_class, f"resync:{run_id}" if resync else "")
+    run_id, dest, computation_class = target.run_id, target.destination, target.computation_class
     s = table_of(StagingRow).alias("s")
     p = table_of(SnapshotRow).alias("p")
     staged = s.outerjoin(

@@ -109,6 +109,17 @@ def _streamed(caplog: pytest.LogCaptureFixture) -> set[str]:
     }
 
 
+def _same_install(url: str) -> None:
+    """Give the state database the install id every state of these comparisons has, so message ids compare too."""
+    from audience_sync.store.migrate import upgrade
+
+    engine = create_engine(url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE install SET install_id = 'pushdown-or-streaming'"))
+    engine.dispose()
+
+
 def _compare(make_url_for: Any, tmp_path: Path, load: Any, change: Any) -> None:
     """Run the same two syncs with pushdown and with streaming; everything they store and send must agree."""
     results = {}
@@ -117,6 +128,7 @@ def _compare(make_url_for: Any, tmp_path: Path, load: Any, change: Any) -> None:
         tmp.mkdir()
         url = make_url_for(tmp)
         load(url)
+        _same_install(url)
         config = _config(url, tmp, BODY, push)
         first = run_sync(config)
         change(url)

@@ -10,6 +10,7 @@ People query these tables directly (the README documents them); change them only
 - ``diffs``: the outbox and the audit trail: every change of every run and what became of it.
 - ``delivery_in_flight``: the key range of the chunk each running delivery has handed its destination.
 - ``alert_incidents``: open incidents, so that each is alerted once and its recovery once.
+- ``install``: this state database's own install id, part of every message id (migration 0009).
 """
 
 from __future__ import annotations
@@ -253,3 +254,19 @@ class AlertIncident(Base):
     run_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     opened_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     notified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class Install(Base):
+    """The one row naming this install: an id made when the state database was created (or, for a database
+    older than migration 0009, when it was upgraded), part of every message id.
+
+    Segment drops messages whose ``messageId`` it has seen in the last day or so, across sources and workspaces:
+    two installs (staging and production, or a state database rebuilt from scratch) must never make the same id,
+    while one install must make the same id again for the same change (a re-send after a crash dedupes). ``db
+    copy`` moves the row with the rest of the state, so a moved install keeps its ids.
+    """
+
+    __tablename__ = "install"
+
+    install_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
