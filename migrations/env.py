@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine, engine_from_config, pool
 
+from audience_sync.store.migrate import compare_type
 from audience_sync.store.schema import Base
 
 target_metadata = Base.metadata
@@ -23,7 +24,7 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             transaction_per_migration=True,
-            compare_type=True,
+            compare_type=compare_type,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -172,7 +172,7 @@ def test_sqlite_pushdown_is_used_and_counts(tmp_path: Path) -> None:
     config = _config(url, tmp_path, BODY, True)
     result = run_sync(config)
     members = result.counts["sources"]["members"]
-    assert members == {"rows": 22, "members": 18, "null_user_ids": 3, "null_values": 0}
+    assert members == {"rows": 22, "members": 18, "null_user_ids": 3, "null_values": 0, "skipped": 0}
     assert result.counts["sources"]["score"]["null_values"] == 1
 
 

@@ -23,7 +23,7 @@ from .migrate import upgrade
 from .schema import Base
 
 #: per-run tables that a copy leaves behind
-NOT_COPIED = frozenset({"staging", "run_locks"})
+NOT_COPIED = frozenset({"staging", "staging_skips", "run_locks"})
 #: the table whose row the copy replaces: every state database has its own from the start
 REPLACED = "install"
 
