@@ -451,3 +451,33 @@ def test_migration_0010_makes_text_columns_and_keeps_the_data_and_indexes(state_
     upgrade(engine)
     engine.dispose()
 
+
+def test_a_migration_that_fails_halfway_leaves_nothing_behind(state_url: str) -> None:
+    """Each migration is one transaction, DDL included, on SQLite too (whose Python driver used to commit each
+    CREATE TABLE on its own): a migration that fails, or is killed, after its first statement leaves neither a
+    table without its revision nor a half-changed schema, and the next upgrade applies it whole."""
+    from audience_sync.errors import StoreError
+    from audience_sync.store.migrate import current_revision
+
+    engine = create_engine(state_url)
+    command.upgrade(alembic_config(engine), "0009")
+    with engine.begin() as conn:  # takes the name of the index migration 0010 creates after its table
+        conn.execute(text("CREATE INDEX ix_staging_skips_user ON diffs (id)"))
+    with pytest.raises(StoreError, match="migrating the state database"):
+        upgrade(engine)
+    assert current_revision(engine) == "0009"
+    with engine.connect() as conn:
+        tables = set(
+            conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'")).scalars()
+            if conn.dialect.name == "sqlite"
+            else conn.execute(
+                text("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+            ).scalars()
+        )
+        assert "staging_skips" not in tables and "diffs" in tables
+        if conn.dialect.name == "postgresql":
+            assert _column_types(conn)[("diffs", "user_id")] == "character varying"  # the ALTERs rolled back
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_staging_skips_user"))
+    assert upgrade(engine) == current_revision(engine) == "0010"
+    engine.dispose()
