@@ -62,15 +62,22 @@ SEPARATOR = "\x1f"
 
 
 def message_id(
-    destination: str, key: str, user_id: str, new_value: str | None, base_run_id: int | None, salt: str = ""
+    install_id: str,
+    destination: str,
+    key: str,
+    user_id: str,
+    new_value: str | None,
+    base_run_id: int | None,
+    salt: str = "",
 ) -> str:
     """A deterministic message id (43 characters) for a change; the diff computes the same one in SQL.
 
     The same change computed again after a crash (same snapshot base, same new value) gets the same id, so a
     re-send dedupes at destinations that honour message ids; a later change of the same user gets another.
-    ``salt`` separates deliberate re-sends (a resync run) from the original. ``new_value`` is the canonical
-    JSON text, None for "no value".
+    ``install_id`` (the state database's own, :mod:`audience_sync.store.install`) keeps two installs' ids
+    apart: Segment deduplicates across sources and workspaces. ``salt`` separates deliberate re-sends (a resync
+    run) from the original. ``new_value`` is the canonical JSON text, None for "no value".
     """
     base = "" if base_run_id is None else str(base_run_id)
-    text = SEPARATOR.join((destination, key, user_id, new_value or "null", base, salt))
+    text = SEPARATOR.join((install_id, destination, key, user_id, new_value or "null", base, salt))
     return "as-" + hashlib.sha256(text.encode()).hexdigest()[:40]

@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -183,8 +183,15 @@ class RetentionConfig(_Section):
         return parse_duration(self.keep) if self.keep else None
 
 
+#: the longest destination name: it is part of the state's keys (indexed on PostgreSQL together with a key and a
+#: user id, ``sources/rows.MAX_USER_ID_BYTES``), of lock names and of the JSONL sink's default file name
+#: (``<name>.jsonl`` must fit the 255 bytes most file systems allow)
+MAX_DESTINATION_NAME = 200
+
+
 class _DestinationBase(_Section):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    #: letters, digits, ``_ . -``: safe in file names, lock names and metric labels as it is
+    name: str = Field(min_length=1, max_length=MAX_DESTINATION_NAME, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     send: tuple[Literal["identify", "track"], ...] = ("identify",)
     max_retries: int = Field(default=5, ge=0, le=100)
     rate_limit: float | None = Field(default=None, gt=0)
@@ -617,6 +624,18 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
     )
 
 
+def _nul_strings(node: Any, where: str) -> Iterator[str]:
+    """The key paths of strings holding a NUL byte (TOML can spell one ``\\u0000``)."""
+    if isinstance(node, str) and "\x00" in node:
+        yield where
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _nul_strings(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _nul_strings(value, f"{where}[{i}]")
+
+
 def parse_config(text: str, *, path: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:
     """Validate TOML text into a :class:`Config`; ConfigError listing every problem with its key path.
 
@@ -626,6 +645,10 @@ def parse_config(text: str, *, path: str = "<config>", environ: Mapping[str, str
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}", path=path) from None
+    # names, keys and message fields end up in the state database, whose PostgreSQL text holds no NUL byte
+    problems = [f"{path}: {where}: contains a NUL byte (\\u0000)" for where in _nul_strings(data, "")]
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems), path=path, problems=problems)
     env = os.environ if environ is None else environ
     try:
         raw = _RawConfig.model_validate(data, context={"environ": env})

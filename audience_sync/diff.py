@@ -12,9 +12,15 @@ through Python. Semantics (per destination and computation):
 A snapshot row ``in_doubt`` (its change was in flight when a run died) counts as different from everything,
 so the current truth is sent again, including an exit when the user is no longer staged.
 
+A user whose source row could not be staged (``staging_skips``: a NUL byte, a value with no JSON form...) is left
+alone: no entry, change or exit, so the destination keeps what it has; instead the user gets a ``skipped``
+change per destination, with the reason (``entered`` when the destination holds no value for them, ``changed``
+when it does), so that every run counts and reports them until the source is fixed.
+
 An exit goes to the email the destination last received (kept in the snapshot); other changes use the
 staged email, falling back to the snapshot's. Each row gets its deterministic message id here, computed in
-SQL exactly as :func:`audience_sync.changes.message_id` computes it.
+SQL exactly as :func:`audience_sync.changes.message_id` computes it, from the state database's install id
+(``store/install.py``) and the change.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from sqlalchemy import (
     Integer,
     String,
     and_,
+    case,
     cast,
     func,
     literal,
@@ -43,7 +50,9 @@ from sqlalchemy import (
 
 from .changes import SEPARATOR
 from .config import Computation
-from .store.schema import DiffRow, SnapshotRow, StagingRow, UTCDateTime, status_is, table_of, utcnow
+from .store import staging
+from .store.install import install_id
+from .store.schema import DiffRow, SkippedRow, SnapshotRow, StagingRow, UTCDateTime, status_is, table_of, utcnow
 from .store.sqlfuncs import sha256_hex
 from .values import FALSE, TRUE
 
@@ -69,6 +78,7 @@ _COLUMNS = [
 @dataclass(frozen=True)
 class _Target:
     run_id: int
+    install_id: str
     destination: str
     computation_class: str
     salt: str
@@ -76,7 +86,9 @@ class _Target:
     def message_id(self, key: Any, user_id: Any, new_value: Any, base_run_id: Any) -> ColumnElement[str]:
         sep = literal(SEPARATOR, String)
         text = (
-            literal(self.destination, String)
+            literal(self.install_id, String)
+            + sep
+            + literal(self.destination, String)
             + sep
             + key
             + sep
@@ -143,30 +155,85 @@ def write_changes(
 
     One ``INSERT ... SELECT`` per change class covers every computation of a class (and flap-damping
     setting), so the snapshot and staging are each read once per class, not once per computation.
-    ``users`` limits the diff to those user ids (for ``resync --user``).
+    ``users`` limits the diff to those user ids (for ``resync --user``). Users whose rows were skipped get a
+    ``skipped`` change each instead (not counted in the result: nothing is owed to them).
     """
     groups: dict[tuple[str, float | None], list[str]] = {}
     for comp in comps:
         damping = comp.exit_after if comp.computation_class == "audience" else None
         groups.setdefault((comp.computation_class, damping), []).append(comp.key)
     written: Counter[str] = Counter()
+    install = install_id(conn)
+    with_skips = staging.skipped_keys(conn, run_id)
     for (cls, damping), keys in groups.items():
-        written += _write_group(conn, run_id, dest, cls, keys, damping, resync=resync, users=users)
+        target = _Target(run_id, install, dest, cls, f"resync:{run_id}" if resync else "")
+        skipped = [k for k in keys if k in with_skips]
+        written += _write_group(conn, target, keys, damping, resync=resync, users=users, skipped=skipped)
+        if skipped:
+            _write_skips(conn, target, skipped, users)
     return written
+
+
+_skips = table_of(SkippedRow)
+
+
+def _not_skipped(run_id: int, key: Any, user_id: Any) -> ColumnElement[bool]:
+    """The user's source row of this run was staged, not skipped."""
+    k = _skips.alias("k")
+    return ~(
+        select(literal(1)).where(k.c.run_id == run_id, k.c.computation_key == key, k.c.user_id == user_id).exists()
+    )
+
+
+def _write_skips(conn: Connection, target: _Target, keys: Sequence[str], users: Sequence[str] | None) -> int:
+    """A ``skipped`` change, with its reason, for each user of ``keys`` whose source row was skipped."""
+    k = _skips.alias("k")
+    p = table_of(SnapshotRow).alias("p")
+    source = k.outerjoin(
+        p,
+        and_(
+            p.c.destination == target.destination,
+            p.c.computation_key == k.c.computation_key,
+            p.c.user_id == k.c.user_id,
+        ),
+    )
+    audience = target.computation_class == "audience"
+    holds = p.c.value == literal(TRUE, String) if audience else p.c.value.is_not(None)
+    where = [k.c.run_id == target.run_id, k.c.computation_key.in_(list(keys))]
+    if users is not None:
+        where.append(k.c.user_id.in_(list(users)))
+    sel = select(
+        literal(target.run_id, BigInteger),
+        literal(target.destination, String),
+        k.c.computation_key,
+        literal(target.computation_class, String),
+        k.c.shown_user_id,
+        func.coalesce(k.c.email, p.c.email),
+        case((holds, literal("changed", String)), else_=literal("entered", String)),
+        p.c.value,
+        literal(TRUE, String) if audience else literal(None, String),
+        p.c.run_id,
+        literal(None, String),  # never sent: no message id
+        literal("skipped", String),
+        literal(0, Integer),
+        literal(utcnow(), UTCDateTime),
+        k.c.reason,
+    ).select_from(source).where(*where)
+    insert = diffs.insert().from_select([*_COLUMNS, "error"], sel).execution_options(preserve_rowcount=True)
+    return conn.execute(insert).rowcount
 
 
 def _write_group(
     conn: Connection,
-    run_id: int,
-    dest: str,
-    computation_class: str,
+    target: _Target,
     keys: Sequence[str],
     exit_after: float | None,
     *,
     resync: bool,
     users: Sequence[str] | None,
+    skipped: Sequence[str] = (),
 ) -> Counter[str]:
-    target = _Target(run_id, dest, computation_class, f"resync:{run_id}" if resync else "")
+    run_id, dest, computation_class = target.run_id, target.destination, target.computation_class
     s = table_of(StagingRow).alias("s")
     p = table_of(SnapshotRow).alias("p")
     staged = s.outerjoin(
@@ -184,6 +251,9 @@ def _write_group(
     if users is not None:
         in_staging.append(s.c.user_id.in_(list(users)))
         in_snapshot.append(p.c.user_id.in_(list(users)))
+    if skipped:  # only then: a run without skipped rows pays nothing for them
+        in_staging.append(_not_skipped(run_id, s.c.computation_key, s.c.user_id))
+        in_snapshot.append(_not_skipped(run_id, p.c.computation_key, p.c.user_id))
     current: dict[str, Any] = {
         "key": s.c.computation_key,
         "user_id": s.c.user_id,
@@ -238,7 +308,8 @@ def note_missing(conn: Connection, run_id: int, dest: str, comp: Computation) ->
     Guarantees: after it, no ``missing_since`` of this destination and computation is later than now. A
     ``missing_since`` in the future was written by a run whose clock was ahead; it counts as "missing since
     now" (the exit comes ``exit_after`` from now), so a wrong clock delays an exit by at most ``exit_after``
-    instead of by however far it was ahead.
+    instead of by however far it was ahead. A member whose source row was skipped is not missing: the clock
+    does not start for them.
     """
     s = table_of(StagingRow)
     p = table_of(SnapshotRow)
@@ -251,9 +322,10 @@ def note_missing(conn: Connection, run_id: int, dest: str, comp: Computation) ->
     mine = [p.c.destination == dest, p.c.computation_key == comp.key]
     moment = literal(now, UTCDateTime)
     conn.execute(update(p).where(*mine, p.c.missing_since > moment).values(missing_since=now))
-    conn.execute(
-        update(p).where(*mine, p.c.value == TRUE, p.c.missing_since.is_(None), ~staged).values(missing_since=now)
-    )
+    missing = [p.c.value == TRUE, p.c.missing_since.is_(None), ~staged]
+    if comp.key in staging.skipped_keys(conn, run_id):
+        missing.append(_not_skipped(run_id, p.c.computation_key, p.c.user_id))
+    conn.execute(update(p).where(*mine, *missing).values(missing_since=now))
     conn.execute(update(p).where(*mine, p.c.missing_since.is_not(None), staged).values(missing_since=None))
 
 

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 Mode = Literal["incremental", "resync"]
 #: refresh the snapshot's planner statistics after a run that delivered at least this many changes
 ANALYZE_AFTER = 10_000
+#: skipped source rows logged one by one per computation; the rest are counted (every one is a skipped change)
+SKIPS_LOGGED = 10
 
 
 @dataclass
@@ -100,14 +102,19 @@ def _push_down(engine: Engine, run_id: int, comp: Computation, stats: SourceStat
         log.info("%s: streaming (its query or its column types cannot be pushed down)", comp.key)
         return False
     try:
-        with engine.begin() as conn:
-            rows, null_ids, null_values, stats.members = loading.push_down(conn, run_id, plan)
+        with engine.connect() as conn, conn.begin() as transaction:
+            pushed = loading.push_down(conn, run_id, plan)
+            if pushed.unusable:  # rows to skip: the streamed path says why, user by user
+                transaction.rollback()
+                log.info("%s: streaming, to report %d rows it cannot stage", comp.key, pushed.unusable)
+                return False
     except SQLAlchemyError as exc:  # the streamed path reports the query's own error, or a value's
         log.info("%s: pushdown failed (%s); streaming instead", comp.key, " ".join(str(exc).split())[:200])
         return False
-    stats.rows += rows
-    stats.null_user_ids += null_ids
-    stats.null_values += null_values
+    stats.rows += pushed.rows
+    stats.null_user_ids += pushed.null_user_ids
+    stats.null_values += pushed.null_values
+    stats.members = pushed.members
     return True
 
 
@@ -146,6 +153,7 @@ def _stream(
             loading.copy_rows(conn, run_id, comp.key, chunks())
         else:
             loading.insert_batches(conn, run_id, comp.key, chunks())
+        staging.insert_skips(conn, run_id, comp.key, [skip.row() for skip in stats.skips])
 
 
 def _stage(
@@ -184,11 +192,20 @@ def _stage(
             )
         if st.null_user_ids:
             log.warning("%s: dropped %d rows with a null user_id", comp.key, st.null_user_ids)
+        for skip in st.skips[:SKIPS_LOGGED]:
+            log.warning("%s", skip.reason, extra={"run_id": run_id, "computation": comp.key})
+        if len(st.skips) > SKIPS_LOGGED:
+            log.warning(
+                "%s: %d more users skipped (see `audience-sync diff --status skipped`)",
+                comp.key,
+                len(st.skips) - SKIPS_LOGGED,
+            )
         stats[comp.key] = {
             "rows": st.rows,
             "members": members,
             "null_user_ids": st.null_user_ids,
             "null_values": st.null_values,
+            "skipped": len(st.skips),
         }
     return stats
 

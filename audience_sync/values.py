@@ -19,17 +19,25 @@ TRUE = "true"
 FALSE = "false"
 
 
+class NoJsonForm(ValueError):
+    """A number JSON cannot write: NaN or an infinity (a float, a ``Decimal``, or one inside a list or object).
+
+    The value is of a usable type, so the user is skipped with this reason; it is not "no value" (NULL is).
+    """
+
+
 def _plain(value: Any) -> Any:
-    """Convert database and numpy scalars to plain JSON types; raise TypeError for anything else."""
+    """Convert database and numpy scalars to plain JSON types; raise NoJsonForm for NaN and infinities,
+    TypeError for values of any other type."""
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
-        if math.isinf(value):
-            raise TypeError("infinite numbers have no JSON form")
-        return None if math.isnan(value) else value
+        if math.isinf(value) or math.isnan(value):
+            raise NoJsonForm(f"{value!r} has no JSON form (NaN and infinite numbers cannot be sent)")
+        return value
     if isinstance(value, decimal.Decimal):
-        if value.is_nan():
-            return None
+        if not value.is_finite():
+            raise NoJsonForm(f"numeric {value} has no JSON form (NaN and infinite numbers cannot be sent)")
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
@@ -51,7 +59,8 @@ def encode(value: Any) -> str | None:
 
     Guarantees: ``encode(a) == encode(b)`` exactly when the values are equal as JSON with their types
     (``0`` and ``False`` differ, ``1`` and ``1.0`` differ), and ``decode(encode(v))`` equals the plain form of
-    ``v``. Raises TypeError for values with no JSON form.
+    ``v``. Raises NoJsonForm for NaN and infinite numbers (anywhere in the value), TypeError for values of a type
+    JSON has no form for.
     """
     plain = _plain(value)
     if plain is None:

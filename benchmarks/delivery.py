@@ -185,7 +185,7 @@ def changes(n: int) -> list[Change]:
             change="entered",
             old_value=None,
             new_value=True,
-            message_id=message_id("d", "everyone", f"user-{i:07d}", "true", None),
+            message_id=message_id("bench", "d", "everyone", f"user-{i:07d}", "true", None),
         )
         for i in range(n)
     ]

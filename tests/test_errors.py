@@ -110,9 +110,22 @@ def test_unreadable_parquet_file(project: Path, warehouse: Warehouse) -> None:
 
 
 def test_trait_value_without_json_form(project: Path, warehouse: Warehouse) -> None:
-    warehouse.set_trait("Score", {"u1": ("a@x.io", float("inf"))})
+    """Infinity has no JSON form: that user is skipped with the reason, the run delivers everyone else (exit 0)."""
+    warehouse.set_trait("Score", {"u1": ("a@x.io", float("inf")), "u2": ("b@x.io", 2)})
     write(project, "sqlite:///state.db", warehouse.url, Harness.trait("Score"))
-    assert_clean_failure(cli(project, "run"), 1, "trait 'Score' (score): user 'u1' has a value of unusable type")
+    reason = "trait 'Score' (score): user 'u1': its value: inf has no JSON form"
+    assert_clean_failure(cli(project, "run"), 0, reason)
+    skipped = json.loads(cli(project, "diff", "--status", "skipped", "--format", "json").stdout)
+    assert [(r["user_id"], r["computation_key"]) for r in skipped] == [("u1", "score")]
+    assert reason in skipped[0]["error"]
+    runs = json.loads(cli(project, "runs", "--format", "json").stdout)
+    assert runs[0]["counts"]["skipped"] == 1 and runs[0]["counts"]["sources"]["score"]["skipped"] == 1
+    lines = [json.loads(line) for line in (project / "out.jsonl").read_text().splitlines()]
+    assert [c["userId"] for c in lines if "score" in c["traits"]] == ["u2"]
+    warehouse.set_trait("Score", {"u1": ("a@x.io", 1), "u2": ("b@x.io", 2)})  # corrected: u1 gets its value
+    assert cli(project, "run").returncode == 0
+    last = json.loads((project / "out.jsonl").read_text().splitlines()[-1])
+    assert (last["userId"], last["traits"]["score"]) == ("u1", 1)
 
 
 def test_unwritable_jsonl_sink_keeps_changes_pending(project: Path, warehouse: Warehouse) -> None:

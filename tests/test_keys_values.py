@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from audience_sync.keys import is_valid_key, trait_key
-from audience_sync.values import decode, encode
+from audience_sync.values import NoJsonForm, decode, encode
 
 
 @pytest.mark.parametrize(
@@ -56,9 +56,18 @@ def test_equal_text_means_equal_value_with_type(a: object, b: object) -> None:
 
 def test_falsy_values_are_values_and_distinct() -> None:
     assert [encode(v) for v in (0, False, "", [], 0.0)] == ["0", "false", '""', "[]", "0.0"]
-    assert encode(None) is None and encode(math.nan) is None
+    assert encode(None) is None
     assert encode(decimal.Decimal("12.50")) == "12.5" and encode(decimal.Decimal("3")) == "3"
     with pytest.raises(TypeError):
-        encode(math.inf)
-    with pytest.raises(TypeError):
         encode(object())
+
+
+@pytest.mark.parametrize(
+    "value",
+    [math.inf, -math.inf, math.nan, decimal.Decimal("Infinity"), decimal.Decimal("-Infinity"), decimal.Decimal("NaN"),
+     [1, math.inf], {"a": math.nan}],
+)
+def test_nan_and_infinities_have_no_json_form(value: object) -> None:
+    """Not "no value" (NaN used to become NULL, sending an exit) and not a crash (numeric Infinity overflowed)."""
+    with pytest.raises(NoJsonForm, match="has no JSON form"):
+        encode(value)

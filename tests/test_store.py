@@ -17,7 +17,7 @@ from sqlalchemy import Connection, create_engine, inspect, text
 
 from audience_sync.errors import LockHeld, StoreError
 from audience_sync.store.lock import acquire, release, run_lock
-from audience_sync.store.migrate import alembic_config, current_revision, migrations_dir, upgrade
+from audience_sync.store.migrate import alembic_config, compare_type, current_revision, migrations_dir, upgrade
 from audience_sync.store.schema import Base
 from tests.conftest import Harness, Warehouse
 
@@ -30,7 +30,8 @@ def test_migrations_build_exactly_the_models_schema(state_url: str) -> None:
     assert upgrade(engine) == head
     assert upgrade(engine) == head  # idempotent
     with engine.connect() as conn:
-        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        context = MigrationContext.configure(conn, opts={"compare_type": compare_type})
+        diffs = compare_metadata(context, Base.metadata)
     engine.dispose()
     assert diffs == []
 

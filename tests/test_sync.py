@@ -211,7 +211,8 @@ def test_duplicates_count_once_and_null_ids_are_dropped(harness: Harness) -> Non
         db.execute("INSERT INTO members VALUES ('VIP', NULL, 'ghost@x.io')")
     config = harness.config(harness.jsonl_destination() + harness.audience("VIP"))
     result = harness.run(config)
-    assert result.counts["sources"]["vip"] == {"rows": 3, "members": 1, "null_user_ids": 1, "null_values": 0}
+    counted = {"rows": 3, "members": 1, "null_user_ids": 1, "null_values": 0, "skipped": 0}
+    assert result.counts["sources"]["vip"] == counted
     assert harness.sent(harness.new_calls()) == {("u1", "vip"): True}
 
 
@@ -316,11 +317,12 @@ def test_message_ids_are_computed_in_sql_as_defined_and_repeat_after_a_lost_run(
                 "d.message_id, r.mode, d.run_id FROM diffs d JOIN sync_runs r ON r.id = d.run_id"
             )
         ).all()
+        install = conn.execute(text("SELECT install_id FROM install")).scalar_one()
     engine.dispose()
     assert len(rows) == 3 + 1 + 3
     for dest, key, user, new, base, mid, mode, run_id in rows:
         salt = f"resync:{run_id}" if mode == "resync" else ""
-        assert mid == message_id(dest, key, user, new, base, salt)
+        assert mid == message_id(install, dest, key, user, new, base, salt)
         assert len(mid) < 100
     dry = [r for r in rows if r.mode == "dry_run"]
     real_exit = [r for r in rows if r.run_id == resync.run_id and r.user_id == "ü2"]

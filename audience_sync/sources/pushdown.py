@@ -13,6 +13,13 @@ On PostgreSQL a column type is pushed down only when SQL renders it exactly as P
 dates, ...) the computation is streamed instead, so the two paths never disagree. On SQLite, whose values are
 typed per row, integers, text and NULL are handled in SQL and the rare other values (reals, blobs) by the
 Python functions themselves, registered on the connection (:func:`register_normalizers`).
+
+Rows the streamed path skips (a NUL byte in a user id or email, a user id over ``rows.MAX_USER_ID_BYTES`` bytes,
+a value with no JSON form) are never staged by the pushdown: the computation is streamed instead, so that each is
+reported by the very code that reports it when streaming. On SQLite such a row makes the statement fail (the
+normalising Python functions raise for it; the check that sends text there is two cheap functions on the raw
+column). On PostgreSQL, whose text holds no NUL byte, a too-long id is left out (:attr:`Pushdown.unusable`) and
+the count that follows notices it.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from ..config import Computation
 from ..store.dialect import literal_sql
 from ..values import encode
 from .columns import locate
-from .rows import _email, _user_id
+from .rows import MAX_USER_ID_BYTES, _email, _user_id, email_problem, user_id_problem
 
 #: Every character ``str.strip()`` removes (``str.isspace``): SQL trims with this set, so blank means the same on
 #: both paths. tests/test_pushdown.py checks it against Python's own definition.
@@ -86,22 +93,29 @@ class Pushdown:
     """A computation's query wrapped to return normalised ``(u, e, v)`` rows: user id, email, value text."""
 
     comp: Computation
-    normalized: str  # SELECT u, e, v FROM (<query>) AS src
+    normalized: str  # SELECT u, e, v[, b] FROM (<query>) AS src
+    #: true (never NULL) for a row the streamed path would skip rather than stage. PostgreSQL: column ``b``;
+    #: SQLite: never, because such a row makes the statement fail (``register_normalizers``)
+    unusable: str = "false"
 
     @property
     def counts(self) -> str:
-        """One row: rows returned, rows with no user id, rows with a user id but no value."""
+        """One row: rows returned, rows with no user id, rows with a user id but no value, rows to be skipped."""
         return (
             "SELECT count(*), "
             "coalesce(sum(CASE WHEN u IS NULL THEN 1 ELSE 0 END), 0), "
-            "coalesce(sum(CASE WHEN u IS NOT NULL AND v IS NULL THEN 1 ELSE 0 END), 0) "
+            "coalesce(sum(CASE WHEN u IS NOT NULL AND v IS NULL THEN 1 ELSE 0 END), 0), "
+            f"coalesce(sum(CASE WHEN u IS NOT NULL AND {self.unusable} THEN 1 ELSE 0 END), 0) "
             f"FROM ({self.normalized}) AS n"
         )
 
     @property
     def staged(self) -> str:
-        """The rows to stage: user id and value present."""
-        return f"SELECT u, e, v FROM ({self.normalized}) AS n WHERE u IS NOT NULL AND v IS NOT NULL"
+        """The rows to stage: user id and value present, nothing in them the state database cannot take."""
+        return (
+            f"SELECT u, e, v FROM ({self.normalized}) AS n "
+            f"WHERE u IS NOT NULL AND v IS NOT NULL AND NOT {self.unusable}"
+        )
 
     @property
     def ordered(self) -> str:
@@ -125,16 +139,21 @@ def _sqlite_unpadded(text: str) -> str:
 
 def _sqlite_columns(uid: str, email: str | None, value: str | None, is_trait: bool) -> tuple[str, str, str]:
     ws = _literal(WHITESPACE)
+    # text with a NUL byte (which length() stops at, so bytes are counted as a blob's) or too long for the state
+    # database goes to the Python normaliser, which raises for it: the statement fails and the computation streams
+    unusable_id = f"instr({uid}, char(0)) > 0 OR length(CAST({uid} AS BLOB)) > {MAX_USER_ID_BYTES}"
     u = (
         f"CASE typeof({uid}) WHEN 'integer' THEN CAST({uid} AS TEXT) "
-        f"WHEN 'text' THEN CASE WHEN {_sqlite_unpadded(uid)} THEN {uid} "
+        f"WHEN 'text' THEN CASE WHEN {unusable_id} THEN as_user_id({uid}) "
+        f"WHEN {_sqlite_unpadded(uid)} THEN {uid} "
         f"WHEN trim({uid}, {ws}) = '' THEN NULL ELSE {uid} END "
         f"WHEN 'null' THEN NULL ELSE as_user_id({uid}) END"
     )
     e = (
         "NULL"
         if email is None
-        else f"CASE typeof({email}) WHEN 'text' THEN CASE WHEN {_sqlite_unpadded(email)} THEN {email} "
+        else f"CASE typeof({email}) WHEN 'text' THEN CASE WHEN instr({email}, char(0)) > 0 THEN as_email({email}) "
+        f"WHEN {_sqlite_unpadded(email)} THEN {email} "
         f"ELSE nullif(trim({email}, {ws}), '') END "
         f"WHEN 'null' THEN NULL ELSE as_email({email}) END"
     )
@@ -151,13 +170,17 @@ def _sqlite_columns(uid: str, email: str | None, value: str | None, is_trait: bo
 
 def _pg_columns(
     uid: tuple[str, int], email: tuple[str, int] | None, value: tuple[str, int] | None, is_trait: bool
-) -> tuple[str, str, str] | None:
+) -> tuple[str, str, str, str] | None:
+    """The normalising expressions ``u, e, v`` and ``b``, true for a row whose user id is too long to stage
+    (PostgreSQL text holds no NUL byte, so that is all the streamed path could skip an id or email for)."""
     ws = _literal(WHITESPACE)
     name, oid = uid
+    b = "false"
     if oid in _PG_INTEGER or oid == _PG_UUID:
         u = f"{name}::text"
     elif oid in _PG_TEXT:
         u = f"CASE WHEN btrim({name}, {ws}) = '' THEN NULL ELSE {name}::text END"
+        b = f"octet_length({name}) > {MAX_USER_ID_BYTES}"
     else:
         return None
     if email is None:
@@ -167,7 +190,7 @@ def _pg_columns(
     else:
         return None
     if not is_trait:
-        return u, e, "'true'::text"
+        return u, e, "'true'::text", b
     assert value is not None
     name, oid = value
     if oid in _PG_INTEGER:
@@ -178,7 +201,7 @@ def _pg_columns(
         v = f"to_json({name})::text"
     else:
         return None
-    return u, e, v
+    return u, e, v, b
 
 
 def query_text(sql: str) -> str:
@@ -212,34 +235,49 @@ def plan(conn: Connection, comp: Computation) -> Pushdown | None:
     def ref(i: int | None) -> str | None:
         return None if i is None else f"src.{_quote(names[i])}"
 
-    columns: tuple[str, str, str] | None
     if dialect == "sqlite":
         uid_ref = ref(uid)
         assert uid_ref is not None
-        columns = _sqlite_columns(uid_ref, ref(email), ref(value), is_trait)
-    elif dialect == "postgresql":
-
-        def typed(i: int | None) -> tuple[str, int] | None:
-            r = ref(i)
-            return None if r is None or i is None else (r, int(types[i] or 0))
-
-        uid_typed = typed(uid)
-        assert uid_typed is not None
-        columns = _pg_columns(uid_typed, typed(email), typed(value), is_trait)
-    else:
+        u, e, v = _sqlite_columns(uid_ref, ref(email), ref(value), is_trait)
+        return Pushdown(comp, f"SELECT {u} AS u, {e} AS e, {v} AS v FROM ({inner}) AS src")
+    if dialect != "postgresql":
         return None
+
+    def typed(i: int | None) -> tuple[str, int] | None:
+        r = ref(i)
+        return None if r is None or i is None else (r, int(types[i] or 0))
+
+    uid_typed = typed(uid)
+    assert uid_typed is not None
+    columns = _pg_columns(uid_typed, typed(email), typed(value), is_trait)
     if columns is None:
         return None
-    u, e, v = columns
-    return Pushdown(comp, f"SELECT {u} AS u, {e} AS e, {v} AS v FROM ({inner}) AS src")
+    u, e, v, b = columns
+    return Pushdown(comp, f"SELECT {u} AS u, {e} AS e, {v} AS v, {b} AS b FROM ({inner}) AS src", unusable="b")
 
 
 def _json_value(value: Any) -> str | None:
-    return encode(value)  # TypeError for values with no JSON form: the statement fails and the run streams
+    return encode(value)  # an error for values with no JSON form: the statement fails and the run streams
+
+
+def _checked_user_id(raw: Any) -> str | None:
+    """``rows._user_id``, raising for an id the streamed path skips: the statement fails and the run streams."""
+    uid = _user_id(raw)
+    if uid is not None and user_id_problem(uid) is not None:
+        raise ValueError("a user id the state database cannot take: streaming, to report it")
+    return uid
+
+
+def _checked_email(raw: Any) -> str | None:
+    """``rows._email``, raising for an email the streamed path skips: the statement fails and the run streams."""
+    email = _email(raw)
+    if email_problem(email) is not None:
+        raise ValueError("an email the state database cannot take: streaming, to report it")
+    return email
 
 
 def register_normalizers(dbapi_conn: Any) -> None:
     """Make the streamed path's own normalising functions callable from SQL on a SQLite connection."""
-    dbapi_conn.create_function("as_user_id", 1, _user_id, deterministic=True)
-    dbapi_conn.create_function("as_email", 1, _email, deterministic=True)
+    dbapi_conn.create_function("as_user_id", 1, _checked_user_id, deterministic=True)
+    dbapi_conn.create_function("as_email", 1, _checked_email, deterministic=True)
     dbapi_conn.create_function("as_json_value", 1, _json_value, deterministic=True)

@@ -19,7 +19,7 @@ settles the email and the conflicting value from the rows' order (:func:`_settle
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
@@ -65,13 +65,24 @@ def _settle_repeats(conn: Connection, run_id: int, key: str, ordered: str) -> No
     conn.exec_driver_sql(sql, {"run": run_id, "key": key})
 
 
-def push_down(conn: Connection, run_id: int, pushdown: Pushdown) -> tuple[int, int, int, int | None]:
-    """Stage ``pushdown``'s rows with statements run inside the database; return (rows, null ids, null values,
-    distinct users staged, or None when that takes a count of its own).
+class PushedDown(NamedTuple):
+    """What a pushdown staged: rows returned, rows without a user id, rows without a value, distinct users staged
+    (None when that takes a count of its own), and rows left out that the streamed path would skip."""
 
-    Guarantees the same staged rows as streaming the query through :func:`staging.insert_rows`. Raises the
-    database's error (SQLAlchemyError) if the query fails; call inside a transaction so that nothing of a
-    failed load stays.
+    rows: int
+    null_user_ids: int
+    null_values: int
+    members: int | None
+    unusable: int
+
+
+def push_down(conn: Connection, run_id: int, pushdown: Pushdown) -> PushedDown:
+    """Stage ``pushdown``'s rows with statements run inside the database; say what was staged.
+
+    Guarantees the same staged rows as streaming the query through :func:`staging.insert_rows`, except that rows
+    the streamed path would skip are left out and counted in ``unusable``: then roll back and stream, so that
+    they are reported. Raises the database's error (SQLAlchemyError) if the query fails; call inside a
+    transaction so that nothing of a failed load stays.
     """
     key = pushdown.comp.key
     params = {"run": run_id, "key": key}
@@ -89,10 +100,10 @@ def push_down(conn: Connection, run_id: int, pushdown: Pushdown) -> tuple[int, i
             conn.exec_driver_sql(f"{insert} ON CONFLICT DO NOTHING", params)
             _settle_repeats(conn, run_id, key, pushdown.ordered)
     rows = int(conn.exec_driver_sql(_sql(conn, f"SELECT count(*) FROM ({pushdown.normalized}) AS n")).scalar_one())
-    if staged == rows:  # every row had a user id and a value: nothing to tell apart
-        return rows, 0, 0, members
-    rows, null_ids, null_values = conn.exec_driver_sql(_sql(conn, pushdown.counts)).one()
-    return int(rows), int(null_ids), int(null_values), members
+    if staged == rows:  # every row had a user id and a value, and none was left out: nothing to tell apart
+        return PushedDown(rows, 0, 0, members, 0)
+    rows, null_ids, null_values, unusable = conn.exec_driver_sql(_sql(conn, pushdown.counts)).one()
+    return PushedDown(int(rows), int(null_ids), int(null_values), members, int(unusable))
 
 
 def _execute(conn: Connection, sql: str, params: dict[str, Any]) -> int:

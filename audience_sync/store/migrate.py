@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, String
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import StoreError
@@ -25,6 +26,20 @@ def migrations_dir() -> Path:
         if (candidate / "env.py").is_file():
             return candidate
     raise StoreError("the migration scripts are missing from this installation of audience-sync")
+
+
+def compare_type(
+    context: MigrationContext, inspected_column: Any, metadata_column: Any, inspected_type: Any, metadata_type: Any
+) -> bool | None:
+    """Alembic's type comparison, except that on SQLite a ``VARCHAR(n)`` and a ``TEXT`` column are the same type.
+
+    SQLite gives both TEXT affinity and enforces no length, so the columns the first migrations declared with a
+    length hold exactly what the models' ``TEXT`` does (migration 0010 changes them on PostgreSQL only). Returns
+    False (same), or None to let Alembic decide.
+    """
+    if context.dialect.name == "sqlite" and isinstance(inspected_type, String) and isinstance(metadata_type, String):
+        return False
+    return None
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:

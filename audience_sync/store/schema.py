@@ -2,15 +2,22 @@
 
 People query these tables directly (the README documents them); change them only through a migration.
 
+Text columns are unbounded ``TEXT`` (migration 0010): PostgreSQL enforced the lengths once declared here, SQLite
+never did, so the same ids and emails work on both. What a state database cannot hold (a NUL byte, a user id
+longer than PostgreSQL's indexes take) is refused per user before it is staged (``sources/rows.py``).
+
 - ``computations``: every audience and computed trait ever synced, with the key fixed at first sync.
 - ``sync_runs``: one row per run.
 - ``staging``: a run's current memberships and values, loaded from the sources, deleted when the run ends.
+- ``staging_skips``: a run's source rows that could not be staged (a NUL byte, a value with no JSON form...):
+  those users are skipped, with the reason, and keep what the destinations hold.
 - ``snapshot``: per destination, computation and user, the value the destination acknowledged, and the
   identifiers it was sent with. Audiences store ``true``/``false``; traits store JSON, NULL for "no value".
 - ``diffs``: the outbox and the audit trail: every change of every run and what became of it.
 - ``delivery_in_flight``: the key range of the chunk each running delivery has handed its destination.
 - ``run_locks``, ``run_lock_tokens``: the run lock of each destination, and its fencing token (a generation).
 - ``alert_incidents``: open incidents, so that each is alerted once and its recovery once.
+- ``install``: this state database's own install id, part of every message id (migration 0009).
 """
 
 from __future__ import annotations
@@ -27,7 +34,6 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
-    String,
     Table,
     Text,
     TypeDecorator,
@@ -91,10 +97,10 @@ def table_of(model: type[Base]) -> Table:
 class ComputationRow(Base):
     __tablename__ = "computations"
 
-    key: Mapped[str] = mapped_column(String(150), primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
     name: Mapped[str] = mapped_column(Text)
-    computation_class: Mapped[str] = mapped_column(String(16))
-    definition_hash: Mapped[str] = mapped_column(String(64))
+    computation_class: Mapped[str] = mapped_column(Text)
+    definition_hash: Mapped[str] = mapped_column(Text)
     first_synced_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     retired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
@@ -104,16 +110,16 @@ class SyncRun(Base):
     __tablename__ = "sync_runs"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    mode: Mapped[str] = mapped_column(String(16))
-    trigger: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16))
+    mode: Mapped[str] = mapped_column(Text)
+    trigger: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     destinations: Mapped[list[str]] = mapped_column(JSON, default=list)
     computations: Mapped[list[str]] = mapped_column(JSON, default=list)
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text, default=None)
-    host: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(Text)
     pid: Mapped[int] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_sync_runs_status", "status"),)
@@ -126,11 +132,34 @@ class StagingRow(Base):
     __table_args__ = ({"sqlite_with_rowid": False},)
 
     run_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    computation_key: Mapped[str] = mapped_column(String(150), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    email: Mapped[str | None] = mapped_column(String(320), default=None)
+    computation_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    email: Mapped[str | None] = mapped_column(Text, default=None)
     value: Mapped[str | None] = mapped_column(Text, default=None)
     conflict_value: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class SkippedRow(Base):
+    """A source row of one run that cannot be staged, and why; deleted with the run's staging.
+
+    The diff leaves these users alone (no entry, change or exit) and writes a ``skipped`` change for each with
+    ``reason``. PostgreSQL: UNLOGGED, as ``staging`` (migration 0010).
+    """
+
+    __tablename__ = "staging_skips"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(BigInteger)
+    computation_key: Mapped[str] = mapped_column(Text)
+    #: the user id as the snapshot could hold it, to leave that user alone; NULL when no snapshot row can have
+    #: it (on PostgreSQL: a NUL byte, or longer than its indexes take)
+    user_id: Mapped[str | None] = mapped_column(Text, default=None)
+    #: the user id as it can be shown and stored in ``diffs`` (NUL bytes written ``\x00``, cut when very long)
+    shown_user_id: Mapped[str] = mapped_column(Text)
+    email: Mapped[str | None] = mapped_column(Text, default=None)
+    reason: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_staging_skips_user", "run_id", "computation_key", "user_id"),)
 
 
 class SnapshotRow(Base):
@@ -139,11 +168,11 @@ class SnapshotRow(Base):
     __tablename__ = "snapshot"
     __table_args__ = ({"sqlite_with_rowid": False},)
 
-    destination: Mapped[str] = mapped_column(String(100), primary_key=True)
-    computation_key: Mapped[str] = mapped_column(String(150), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    destination: Mapped[str] = mapped_column(Text, primary_key=True)
+    computation_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text, primary_key=True)
     value: Mapped[str | None] = mapped_column(Text, default=None)
-    email: Mapped[str | None] = mapped_column(String(320), default=None)
+    email: Mapped[str | None] = mapped_column(Text, default=None)
     #: the run that delivered ``value`` or, when ``in_doubt``, the run whose change was in flight when it died
     run_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
@@ -160,20 +189,20 @@ class DiffRow(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     #: the run that computed it (``sync_runs.id``; not a declared foreign key: migration 0007)
     run_id: Mapped[int] = mapped_column(BigInteger)
-    destination: Mapped[str] = mapped_column(String(100))
-    computation_key: Mapped[str] = mapped_column(String(150))
-    computation_class: Mapped[str] = mapped_column(String(16))
-    user_id: Mapped[str] = mapped_column(String(255))
-    email: Mapped[str | None] = mapped_column(String(320), default=None)
-    change: Mapped[str] = mapped_column(String(16))
+    destination: Mapped[str] = mapped_column(Text)
+    computation_key: Mapped[str] = mapped_column(Text)
+    computation_class: Mapped[str] = mapped_column(Text)
+    user_id: Mapped[str] = mapped_column(Text)
+    email: Mapped[str | None] = mapped_column(Text, default=None)
+    change: Mapped[str] = mapped_column(Text)
     old_value: Mapped[str | None] = mapped_column(Text, default=None)
     new_value: Mapped[str | None] = mapped_column(Text, default=None)
     #: the run that delivered the snapshot value this change starts from; part of the message id
     base_run_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
-    message_id: Mapped[str | None] = mapped_column(String(100), default=None)
+    message_id: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
 
@@ -206,10 +235,10 @@ class InFlightChunk(Base):
     __tablename__ = "delivery_in_flight"
 
     run_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    destination: Mapped[str] = mapped_column(String(100), primary_key=True)
-    first_user_id: Mapped[str] = mapped_column(String(255))
+    destination: Mapped[str] = mapped_column(Text, primary_key=True)
+    first_user_id: Mapped[str] = mapped_column(Text)
     first_diff_id: Mapped[int] = mapped_column(BigInteger)
-    last_user_id: Mapped[str] = mapped_column(String(255))
+    last_user_id: Mapped[str] = mapped_column(Text)
     last_diff_id: Mapped[int] = mapped_column(BigInteger)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     #: the fencing token of the lock its run held when it noted the chunk (NULL: noted before migration 0008); a
@@ -244,9 +273,9 @@ class RunLock(Base):
 
     __tablename__ = "run_locks"
 
-    name: Mapped[str] = mapped_column(String(150), primary_key=True)
-    holder: Mapped[str] = mapped_column(String(300))
-    host: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    holder: Mapped[str] = mapped_column(Text)
+    host: Mapped[str] = mapped_column(Text)
     pid: Mapped[int] = mapped_column(Integer)
     run_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     acquired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
@@ -255,8 +284,8 @@ class RunLock(Base):
     token: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     #: the holder's machine and pid namespace (``/proc/sys/kernel/random/boot_id``, ``/proc/self/ns/pid``): its pid
     #: says whether it is alive only to a process on the same machine in the same namespace; NULL: unknown
-    boot_id: Mapped[str | None] = mapped_column(String(64), default=None)
-    pid_ns: Mapped[str | None] = mapped_column(String(64), default=None)
+    boot_id: Mapped[str | None] = mapped_column(Text, default=None)
+    pid_ns: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class RunLockToken(Base):
@@ -265,7 +294,7 @@ class RunLockToken(Base):
 
     __tablename__ = "run_lock_tokens"
 
-    name: Mapped[str] = mapped_column(String(150), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
     token: Mapped[int] = mapped_column(BigInteger)
 
 
@@ -278,12 +307,28 @@ class AlertIncident(Base):
 
     __tablename__ = "alert_incidents"
 
-    incident: Mapped[str] = mapped_column(String(400), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32))
-    destination: Mapped[str] = mapped_column(String(150))
+    incident: Mapped[str] = mapped_column(Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    destination: Mapped[str] = mapped_column(Text)
     #: the computations of the run that showed it; only a later run covering all of them can end it
     computations: Mapped[list[str]] = mapped_column(JSON)
     message: Mapped[str] = mapped_column(Text)
     run_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     opened_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     notified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class Install(Base):
+    """The one row naming this install: an id made when the state database was created (or, for a database
+    older than migration 0009, when it was upgraded), part of every message id.
+
+    Segment drops messages whose ``messageId`` it has seen in the last day or so, across sources and workspaces:
+    two installs (staging and production, or a state database rebuilt from scratch) must never make the same id,
+    while one install must make the same id again for the same change (a re-send after a crash dedupes). ``db
+    copy`` moves the row with the rest of the state, so a moved install keeps its ids.
+    """
+
+    __tablename__ = "install"
+
+    install_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

@@ -1,18 +1,31 @@
-"""The ``staging`` table: one run's current memberships and trait values, as loaded from the sources."""
+"""The ``staging`` table: one run's current memberships and trait values, as loaded from the sources; and
+``staging_skips``: the source rows that could not be staged, and why."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from sqlalchemy import Connection, case, delete, func, select
 
 from .dialect import upsert
-from .schema import StagingRow, table_of
+from .schema import SkippedRow, StagingRow, table_of
 
 staging = table_of(StagingRow)
+skips = table_of(SkippedRow)
 
 #: (user_id, email, value as canonical JSON text)
 StagedRow = tuple[str, str | None, str]
+
+
+class SkippedUser(NamedTuple):
+    """A user whose source row could not be staged."""
+
+    user_id: str  #: as the source gave it
+    id_storable: bool  #: False when the user id itself is what cannot be stored (a NUL byte, too long)
+    shown_user_id: str  #: printable, storable anywhere
+    email: str | None
+    reason: str
 
 
 def insert_rows(conn: Connection, run_id: int, key: str, rows: Sequence[StagedRow]) -> None:
@@ -66,11 +79,44 @@ def count_members(conn: Connection, run_id: int, key: str) -> int:
     )
 
 
+def insert_skips(conn: Connection, run_id: int, key: str, users: Sequence[SkippedUser]) -> None:
+    """Record the users of computation ``key`` whose rows could not be staged, so that the diff leaves them alone
+    and reports them.
+
+    A user id that itself cannot be stored is kept for matching where the database can hold it anyway (SQLite,
+    where an earlier version may have put such a user in the snapshot), and NULL on PostgreSQL, where no
+    snapshot row can hold it.
+    """
+    if not users:
+        return
+    keep_any = conn.dialect.name == "sqlite"
+    conn.execute(
+        skips.insert(),
+        [
+            {
+                "run_id": run_id,
+                "computation_key": key,
+                "user_id": u.user_id if u.id_storable or keep_any else None,
+                "shown_user_id": u.shown_user_id,
+                "email": u.email,
+                "reason": u.reason,
+            }
+            for u in users
+        ],
+    )
+
+
+def skipped_keys(conn: Connection, run_id: int) -> set[str]:
+    """The computations of this run that have skipped users."""
+    return set(conn.execute(select(skips.c.computation_key).where(skips.c.run_id == run_id).distinct()).scalars())
+
+
 def clear(conn: Connection, run_id: int | None = None, key: str | None = None) -> None:
-    """Delete the staged rows of one run (and computation), or of every run when ``run_id`` is None."""
-    stmt = delete(staging)
-    if run_id is not None:
-        stmt = stmt.where(staging.c.run_id == run_id)
-    if key is not None:
-        stmt = stmt.where(staging.c.computation_key == key)
-    conn.execute(stmt)
+    """Delete the staged (and skipped) rows of one run (and computation), or of every run when ``run_id`` is None."""
+    for table in (staging, skips):
+        stmt = delete(table)
+        if run_id is not None:
+            stmt = stmt.where(table.c.run_id == run_id)
+        if key is not None:
+            stmt = stmt.where(table.c.computation_key == key)
+        conn.execute(stmt)

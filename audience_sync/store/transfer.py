@@ -1,8 +1,14 @@
 """Copying a whole state database to another (SQLite to PostgreSQL, or to a new server).
 
 What is copied is what a run needs to continue where the old database left off: computations and their keys,
-runs, the snapshot, the diffs (outbox and audit trail) and open alert incidents. Staging rows and locks are
-per-run and are not copied.
+runs, the snapshot, the diffs (outbox and audit trail), open alert incidents, and the install id. Staging rows
+and locks are per-run and are not copied.
+
+The install id moves with the state: the copy *is* the install, moved (SQLite to PostgreSQL, a new server), so
+its message ids stay the ones the old database made and a change re-sent after the move still dedupes at
+Segment. The target's own install id, made when it was created, is replaced. A copy must therefore not be run
+as a second install next to its original (they would make the same message ids); a fresh state database,
+created by ``db upgrade`` or the first run, is a new install with a new id.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from .migrate import upgrade
 from .schema import Base
 
 #: per-run tables that a copy leaves behind
-NOT_COPIED = frozenset({"staging", "run_locks"})
+NOT_COPIED = frozenset({"staging", "staging_skips", "run_locks"})
+#: the table whose row the copy replaces: every state database has its own from the start
+REPLACED = "install"
 
 
 def copy_state(
@@ -31,14 +39,15 @@ def copy_state(
 
     Guarantees: both databases are brought to the newest schema first; the target must hold no data (StoreError
     otherwise) and no run may be running on the source; the copy is one transaction on the target, so it either
-    lands whole or not at all; on PostgreSQL the id sequences continue after the copied ids.
+    lands whole or not at all; on PostgreSQL the id sequences continue after the copied ids; the target takes
+    the source's install id, so message ids continue as the source would have made them.
     """
     upgrade(source)
     upgrade(target)
     tables = [t for t in Base.metadata.sorted_tables if t.name not in NOT_COPIED]
     with target.connect() as conn:
         for table in tables:
-            if conn.execute(select(func.count()).select_from(table)).scalar_one():
+            if table.name != REPLACED and conn.execute(select(func.count()).select_from(table)).scalar_one():
                 raise StoreError(
                     f"the target state database {redact_url(str(target.url))} already holds data in {table.name}; "
                     f"copy only into an empty database"
@@ -54,6 +63,8 @@ def copy_state(
     with source.connect() as src, target.begin() as dst:
         for table in tables:
             copied[table.name] = 0
+            if table.name == REPLACED:
+                dst.execute(table.delete())
             result = src.execution_options(yield_per=batch_size).execute(
                 select(table).order_by(*table.primary_key.columns)
             )
