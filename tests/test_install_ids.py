@@ -142,6 +142,7 @@ def test_a_database_rebuilt_from_scratch_is_a_new_install(
     assert segment.duplicates == 0 and len(segment.messages) == 30
 
 
+@pytest.mark.postgres
 def test_copying_the_state_keeps_the_install_and_its_ids(
     tmp_path: Path, pg_url: str, warehouse: Warehouse, segment: FakeSegment
 ) -> None:
