@@ -16,7 +16,7 @@ import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -33,6 +33,9 @@ from pydantic import (
 from .crontab import cron_trigger
 from .errors import ConfigError, KeyCollisionError
 from .keys import is_valid_key, trait_key
+
+if TYPE_CHECKING:
+    from .sources.builder.definitions import Definition
 
 DEFAULT_CONFIG_PATH = "config/audience_sync.toml"
 CONFIG_ENV_VAR = "AUDIENCE_SYNC_CONFIG"
@@ -333,7 +336,32 @@ class GuardConfig(_Section):
     min_size: int = Field(default=100, ge=0)
 
 
+_TABLE_NAME = r"^[^.\s]+(\.[^.\s]+)?$"  # a table, or schema.table
+
+
+class EventsConfig(_Section):
+    """``[events]``: where the builder finds behaviour (one row per event); Segment's warehouse layout."""
+
+    table: str = Field(default="tracks", pattern=_TABLE_NAME)
+    user_id: str = Field(default="user_id", min_length=1)
+    event: str = Field(default="event", min_length=1)
+    timestamp: str = Field(default="timestamp", min_length=1)
+    #: a JSON column holding the properties; "" reads each property from a column of the same name
+    properties: str = "properties"
+
+
+class ProfilesConfig(_Section):
+    """``[profiles]``: one row per user, the universe of builder members, their email and traits."""
+
+    table: str = Field(default="users", pattern=_TABLE_NAME)
+    user_id: str = Field(default="id", min_length=1)
+    #: "" when the table has no email column
+    email: str = "email"
+
+
 class _ComputationBase(_Section):
+    #: the key of the builder's definition table: `condition` (audiences) or `compute` (traits)
+    builder_field: ClassVar[str] = ""
     name: str = Field(min_length=1)
     key: str | None = None
     sql: str | None = None
@@ -351,8 +379,10 @@ class _ComputationBase(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> _ComputationBase:
-        if (self.sql is None) == (self.file is None):
-            raise ValueError("give exactly one of `sql` or `file`")
+        given = [f for f in ("sql", "file", self.builder_field) if getattr(self, f, None) is not None]
+        if len(given) != 1:
+            found = f" (found {' and '.join(f'`{f}`' for f in given)})" if given else ""
+            raise ValueError(f"give exactly one of `sql` or `file` or `{self.builder_field}`{found}")
         if self.key is not None and not is_valid_key(self.key):
             raise ValueError(f"key {self.key!r} must be snake_case: lowercase letters, digits and underscores")
         if self.key is None and not trait_key(self.name):
@@ -363,6 +393,9 @@ class _ComputationBase(_Section):
 
 
 class AudienceConfig(_ComputationBase):
+    builder_field: ClassVar[str] = "condition"
+    #: the builder's condition (see sources/builder/definitions.py), validated in _resolve
+    condition: dict[str, Any] | None = None
     #: flap damping: send ``false`` only once a member has been out this long (e.g. "24h")
     exit_after: str | None = None
 
@@ -375,7 +408,9 @@ class AudienceConfig(_ComputationBase):
 
 
 class TraitConfig(_ComputationBase):
-    pass
+    builder_field: ClassVar[str] = "compute"
+    #: the builder's computed-trait form (see sources/builder/definitions.py), validated in _resolve
+    compute: dict[str, Any] | None = None
 
 
 class _RawConfig(_Section):
@@ -385,6 +420,8 @@ class _RawConfig(_Section):
     guard: GuardConfig = GuardConfig()
     alerts: AlertsConfig = AlertsConfig()
     retention: RetentionConfig = RetentionConfig()
+    events: EventsConfig = EventsConfig()
+    profiles: ProfilesConfig = ProfilesConfig()
     destinations: tuple[DestinationConfig, ...] = ()
     audiences: tuple[AudienceConfig, ...] = ()
     computed_traits: tuple[TraitConfig, ...] = ()
@@ -408,11 +445,15 @@ class Computation:
     exit_after: float | None = None
     #: its own schedule for `audience-sync schedule`, if the config gives one
     schedule: ScheduleConfig | None = None
+    #: a builder definition (audience `condition` or trait `compute`) instead of `sql` or `file`
+    builder: Definition | None = None
 
     @property
     def definition_hash(self) -> str:
         """A short fingerprint of the definition, recorded so that a changed query can be noticed."""
         text = f"{self.computation_class}\0{self.sql or ''}\0{self.file or ''}"
+        if self.builder is not None:
+            text += f"\0{self.builder.text}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -432,6 +473,9 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     #: ``[source] pushdown``: None runs queries inside the state database whenever it is the source
     source_pushdown: bool | None = None
+    #: ``[events]`` and ``[profiles]``: the tables builder computations read on the source
+    events: EventsConfig = field(default_factory=EventsConfig)
+    profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
 
     def destination(self, name: str) -> AnyDestination:
         """The destination called ``name``; ConfigError naming the known ones otherwise."""
@@ -525,6 +569,7 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
                 )
         share = entry.max_exit_share if entry.max_exit_share is not None else raw.guard.max_exit_share
         damping = getattr(entry, "exit_after", None)
+        builder = _builder_definition(path, where, entry, problems)
         computations.append(
             Computation(
                 key,
@@ -536,8 +581,10 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
                 share,
                 parse_duration(damping) if damping else None,
                 entry.schedule,
+                builder,
             )
         )
+    problems += _builder_references(path, entries, computations)
     if collisions:
         key, names = collisions[0]
         raise KeyCollisionError("invalid configuration:\n  " + "\n  ".join(problems), key=key, names=names)
@@ -555,7 +602,46 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
         alerts=raw.alerts,
         retention=raw.retention,
         source_pushdown=raw.source.pushdown,
+        events=raw.events,
+        profiles=raw.profiles,
     )
+
+
+def _builder_definition(path: str, where: str, entry: _ComputationBase, problems: list[str]) -> Definition | None:
+    """The entry's builder definition (`condition` / `compute`), parsed; its problems appended, named by field."""
+    raw = getattr(entry, entry.builder_field, None)
+    if raw is None:
+        return None
+    # imported here: sources/ imports this module, which must be complete first
+    from .sources.builder import definitions
+
+    parse = definitions.parse_condition if entry.builder_field == "condition" else definitions.parse_compute
+    definition, found = parse(raw, entry.builder_field)
+    problems += [f"{path}: {where} ({entry.name!r}).{field_path}: {message}" for field_path, message in found]
+    return definition
+
+
+def _builder_references(
+    path: str, entries: list[tuple[str, ComputationClass, _ComputationBase]], comps: list[Computation]
+) -> list[str]:
+    """Problems with `in_audience` keys: unknown, not a condition audience, or a cycle."""
+    from .sources.builder import definitions
+
+    audiences = {
+        c.key: c.builder for c in comps if isinstance(c.builder, definitions.AudienceDefinition)
+    }
+    if not any(definitions.references(d.condition) for d in audiences.values()):
+        return []
+    others = {
+        c.key: ("a computed trait" if c.computation_class == "trait" else f"a `{'sql' if c.sql else 'file'}` audience")
+        for c in comps
+        if c.key not in audiences
+    }
+    places = {c.key: f"{where} ({entry.name!r})" for (where, _, entry), c in zip(entries, comps, strict=True)}
+    return [
+        f"{path}: {places[key]}.{field_path}: {message}"
+        for key, field_path, message in definitions.check_references(audiences, others)
+    ]
 
 
 def parse_config(text: str, *, path: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:

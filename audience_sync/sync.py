@@ -11,10 +11,11 @@ Order of effects, and why it is safe to kill the process at any point:
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,7 +30,8 @@ from .diff import note_missing, skip_unreachable, supersede_pending, write_chang
 from .errors import AudienceSyncError, ConfigError, RunStopped, SourceError
 from .guard import Hold, find_mass_exits, hold
 from .progress import NoProgress, Progress
-from .sources import SourceStats, normalize, pushdown, read_rows
+from .sources import RawRow, SourceStats, normalize, pushdown, read_rows
+from .sources.builder import BuilderSource
 from .store import loading, outbox, registry, runs, staging
 from .store.dialect import analyze
 from .store.engine import create_state_engine, redact_url, store_error
@@ -55,6 +57,8 @@ class RunResult:
     error: str | None = None
     duration_seconds: float = 0.0
     destinations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the instant builder computations were evaluated at (ISO 8601, UTC)
+    as_of: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -72,6 +76,7 @@ class RunResult:
             "error": self.error,
             "duration_seconds": round(self.duration_seconds, 3),
             "destinations": self.destinations,
+            "as_of": self.as_of,
         }
 
 
@@ -89,10 +94,16 @@ def select_targets(
     return dest_names, comps
 
 
-def _push_down(engine: Engine, run_id: int, comp: Computation, stats: SourceStats) -> bool:
+def _push_down(
+    engine: Engine,
+    run_id: int,
+    comp: Computation,
+    stats: SourceStats,
+    planner: Callable[[Any, Computation], pushdown.Pushdown | None] = pushdown.plan,
+) -> bool:
     """Stage ``comp`` by running its query inside the state database; False when it must be streamed instead."""
     with engine.connect() as conn:
-        plan = pushdown.plan(conn, comp)
+        plan = planner(conn, comp)
     if plan is None:
         log.info("%s: streaming (its query or its column types cannot be pushed down)", comp.key)
         return False
@@ -125,14 +136,20 @@ def _stream(
     stats: SourceStats,
     advance: Any,
     stop: threading.Event | None = None,
+    builder: BuilderSource | None = None,
 ) -> None:
     """Stage ``comp`` from its source in chunks: COPY on PostgreSQL, batched upserts on SQLite; one transaction.
 
     Setting ``stop`` raises RunStopped at the next chunk (the transaction, and so the staging, is rolled back).
     """
+    raws: Iterator[list[RawRow]] = (
+        builder.read_rows(comp, config.source_chunk_size)
+        if builder is not None and comp.builder is not None
+        else read_rows(comp, source, config.source_chunk_size)
+    )
 
     def chunks() -> Iterator[list[StagedRow]]:
-        for raw in read_rows(comp, source, config.source_chunk_size):
+        for raw in raws:
             if stop is not None and stop.is_set():
                 raise _stopped(run_id, comp)
             yield normalize(comp, raw, stats)
@@ -153,19 +170,29 @@ def _stage(
     comps: Sequence[Computation],
     progress: Progress,
     stop: threading.Event | None = None,
+    as_of: dt.datetime | None = None,
 ) -> dict[str, dict[str, int]]:
     stats: dict[str, dict[str, int]] = {}
     push = use_pushdown(config)
+    # builder computations: every table and column they name is checked before anything is staged
+    builder = BuilderSource(config, source, comps, as_of or dt.datetime.now(dt.UTC))
+    if builder.comps:
+        builder.check()
     for comp in comps:
         task = f"reading {comp.key}"
         progress.begin(task)
         st = SourceStats()
         if stop is not None and stop.is_set():
             raise _stopped(run_id, comp)
-        if push and comp.sql is not None and _push_down(engine, run_id, comp, st):
+        if comp.builder is not None:
+            pushed = push and _push_down(engine, run_id, comp, st, builder.plan)
+        else:
+            pushed = push and comp.sql is not None and _push_down(engine, run_id, comp, st)
+        if pushed:
             progress.advance(task, st.rows)
         else:
-            _stream(engine, source, config, run_id, comp, st, lambda n, task=task: progress.advance(task, n), stop)
+            advance = lambda n, task=task: progress.advance(task, n)  # noqa: E731
+            _stream(engine, source, config, run_id, comp, st, advance, stop, builder)
         progress.end(task)
         with engine.connect() as conn:
             # an audience's value is always true: only a trait can have two values for one user
@@ -308,6 +335,7 @@ def run_sync(
     progress: Progress | None = None,
     stop: threading.Event | None = None,
     wait: float = 0.0,
+    as_of: dt.datetime | None = None,
 ) -> RunResult:
     """Run one sync and return its result; the run's row in ``sync_runs`` says the same.
 
@@ -318,9 +346,11 @@ def run_sync(
     run failed. Destination failures do not raise: they are in the result (status ``partial`` or ``failed``).
     A computation that trips the mass-exit guard is held (nothing of it sent) and the run fails, unless
     ``force``. Setting ``stop`` (from a signal handler) finishes the chunks in flight, leaves the rest pending
-    and ends the run as ``partial``. ``wait`` seconds: how long to wait for another run's lock.
+    and ends the run as ``partial``. ``wait`` seconds: how long to wait for another run's lock. ``as_of``: the
+    instant builder computations are evaluated at (default: the run's start); events after it never count.
     """
     started = time.monotonic()
+    as_of = (as_of or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     progress = progress or NoProgress()
     dest_names, comps = select_targets(config, destinations, audiences)
     use_pushdown(config)  # a contradictory pushdown setting stops the run before anything is written
@@ -344,6 +374,7 @@ def run_sync(
                 force,
                 full=not destinations and not audiences,
                 stop=stop,
+                as_of=as_of,
             )
             return _locked_run(engine, source, config, plan, held=lock, progress=progress, started=started)
     except SQLAlchemyError as exc:  # the state database itself; sources raise SourceError
@@ -366,6 +397,7 @@ class _Plan:
     force: bool
     full: bool  # no filters: computations missing from the config are retired afterwards
     stop: threading.Event | None = None
+    as_of: dt.datetime | None = None  # builder computations are evaluated at this instant
 
 
 def _locked_run(
@@ -395,7 +427,7 @@ def _locked_run(
         extra={"run_id": run_id, "mode": mode, "destinations": dest_names, "trigger": plan.trigger},
     )
     try:
-        source_stats = _stage(engine, source, config, run_id, comps, progress, plan.stop)
+        source_stats = _stage(engine, source, config, run_id, comps, progress, plan.stop, plan.as_of)
         staged = {key: st["members"] for key, st in source_stats.items()}
         holds = _diff(
             engine,
@@ -447,6 +479,7 @@ def _locked_run(
         error=error,
         duration_seconds=time.monotonic() - started,
         destinations={n: {"error": r.error, "changes_attempted": r.attempted} for n, r in reports.items()},
+        as_of=plan.as_of.isoformat() if plan.as_of else None,
     )
     totals = {k: counts[k] for k in runs.COUNT_KEYS}
     log.log(

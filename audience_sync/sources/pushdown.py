@@ -17,6 +17,7 @@ Python functions themselves, registered on the connection (:func:`register_norma
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,18 @@ class Pushdown:
 
     comp: Computation
     normalized: str  # SELECT u, e, v FROM (<query>) AS src
+    #: a compiled statement's bound parameters: its text is then ready for the driver as it is; None for a
+    #: user's query, whose text goes to the driver as written (see :meth:`driver_sql`)
+    params: Mapping[str, Any] | None = None
+
+    def driver_sql(self, dialect: Any, text: str) -> str:
+        """``text`` (one of this pushdown's statements) as ``exec_driver_sql`` must receive it."""
+        return text if self.params is not None else literal_sql(dialect, text)
+
+    @property
+    def bound(self) -> dict[str, Any]:
+        """The parameters to pass with every statement of this pushdown."""
+        return dict(self.params or {})
 
     @property
     def counts(self) -> str:
@@ -123,7 +136,9 @@ def _sqlite_unpadded(text: str) -> str:
     return f"unicode({text}) BETWEEN 33 AND 126 AND unicode(substr({text}, -1)) BETWEEN 33 AND 126"
 
 
-def _sqlite_columns(uid: str, email: str | None, value: str | None, is_trait: bool) -> tuple[str, str, str]:
+def _sqlite_columns(
+    uid: str, email: str | None, value: str | None, is_trait: bool, value_is_json: bool = False
+) -> tuple[str, str, str]:
     ws = _literal(WHITESPACE)
     u = (
         f"CASE typeof({uid}) WHEN 'integer' THEN CAST({uid} AS TEXT) "
@@ -141,6 +156,8 @@ def _sqlite_columns(uid: str, email: str | None, value: str | None, is_trait: bo
     if not is_trait:
         return u, e, "'true'"
     assert value is not None
+    if value_is_json:
+        return u, e, value
     v = (
         f"CASE typeof({value}) WHEN 'integer' THEN CAST({value} AS TEXT) "
         f"WHEN 'text' THEN json_quote({value} || '') "  # || '' drops a JSON subtype: text stays a JSON string
@@ -150,7 +167,11 @@ def _sqlite_columns(uid: str, email: str | None, value: str | None, is_trait: bo
 
 
 def _pg_columns(
-    uid: tuple[str, int], email: tuple[str, int] | None, value: tuple[str, int] | None, is_trait: bool
+    uid: tuple[str, int],
+    email: tuple[str, int] | None,
+    value: tuple[str, int] | None,
+    is_trait: bool,
+    value_is_json: bool = False,
 ) -> tuple[str, str, str] | None:
     ws = _literal(WHITESPACE)
     name, oid = uid
@@ -170,6 +191,9 @@ def _pg_columns(
         return u, e, "'true'::text"
     assert value is not None
     name, oid = value
+    if value_is_json:
+        v = f"{name}::text" if oid in _PG_TEXT else None
+        return None if v is None else (u, e, v)
     if oid in _PG_INTEGER:
         v = f"{name}::text"
     elif oid == _PG_BOOL:
@@ -196,11 +220,26 @@ def plan(conn: Connection, comp: Computation) -> Pushdown | None:
     """
     if comp.sql is None:
         return None
-    inner = query_text(comp.sql)
+    return _plan(conn, comp, query_text(comp.sql), None)
+
+
+def plan_statement(conn: Connection, comp: Computation, text: str, params: Mapping[str, Any]) -> Pushdown | None:
+    """The pushed-down form of a compiled statement (the builder's): ``text`` is ready for the driver, with
+    ``params`` bound, and returns ``user_id``, ``email`` and (traits) ``value`` as canonical JSON text.
+
+    None when a column has a type SQL cannot normalise exactly as Python would, or the probe fails.
+    """
+    return _plan(conn, comp, text, params)
+
+
+def _plan(conn: Connection, comp: Computation, inner: str, params: Mapping[str, Any] | None) -> Pushdown | None:
     dialect = conn.dialect.name
-    probe = literal_sql(conn.dialect, f"SELECT * FROM ({inner}) AS src LIMIT 0")
+    probe = f"SELECT * FROM ({inner}) AS src LIMIT 0"
+    if params is None:
+        probe = literal_sql(conn.dialect, probe)
+    value_is_json = params is not None
     try:
-        result = conn.exec_driver_sql(probe)
+        result = conn.exec_driver_sql(probe, dict(params or {}))
         names = list(result.keys())
         types = [getattr(d, "type_code", None) for d in (result.cursor.description or [])]
         result.close()
@@ -216,7 +255,7 @@ def plan(conn: Connection, comp: Computation) -> Pushdown | None:
     if dialect == "sqlite":
         uid_ref = ref(uid)
         assert uid_ref is not None
-        columns = _sqlite_columns(uid_ref, ref(email), ref(value), is_trait)
+        columns = _sqlite_columns(uid_ref, ref(email), ref(value), is_trait, value_is_json)
     elif dialect == "postgresql":
 
         def typed(i: int | None) -> tuple[str, int] | None:
@@ -225,13 +264,13 @@ def plan(conn: Connection, comp: Computation) -> Pushdown | None:
 
         uid_typed = typed(uid)
         assert uid_typed is not None
-        columns = _pg_columns(uid_typed, typed(email), typed(value), is_trait)
+        columns = _pg_columns(uid_typed, typed(email), typed(value), is_trait, value_is_json)
     else:
         return None
     if columns is None:
         return None
     u, e, v = columns
-    return Pushdown(comp, f"SELECT {u} AS u, {e} AS e, {v} AS v FROM ({inner}) AS src")
+    return Pushdown(comp, f"SELECT {u} AS u, {e} AS e, {v} AS v FROM ({inner}) AS src", params)
 
 
 def _json_value(value: Any) -> str | None:
