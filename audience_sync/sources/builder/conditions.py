@@ -53,6 +53,8 @@ def condition_expr(ctx: Context, p: FromClause, condition: Condition) -> ColumnE
 def audience_statement(ctx: Context, condition: Condition) -> Any:
     """``SELECT user_id, email FROM profiles WHERE <condition>``: the audience's members as of ``ctx.as_of``."""
     p = ctx.profiles()
-    return select(ctx.profile_id(p).label("user_id"), ctx.profile_email(p).label("email")).where(
-        condition_expr(ctx, p, condition)
+    uid = ctx.profile_id(p)
+    # a profile without an id is no one's: left out here rather than dropped (and counted) by staging
+    return select(uid.label("user_id"), ctx.profile_email(p).label("email")).where(
+        uid.is_not(None), condition_expr(ctx, p, condition)
     )

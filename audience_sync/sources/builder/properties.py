@@ -93,9 +93,10 @@ class Value(Protocol):
 def sort_keys(v: Value) -> list[ColumnElement[Any]]:
     """ORDER BY terms putting the smallest value first: type (booleans, numbers, text), then the value; for equal
     numbers the integer first."""
+    rank = v.rank()
     return [
-        v.rank(),
-        v.boolean(),
+        rank,
+        case((rank == number_const(0), v.boolean())),  # SQLite columns read 1 and 0 as booleans too, in filters only
         v.number(),
         case((v.integral(), number_const(0)), else_=number_const(1)),
         text_order(v.dialect, v.text()),
@@ -201,7 +202,8 @@ class SqliteColumn(_Typed):
 
 
 def _pg_exact_float(text: ColumnElement[Any]) -> ColumnElement[Any]:
-    """The exact decimal of the shortest text of the double a number's text reads as: ``Decimal(repr(float(t)))``."""
+    """The decimal of the text PostgreSQL prints for the double ``text`` reads as (``float8`` to ``numeric`` keeps
+    only 15 digits); the shortest one, as Python's ``repr``, except for integral doubles above 2**53."""
     return cast(cast(cast(text, DOUBLE_PRECISION), Text), Numeric)
 
 
@@ -247,7 +249,7 @@ class PgJsonProperty(_Typed):
         )
 
     def exact(self) -> ColumnElement[Any]:
-        return case((self.integral(), cast(self.raw, Numeric)), else_=_pg_exact_float(self.raw))
+        return self.number()  # the number exactly as the JSON writes it
 
 
 class PgColumn:

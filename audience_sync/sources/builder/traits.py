@@ -8,8 +8,9 @@ none whose property holds a number, text or boolean) has no row, hence no value.
 Numbers, the same on both backends and in Python:
 - ``count``, ``unique_count``: integers;
 - ``sum``, ``min``, ``max``: an integer when every counted value is one, else a float;
-- ``sum`` adds exactly (each float as the decimal of its shortest text) and rounds once, so the order the
-  database adds in never changes the result; ``avg`` is that sum as a double divided by the count.
+- ``sum`` adds exactly (each number as its decimal text: ``19.99`` is 19.99, not the double nearest to it) and
+  rounds once, so the order the database adds in never changes the result; ``avg`` is that sum as a double
+  divided by the count.
 SQLite adds through ``as_exact_sum`` (a Python aggregate registered on every connection audience-sync opens).
 """
 
