@@ -96,8 +96,9 @@ def generate(seed: int = 15) -> tuple[list[RawProfile], list[RawEvent]]:
     profiles.append(RawProfile("edge", "edge@example.com", "FR", 40, 1.5, True))
     # ties at one instant: first/last take the smallest value; 5 and 5.0 are different values
     tie = AS_OF - 3 * DAY
-    for cat, amount in (("é", 5.0), ("a", 5), ("B", 7)):
-        events.append(RawEvent("ties", "Order", tie, {"category": cat, "amount": amount}))
+    ties: tuple[tuple[str, int | float], ...] = (("é", 5.0), ("a", 5), ("B", 7))
+    for cat, tied in ties:
+        events.append(RawEvent("ties", "Order", tie, {"category": cat, "amount": tied}))
     profiles.append(RawProfile("ties", "ties@example.com", "DE", None, None, None))
     # most_frequent: 'é' and 'a' twice each (the smaller, 'a', wins); 'freq1' has every value once: no value
     for i, cat in enumerate(["é", "a", "é", "B", "a"]):
@@ -106,8 +107,9 @@ def generate(seed: int = 15) -> tuple[list[RawProfile], list[RawEvent]]:
         events.append(RawEvent("freq1", "View", AS_OF - (i + 1) * DAY, {"category": cat}))
     profiles += [RawProfile("freq", None, "US", 30, 2.0, False), RawProfile("freq1", None, None, None, None, None)]
     # exact sums: 0.1 + 0.2 is 0.3 (not 0.30000000000000004); floats and integers mixed give a float
-    for amount in (0.1, 0.2, 3):
-        events.append(RawEvent("floats", "Order", AS_OF - 2 * DAY, {"amount": amount, "qty": 1}))
+    mixed: tuple[int | float, ...] = (0.1, 0.2, 3)
+    for number in mixed:
+        events.append(RawEvent("floats", "Order", AS_OF - 2 * DAY, {"amount": number, "qty": 1}))
     profiles.append(RawProfile("floats", "floats@example.com", "fr", 20, 0.5, True))
     events.append(RawEvent("ghost", "Order", AS_OF - DAY, {"amount": 3}))  # no profile: never a member
     profiles += [

@@ -122,7 +122,7 @@ class Reference:
             return False
         if op == "=":
             return bool(typed == target)
-        return {"<": typed < target, "<=": typed <= target, ">": typed > target, ">=": typed >= target}[op]
+        return bool({"<": typed < target, "<=": typed <= target, ">": typed > target, ">=": typed >= target}[op])
 
     # -- events
     def qualifying(self, spec: Events) -> list[Event]:
@@ -196,11 +196,11 @@ class Reference:
         assert compute.property is not None
         values = [(e, e.props.get(compute.property)) for e in events]
         if form in ("sum", "avg", "min", "max"):
-            nums = [v for _, v in values if is_number(v)]
+            nums: list[int | float] = [v for _, v in values if v is not None and is_number(v)]
             if not nums:
                 return None
             integers = all(isinstance(v, int) for v in nums)
-            total = sum(exact(v) for v in nums)
+            total = sum((exact(v) for v in nums), Fraction(0))
             if form == "sum":
                 return int(total) if integers else float(total)
             if form == "avg":  # the sum rounded to a double, then divided: as SQL does

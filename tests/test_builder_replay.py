@@ -80,7 +80,7 @@ def expected_changes(config: Config, ref: Reference, before: dict[str, Any]) -> 
     for comp in config.computations:
         old = before.get(comp.key, {})
         if isinstance(comp.builder, AudienceDefinition):
-            current = dict.fromkeys(ref.members(comp.builder.condition), "true")
+            current: dict[str, str | None] = dict.fromkeys(ref.members(comp.builder.condition), "true")
             gone: str | None = "false"
         else:
             assert isinstance(comp.builder, TraitDefinition)
