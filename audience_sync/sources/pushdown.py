@@ -91,6 +91,9 @@ class Pushdown:
     #: a compiled statement's bound parameters: its text is then ready for the driver as it is; None for a
     #: user's query, whose text goes to the driver as written (see :meth:`driver_sql`)
     params: Mapping[str, Any] | None = None
+    #: the statement never returns a row without a user id or a value (a compiled one): the rows staged are the
+    #: rows it returned, so no statement counts them again
+    complete: bool = False
 
     def driver_sql(self, dialect: Any, text: str) -> str:
         """``text`` (one of this pushdown's statements) as ``exec_driver_sql`` must receive it."""
@@ -225,7 +228,8 @@ def plan(conn: Connection, comp: Computation) -> Pushdown | None:
 
 def plan_statement(conn: Connection, comp: Computation, text: str, params: Mapping[str, Any]) -> Pushdown | None:
     """The pushed-down form of a compiled statement (the builder's): ``text`` is ready for the driver, with
-    ``params`` bound, and returns ``user_id``, ``email`` and (traits) ``value`` as canonical JSON text.
+    ``params`` bound, and returns ``user_id``, ``email`` and (traits) ``value`` as canonical JSON text, never a
+    NULL id or value (a blank id is left out, not counted).
 
     None when a column has a type SQL cannot normalise exactly as Python would, or the probe fails.
     """
@@ -270,7 +274,7 @@ def _plan(conn: Connection, comp: Computation, inner: str, params: Mapping[str, 
     if columns is None:
         return None
     u, e, v = columns
-    return Pushdown(comp, f"SELECT {u} AS u, {e} AS e, {v} AS v FROM ({inner}) AS src", params)
+    return Pushdown(comp, f"SELECT {u} AS u, {e} AS e, {v} AS v FROM ({inner}) AS src", params, params is not None)
 
 
 def _json_value(value: Any) -> str | None:

@@ -91,6 +91,8 @@ def push_down(conn: Connection, run_id: int, pushdown: Pushdown) -> tuple[int, i
         if staged is None:
             conn.exec_driver_sql(f"{insert} ON CONFLICT DO NOTHING", params)
             _settle_repeats(conn, run_id, key, sql(pushdown.ordered), bound)
+    if pushdown.complete and staged is not None:  # no row lacks an id or a value: nothing else to count
+        return staged, 0, 0, members
     rows = int(conn.exec_driver_sql(sql(f"SELECT count(*) FROM ({pushdown.normalized}) AS n"), bound).scalar_one())
     if staged == rows:  # every row had a user id and a value: nothing to tell apart
         return rows, 0, 0, members

@@ -4,8 +4,8 @@
 :class:`~.properties.Value`, and gives the predicates of "qualifying events" (event name, the as-of bound, the
 window, the property filters). Instants are bound parameters: on SQLite text in the form
 ``strftime('%Y-%m-%d %H:%M:%f', timestamp)`` gives the timestamps (so ``'2017-04-01T00:00:00Z'`` and
-``'2017-04-01 00:00:00'`` are the same instant), on PostgreSQL datetimes (naive UTC for a ``timestamp`` column,
-aware for ``timestamptz``).
+``'2017-04-01 00:00:00'`` are the same instant), plus a coarse range on the raw text by whole days that an index
+can use; on PostgreSQL datetimes (naive UTC for a ``timestamp`` column, aware for ``timestamptz``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from .windows import sqlite_instant
 
 if TYPE_CHECKING:
     from ...config import EventsConfig, ProfilesConfig
+
+_DAY = dt.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,19 @@ class Context:
         naive = when.astimezone(dt.UTC).replace(tzinfo=None)  # timestamp without time zone holds UTC
         return bindparam(name, naive, type_=DateTime(), unique=True)
 
+    def _sqlite_date_range(
+        self, e: FromClause, lower: dt.datetime | None, upper: dt.datetime
+    ) -> list[ColumnElement[Any]]:
+        """SQLite: the same window, coarsened to whole days on the raw text, which an index on the timestamp
+        column can serve (``strftime`` of the column cannot). A text timestamp starts with its local date, at
+        most a day off its UTC date, so these never drop an event the exact bounds keep."""
+        raw = self.event_column(e, self.events_config.timestamp)
+        after = (upper + 2 * _DAY).date().isoformat()
+        clauses = [raw < bindparam("before_day", after, type_=String(), unique=True)]
+        if lower is not None:
+            clauses.append(raw >= bindparam("from_day", (lower - _DAY).date().isoformat(), type_=String(), unique=True))
+        return clauses
+
     def event_value(self, e: FromClause, name: str) -> Value:
         """Event property ``name``: from the JSON properties column, or its own column (``properties = ""``)."""
         props = self.events_config.properties
@@ -125,9 +140,12 @@ class Context:
             self.event_user(e).is_not(None),
             self.event_column(e, self.events_config.event) == bindparam("event", events.event, String(), unique=True),
         ]
+        lower = None
         if events.window is not None:
             lower, upper = events.window.bounds(self.as_of)
             clauses.append(ts > self.instant("since", lower))
         clauses.append(ts <= self.instant("until" if upper != self.as_of else "as_of", upper))
+        if self.dialect == "sqlite":
+            clauses += self._sqlite_date_range(e, lower, upper)
         clauses += [filter_expr(self.event_value(e, f.property), f) for f in events.where]
         return clauses
