@@ -100,7 +100,7 @@ def pg_build(url: str, schema: str, users: int, events: int) -> None:
             "timestamptz '2024-06-01 00:00:00+00' - make_interval(secs => (i * 104729) % 31536000), "
             "jsonb_build_object('category', (ARRAY['coffee','tea','mugs','grinders','gift cards'])[1 + i % 5], "
             "'revenue', ((i % 9000) / 100.0)::numeric) "
-            f"FROM generate_series(1, {events}) i"
+            f"FROM generate_series(1::bigint, {events}) i"
         )
         db.execute('CREATE INDEX ix_tracks_event_ts ON tracks (event, "timestamp")')
         db.execute("ANALYZE users")
