@@ -32,6 +32,7 @@ from .guard import Hold, find_mass_exits, hold
 from .progress import NoProgress, Progress
 from .sources import RawRow, SourceStats, normalize, pushdown, read_rows
 from .sources.builder import BuilderSource
+from .sources.builder.windows import as_utc
 from .store import loading, outbox, registry, runs, staging
 from .store.dialect import analyze
 from .store.engine import create_state_engine, redact_url, store_error
@@ -191,8 +192,9 @@ def _stage(
         if pushed:
             progress.advance(task, st.rows)
         else:
-            advance = lambda n, task=task: progress.advance(task, n)  # noqa: E731
-            _stream(engine, source, config, run_id, comp, st, advance, stop, builder)
+            _stream(
+                engine, source, config, run_id, comp, st, lambda n, task=task: progress.advance(task, n), stop, builder
+            )
         progress.end(task)
         with engine.connect() as conn:
             # an audience's value is always true: only a trait can have two values for one user
@@ -350,7 +352,7 @@ def run_sync(
     instant builder computations are evaluated at (default: the run's start); events after it never count.
     """
     started = time.monotonic()
-    as_of = (as_of or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    as_of = as_utc(as_of or dt.datetime.now(dt.UTC))  # a naive instant is UTC
     progress = progress or NoProgress()
     dest_names, comps = select_targets(config, destinations, audiences)
     use_pushdown(config)  # a contradictory pushdown setting stops the run before anything is written
@@ -424,7 +426,13 @@ def _locked_run(
         mode,
         len(comps),
         ", ".join(dest_names),
-        extra={"run_id": run_id, "mode": mode, "destinations": dest_names, "trigger": plan.trigger},
+        extra={
+            "run_id": run_id,
+            "mode": mode,
+            "destinations": dest_names,
+            "trigger": plan.trigger,
+            "as_of": plan.as_of.isoformat() if plan.as_of else None,
+        },
     )
     try:
         source_stats = _stage(engine, source, config, run_id, comps, progress, plan.stop, plan.as_of)
@@ -456,6 +464,8 @@ def _locked_run(
     with engine.begin() as conn:
         counts = runs.count_changes(conn, run_id, after_id=before)
         counts["sources"] = source_stats
+        if plan.as_of is not None and any(c.builder is not None for c in comps):
+            counts["as_of"] = plan.as_of.isoformat()  # kept with the run: the instant its builder computations saw
         if holds or any(r.credentials_rejected for r in reports.values()):
             status = "failed"
         elif counts["pending"] or counts["failed"] or any(r.error for r in reports.values()):

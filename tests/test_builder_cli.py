@@ -222,7 +222,8 @@ def test_run_and_resync_as_of(tmp_path: Path, state_url: str, warehouse_url: str
     early, late = "2024-05-01T00:00:00Z", "2024-06-01T00:00:00Z"
     proc = cli("run", "--as-of", early, "--json", "--config", str(config), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["as_of"] == "2024-05-01T00:00:00+00:00"
+    summary = json.loads(proc.stdout)
+    assert summary["as_of"] == summary["counts"]["as_of"] == "2024-05-01T00:00:00+00:00"
     lines = [json.loads(line) for line in (tmp_path / "file.jsonl").read_text().splitlines()]
     first = {c["userId"] for c in lines if c["traits"].get("buyers") is True}
     assert first == _reference_members(config, warehouse_url, "buyers", dt.datetime(2024, 5, 1, tzinfo=dt.UTC))

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION
 
 from audience_sync.sources.builder.properties import pg_float_json
 from audience_sync.sources.builder.sqlfuncs import ExactSum, register_builder_functions
-from audience_sync.sources.builder.windows import Window, parse_instant, parse_window, sqlite_instant
+from audience_sync.sources.builder.windows import Window, as_utc, parse_instant, parse_window, sqlite_instant
 from audience_sync.values import encode
 
 
@@ -104,6 +104,9 @@ def test_instants() -> None:
     with pytest.raises(ValueError, match="not an ISO 8601 instant"):
         parse_instant("April 1st")
     assert sqlite_instant(dt.datetime(2017, 4, 1, 0, 0, 0, 999_999, tzinfo=utc)) == "2017-04-01 00:00:00.999"
+    assert as_utc(dt.datetime(2017, 4, 1)) == dt.datetime(2017, 4, 1, tzinfo=utc)  # a naive instant is UTC
+    paris = dt.timezone(dt.timedelta(hours=2))
+    assert as_utc(dt.datetime(2017, 4, 1, 2, tzinfo=paris)) == dt.datetime(2017, 4, 1, tzinfo=utc)
 
 
 def test_windows() -> None:

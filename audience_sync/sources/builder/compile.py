@@ -20,6 +20,7 @@ from .context import Context
 from .definitions import AudienceDefinition, TraitDefinition
 from .schema import SourceSchema
 from .traits import trait_statement
+from .windows import as_utc
 
 if TYPE_CHECKING:
     from ...config import Computation, Config
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 def compile_statement(comp: Computation, config: Config, schema: SourceSchema, as_of: dt.datetime) -> Any:
     """The one statement computing ``comp`` (a builder computation) as of ``as_of`` on ``schema``'s source."""
     audiences = {c.key: c.builder for c in config.computations if isinstance(c.builder, AudienceDefinition)}
-    ctx = Context(schema, config.events, config.profiles, as_of.astimezone(dt.UTC), audiences)
+    ctx = Context(schema, config.events, config.profiles, as_utc(as_of), audiences)
     if isinstance(comp.builder, AudienceDefinition):
         return audience_statement(ctx, comp.builder.condition)
     assert isinstance(comp.builder, TraitDefinition), f"{comp.key} is not a builder computation"

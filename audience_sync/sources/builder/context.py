@@ -102,7 +102,7 @@ class Context:
         ts_type = self._events.type_of(self.events_config.timestamp)
         if getattr(ts_type, "timezone", False):
             return bindparam(name, when, type_=DateTime(timezone=True), unique=True)
-        naive = when.astimezone(dt.UTC).replace(tzinfo=None)  # timestamp without time zone holds UTC
+        naive = when.astimezone(dt.UTC).replace(tzinfo=None)  # timestamp without time zone holds UTC (when is UTC)
         return bindparam(name, naive, type_=DateTime(), unique=True)
 
     def _sqlite_date_range(

@@ -11,6 +11,7 @@ from sqlalchemy import distinct, func, select
 from ...errors import ConfigError
 from ...store.engine import create_state_engine
 from .source import BuilderSource
+from .windows import as_utc
 
 if TYPE_CHECKING:
     from ...config import Config
@@ -35,7 +36,7 @@ def explain(config: Config, key: str, as_of: dt.datetime | None = None) -> dict[
             f"computations (with `condition` or `compute`)",
             path=config.path,
         )
-    instant = (as_of or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    instant = as_utc(as_of or dt.datetime.now(dt.UTC))
     source = create_state_engine(config.source_url, what="source database")
     try:
         builder = BuilderSource(config, source, [comp], instant)

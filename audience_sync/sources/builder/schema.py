@@ -9,7 +9,7 @@ column otherwise; the run then fails before any diff.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, column, inspect, table
@@ -72,7 +72,6 @@ class SourceSchema:
     dialect: str
     profiles: SourceTable
     events: SourceTable | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _leaves(condition: Condition, audiences: Mapping[str, AudienceDefinition], seen: set[str]) -> Iterator[Leaf]:

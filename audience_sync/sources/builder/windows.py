@@ -62,6 +62,11 @@ def parse_window(within: object, between: object) -> Window | None:
     return None
 
 
+def as_utc(instant: dt.datetime) -> dt.datetime:
+    """``instant`` in UTC; a naive datetime is taken to be UTC already."""
+    return instant.replace(tzinfo=dt.UTC) if instant.tzinfo is None else instant.astimezone(dt.UTC)
+
+
 def parse_instant(text: str) -> dt.datetime:
     """An ISO 8601 instant (``2017-04-01T00:00:00Z``, ``2017-04-01 12:00:00+02:00``, ``2017-04-01``) in UTC.
 
@@ -72,13 +77,11 @@ def parse_instant(text: str) -> dt.datetime:
         parsed = dt.datetime.fromisoformat(raw[:-1] + "+00:00" if raw[-1:] in ("Z", "z") else raw)
     except ValueError:
         raise ValueError(f"{text!r} is not an ISO 8601 instant like '2017-04-01T00:00:00Z'") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.astimezone(dt.UTC)
+    return as_utc(parsed)
 
 
 def sqlite_instant(instant: dt.datetime) -> str:
     """``instant`` as SQLite's ``strftime('%Y-%m-%d %H:%M:%f', ...)`` renders timestamps, floored to the
     millisecond (SQLite keeps no finer time): text comparison is then time comparison."""
-    utc = instant.astimezone(dt.UTC)
+    utc = as_utc(instant)
     return utc.strftime("%Y-%m-%d %H:%M:%S.") + f"{utc.microsecond // 1000:03d}"
