@@ -10,6 +10,7 @@ import random
 import sqlite3
 import struct
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -17,9 +18,12 @@ from hypothesis import strategies as st
 from sqlalchemy import bindparam, create_engine, select
 from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION
 
+from audience_sync.config import parse_config
+from audience_sync.sources.builder import BuilderSource
 from audience_sync.sources.builder.properties import pg_float_json
 from audience_sync.sources.builder.sqlfuncs import ExactSum, register_builder_functions
 from audience_sync.sources.builder.windows import Window, as_utc, parse_instant, parse_window, sqlite_instant
+from audience_sync.store.engine import create_state_engine
 from audience_sync.values import encode
 
 
@@ -126,3 +130,37 @@ def test_windows() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             parse_window(within, between)
+
+
+def test_sqlite_offsets_at_the_window_edges(tmp_path: Path) -> None:
+    """The day-coarse range SQLite adds for its index never drops an event the exact bounds keep, whatever the
+    offset its text carries (-12:00 to +14:00), and the exact bounds still decide."""
+    as_of = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
+    lower = as_of - dt.timedelta(days=30)
+    cases = {  # user: (timestamp text, counted by within 30d)
+        "west_in": ((lower + dt.timedelta(hours=1)).astimezone(dt.timezone(dt.timedelta(hours=-12))), True),
+        "west_out": (lower.astimezone(dt.timezone(dt.timedelta(hours=-12))), False),
+        "east_in": (as_of.astimezone(dt.timezone(dt.timedelta(hours=14))), True),
+        "east_out": ((as_of + dt.timedelta(seconds=1)).astimezone(dt.timezone(dt.timedelta(hours=14))), False),
+        "zulu_in": (as_of - dt.timedelta(milliseconds=1), True),
+    }
+    path = tmp_path / "s.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE users (id TEXT, email TEXT)")
+        db.execute("CREATE TABLE tracks (user_id TEXT, event TEXT, timestamp TEXT, properties TEXT)")
+        db.execute("CREATE INDEX ix ON tracks (event, timestamp)")
+        for user, (ts, _) in cases.items():
+            db.execute("INSERT INTO users VALUES (?, NULL)", (user,))
+            db.execute("INSERT INTO tracks VALUES (?, 'E', ?, '{}')", (user, ts.isoformat()))
+    config = parse_config(
+        f'[state]\nurl = "sqlite:///{path}"\n[[destinations]]\nname = "f"\ntype = "jsonl"\n'
+        '[[audiences]]\nname = "A"\ncondition = { performed = "E", within = "30d" }\n',
+        environ={},
+    )
+    engine = create_state_engine(config.state_url)
+    builder = BuilderSource(config, engine, config.computations, as_of)
+    got = {r[0] for chunk in builder.read_rows(config.computations[0], 100) for r in chunk}
+    engine.dispose()
+    assert got == {user for user, (_, counted) in cases.items() if counted}
+    sql = builder.sql(config.computations[0])
+    assert sql.params["from_day_1"] == "2024-05-01" and sql.params["before_day_1"] == "2024-06-03"
