@@ -191,6 +191,28 @@ filters = [
 ]
 
 
+def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    from .sources.builder.windows import parse_instant
+
+    try:
+        return parse_instant(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def as_of_option(func: F) -> F:
+    return click.option(
+        "--as-of",
+        "as_of",
+        default=None,
+        callback=_instant,
+        metavar="ISO-TIME",
+        help="Evaluate builder audiences and traits as of this instant (default: the run's start).",
+    )(func)
+
+
 def with_filters(func: F) -> F:
     for option in reversed(filters):
         func = option(func)
@@ -201,6 +223,7 @@ def with_filters(func: F) -> F:
 @common_options
 @with_filters
 @metrics_option
+@as_of_option
 def run(
     config_path: str | None,
     destinations: tuple[str, ...],
@@ -210,6 +233,7 @@ def run(
     force: bool,
     wait: float | None,
     metrics_file: Path | None,
+    as_of: dt.datetime | None,
 ) -> None:
     """One incremental run: send only the users whose membership or value changed."""
     config = load_config(config_path)
@@ -222,6 +246,7 @@ def run(
         dry_run=dry_run,
         force=force,
         wait=wait or 0.0,
+        as_of=as_of,
     )
 
 
@@ -231,6 +256,7 @@ def run(
 @click.option("--user", "users", multiple=True, metavar="ID", help="Only this user id (repeatable).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @metrics_option
+@as_of_option
 def resync(
     config_path: str | None,
     destinations: tuple[str, ...],
@@ -242,6 +268,7 @@ def resync(
     users: tuple[str, ...],
     yes: bool,
     metrics_file: Path | None,
+    as_of: dt.datetime | None,
 ) -> None:
     """Full resync: every current member gets its current value again; users who left get false/null."""
     config = load_config(config_path)
@@ -261,6 +288,7 @@ def resync(
         dry_run=dry_run,
         force=force,
         wait=wait or 0.0,
+        as_of=as_of,
     )
 
 
@@ -345,6 +373,22 @@ def members(config_path: str | None, key: str, destination: str | None, fmt: str
         title=f"members of {key}",
         json_columns=("value",),
     )
+
+
+@cli.command()
+@common_options
+@click.argument("key")
+@as_of_option
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True, help="Output format."
+)
+def explain(config_path: str | None, key: str, as_of: dt.datetime | None, fmt: str) -> None:
+    """The SQL a builder audience or trait compiles to (parameters shown) and its size as of now or --as-of."""
+    from .sources.builder.explain import explain as explain_key
+    from .sources.builder.explain import explain_text
+
+    result = explain_key(load_config(config_path), key, as_of)
+    click.echo(report.to_json(result) if fmt == "json" else explain_text(result), nl=fmt == "json")
 
 
 @cli.command()
@@ -471,10 +515,12 @@ def demo(config_path: str | None, warehouse: Path, newsletter: Path) -> None:
     if not warehouse.exists():
         shop.build_shop(warehouse, newsletter)
         stdout.print(f"[bold]Built the demo shop[/bold] in {escape(str(warehouse))} (day {shop.shop_day(warehouse)}).")
-        _demo_run(config, "First sync: every current member is sent.")
+        _demo_run(config, "First sync: every current member is sent.", shop.shop_instant(warehouse))
     day = shop.advance_day(warehouse, newsletter)
     stdout.print(f"\n[bold]The shop moved to {escape(str(day))}[/bold]: new orders, newsletter sign-ups and opt-outs.")
-    _demo_run(config, "Incremental sync: only users whose membership or value changed are sent.")
+    _demo_run(
+        config, "Incremental sync: only users whose membership or value changed are sent.", shop.shop_instant(warehouse)
+    )
     outputs = ", ".join(str(getattr(d, "output_path", d.name)) for d in config.destinations)
     stdout.print(
         f"\nSent calls are in {escape(outputs)}. Next: `audience-sync runs`, `audience-sync diff`, "
@@ -482,9 +528,9 @@ def demo(config_path: str | None, warehouse: Path, newsletter: Path) -> None:
     )
 
 
-def _demo_run(config: Config, title: str) -> None:
+def _demo_run(config: Config, title: str, as_of: dt.datetime) -> None:
     stdout.print(escape(title))
-    result = run_sync(config, progress=NoProgress(), trigger="demo")
+    result = run_sync(config, progress=NoProgress(), trigger="demo", as_of=as_of)  # builder computations: shop time
     report.print_run_summary(stdout, result.to_dict())
     if result.exit_code:
         sys.exit(result.exit_code)

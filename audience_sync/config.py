@@ -16,7 +16,7 @@ import zoneinfo
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -36,6 +36,9 @@ from .redact import remember, url_secrets
 
 #: how a trait's value is read from a CSV field, which has no type of its own (see ``sources/files.py``)
 ValueType = Literal["text", "number", "boolean", "json"]
+
+if TYPE_CHECKING:
+    from .sources.builder.definitions import Definition
 
 DEFAULT_CONFIG_PATH = "config/audience_sync.toml"
 CONFIG_ENV_VAR = "AUDIENCE_SYNC_CONFIG"
@@ -360,7 +363,32 @@ class GuardConfig(_Section):
     min_size: int = Field(default=100, ge=0)
 
 
+_TABLE_NAME = r"^[^.\s]+(\.[^.\s]+)?$"  # a table, or schema.table
+
+
+class EventsConfig(_Section):
+    """``[events]``: where the builder finds behaviour (one row per event); Segment's warehouse layout."""
+
+    table: str = Field(default="tracks", pattern=_TABLE_NAME)
+    user_id: str = Field(default="user_id", min_length=1)
+    event: str = Field(default="event", min_length=1)
+    timestamp: str = Field(default="timestamp", min_length=1)
+    #: a JSON column holding the properties; "" reads each property from a column of the same name
+    properties: str = "properties"
+
+
+class ProfilesConfig(_Section):
+    """``[profiles]``: one row per user, the universe of builder members, their email and traits."""
+
+    table: str = Field(default="users", pattern=_TABLE_NAME)
+    user_id: str = Field(default="id", min_length=1)
+    #: "" when the table has no email column
+    email: str = "email"
+
+
 class _ComputationBase(_Section):
+    #: the key of the builder's definition table: `condition` (audiences) or `compute` (traits)
+    builder_field: ClassVar[str] = ""
     name: str = Field(min_length=1)
     key: str | None = None
     sql: str | None = None
@@ -378,8 +406,10 @@ class _ComputationBase(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> _ComputationBase:
-        if (self.sql is None) == (self.file is None):
-            raise ValueError("give exactly one of `sql` or `file`")
+        given = [f for f in ("sql", "file", self.builder_field) if getattr(self, f, None) is not None]
+        if len(given) != 1:
+            found = f" (found {' and '.join(f'`{f}`' for f in given)})" if given else ""
+            raise ValueError(f"give exactly one of `sql` or `file` or `{self.builder_field}`{found}")
         if self.key is not None and not is_valid_key(self.key):
             raise ValueError(f"key {self.key!r} must be snake_case: lowercase letters, digits and underscores")
         if self.key is None and not trait_key(self.name):
@@ -390,6 +420,9 @@ class _ComputationBase(_Section):
 
 
 class AudienceConfig(_ComputationBase):
+    builder_field: ClassVar[str] = "condition"
+    #: the builder's condition (see sources/builder/definitions.py), validated in _resolve
+    condition: dict[str, Any] | None = None
     #: flap damping: send ``false`` only once a member has been out this long (e.g. "24h")
     exit_after: str | None = None
 
@@ -402,6 +435,9 @@ class AudienceConfig(_ComputationBase):
 
 
 class TraitConfig(_ComputationBase):
+    builder_field: ClassVar[str] = "compute"
+    #: the builder's computed-trait form (see sources/builder/definitions.py), validated in _resolve
+    compute: dict[str, Any] | None = None
     #: how a CSV file's value field becomes the value (CSV has no types): "text" (default), "number",
     #: "boolean" or "json"; a query's or a Parquet file's column types decide for themselves
     value_type: ValueType | None = None
@@ -423,6 +459,8 @@ class _RawConfig(_Section):
     guard: GuardConfig = GuardConfig()
     alerts: AlertsConfig = AlertsConfig()
     retention: RetentionConfig = RetentionConfig()
+    events: EventsConfig = EventsConfig()
+    profiles: ProfilesConfig = ProfilesConfig()
     destinations: tuple[DestinationConfig, ...] = ()
     audiences: tuple[AudienceConfig, ...] = ()
     computed_traits: tuple[TraitConfig, ...] = ()
@@ -448,6 +486,8 @@ class Computation:
     schedule: ScheduleConfig | None = None
     #: a CSV trait's ``value_type`` (None: text)
     value_type: ValueType | None = None
+    #: a builder definition (audience `condition` or trait `compute`) instead of `sql` or `file`
+    builder: Definition | None = None
 
     @property
     def definition_hash(self) -> str:
@@ -455,6 +495,8 @@ class Computation:
         text = f"{self.computation_class}\0{self.sql or ''}\0{self.file or ''}"
         if self.value_type is not None:  # absent: the fingerprint of a definition written before it existed
             text += f"\0{self.value_type}"
+        if self.builder is not None:
+            text += f"\0{self.builder.text}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -474,6 +516,9 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     #: ``[source] pushdown``: None runs queries inside the state database whenever it is the source
     source_pushdown: bool | None = None
+    #: ``[events]`` and ``[profiles]``: the tables builder computations read on the source
+    events: EventsConfig = field(default_factory=EventsConfig)
+    profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
     #: ``[state] lock_lease`` in seconds
     lock_lease: float = 300.0
 
@@ -589,6 +634,7 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
                 )
         share = entry.max_exit_share if entry.max_exit_share is not None else raw.guard.max_exit_share
         damping = getattr(entry, "exit_after", None)
+        builder = _builder_definition(path, where, entry, problems)
         computations.append(
             Computation(
                 key,
@@ -601,8 +647,10 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
                 parse_duration(damping) if damping else None,
                 entry.schedule,
                 getattr(entry, "value_type", None),
+                builder,
             )
         )
+    problems += _builder_references(path, entries, computations)
     if collisions:
         key, names = collisions[0]
         raise KeyCollisionError("invalid configuration:\n  " + "\n  ".join(problems), key=key, names=names)
@@ -621,6 +669,8 @@ def _resolve(path: str, raw: _RawConfig) -> Config:
         retention=raw.retention,
         source_pushdown=raw.source.pushdown,
         lock_lease=parse_duration(raw.state.lock_lease),
+        events=raw.events,
+        profiles=raw.profiles,
     )
 
 
@@ -634,6 +684,43 @@ def _nul_strings(node: Any, where: str) -> Iterator[str]:
     elif isinstance(node, list):
         for i, value in enumerate(node):
             yield from _nul_strings(value, f"{where}[{i}]")
+
+
+def _builder_definition(path: str, where: str, entry: _ComputationBase, problems: list[str]) -> Definition | None:
+    """The entry's builder definition (`condition` / `compute`), parsed; its problems appended, named by field."""
+    raw = getattr(entry, entry.builder_field, None)
+    if raw is None:
+        return None
+    # imported here: sources/ imports this module, which must be complete first
+    from .sources.builder import definitions
+
+    parse = definitions.parse_condition if entry.builder_field == "condition" else definitions.parse_compute
+    definition, found = parse(raw, entry.builder_field)
+    problems += [f"{path}: {where} ({entry.name!r}).{field_path}: {message}" for field_path, message in found]
+    return definition
+
+
+def _builder_references(
+    path: str, entries: list[tuple[str, ComputationClass, _ComputationBase]], comps: list[Computation]
+) -> list[str]:
+    """Problems with `in_audience` keys: unknown, not a condition audience, or a cycle."""
+    from .sources.builder import definitions
+
+    audiences = {
+        c.key: c.builder for c in comps if isinstance(c.builder, definitions.AudienceDefinition)
+    }
+    if not any(definitions.references(d.condition) for d in audiences.values()):
+        return []
+    others = {
+        c.key: ("a computed trait" if c.computation_class == "trait" else f"a `{'sql' if c.sql else 'file'}` audience")
+        for c in comps
+        if c.key not in audiences
+    }
+    places = {c.key: f"{where} ({entry.name!r})" for (where, _, entry), c in zip(entries, comps, strict=True)}
+    return [
+        f"{path}: {places[key]}.{field_path}: {message}"
+        for key, field_path, message in definitions.check_references(audiences, others)
+    ]
 
 
 def parse_config(text: str, *, path: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:

@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,7 +32,9 @@ from .diff import note_missing, skip_unreachable, supersede_pending, write_chang
 from .errors import AudienceSyncError, ConfigError, RunStopped, SourceError
 from .guard import Hold, find_mass_exits, hold
 from .progress import NoProgress, Progress
-from .sources import SourceStats, normalize, pushdown, read_rows
+from .sources import RawRow, SourceStats, normalize, pushdown, read_rows
+from .sources.builder import BuilderSource
+from .sources.builder.windows import as_utc
 from .store import loading, outbox, registry, runs, staging
 from .store.dialect import analyze
 from .store.engine import create_state_engine, redact_url, store_error
@@ -60,6 +62,8 @@ class RunResult:
     error: str | None = None
     duration_seconds: float = 0.0
     destinations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the instant builder computations were evaluated at (ISO 8601, UTC)
+    as_of: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -77,6 +81,7 @@ class RunResult:
             "error": self.error,
             "duration_seconds": round(self.duration_seconds, 3),
             "destinations": self.destinations,
+            "as_of": self.as_of,
         }
 
 
@@ -94,10 +99,16 @@ def select_targets(
     return dest_names, comps
 
 
-def _push_down(engine: Engine, run_id: int, comp: Computation, stats: SourceStats) -> bool:
+def _push_down(
+    engine: Engine,
+    run_id: int,
+    comp: Computation,
+    stats: SourceStats,
+    planner: Callable[[Any, Computation], pushdown.Pushdown | None] = pushdown.plan,
+) -> bool:
     """Stage ``comp`` by running its query inside the state database; False when it must be streamed instead."""
     with engine.connect() as conn:
-        plan = pushdown.plan(conn, comp)
+        plan = planner(conn, comp)
     if plan is None:
         log.info("%s: streaming (its query or its column types cannot be pushed down)", comp.key)
         return False
@@ -135,14 +146,20 @@ def _stream(
     stats: SourceStats,
     advance: Any,
     stop: threading.Event | None = None,
+    builder: BuilderSource | None = None,
 ) -> None:
     """Stage ``comp`` from its source in chunks: COPY on PostgreSQL, batched upserts on SQLite; one transaction.
 
     Setting ``stop`` raises RunStopped at the next chunk (the transaction, and so the staging, is rolled back).
     """
+    raws: Iterator[list[RawRow]] = (
+        builder.read_rows(comp, config.source_chunk_size)
+        if builder is not None and comp.builder is not None
+        else read_rows(comp, source, config.source_chunk_size)
+    )
 
     def chunks() -> Iterator[list[StagedRow]]:
-        for raw in read_rows(comp, source, config.source_chunk_size):
+        for raw in raws:
             if stop is not None and stop.is_set():
                 raise _stopped(run_id, comp)
             yield normalize(comp, raw, stats)
@@ -164,19 +181,30 @@ def _stage(
     comps: Sequence[Computation],
     progress: Progress,
     stop: threading.Event | None = None,
+    as_of: dt.datetime | None = None,
 ) -> dict[str, dict[str, int]]:
     stats: dict[str, dict[str, int]] = {}
     push = use_pushdown(config)
+    # builder computations: every table and column they name is checked before anything is staged
+    builder = BuilderSource(config, source, comps, as_of or dt.datetime.now(dt.UTC))
+    if builder.comps:
+        builder.check()
     for comp in comps:
         task = f"reading {comp.key}"
         progress.begin(task)
         st = SourceStats()
         if stop is not None and stop.is_set():
             raise _stopped(run_id, comp)
-        if push and comp.sql is not None and _push_down(engine, run_id, comp, st):
+        if comp.builder is not None:
+            pushed = push and _push_down(engine, run_id, comp, st, builder.plan)
+        else:
+            pushed = push and comp.sql is not None and _push_down(engine, run_id, comp, st)
+        if pushed:
             progress.advance(task, st.rows)
         else:
-            _stream(engine, source, config, run_id, comp, st, lambda n, task=task: progress.advance(task, n), stop)
+            _stream(
+                engine, source, config, run_id, comp, st, lambda n, task=task: progress.advance(task, n), stop, builder
+            )
         progress.end(task)
         with engine.connect() as conn:
             # an audience's value is always true: only a trait can have two values for one user
@@ -341,6 +369,7 @@ def run_sync(
     progress: Progress | None = None,
     stop: threading.Event | None = None,
     wait: float = 0.0,
+    as_of: dt.datetime | None = None,
 ) -> RunResult:
     """Run one sync and return its result; the run's row in ``sync_runs`` says the same.
 
@@ -351,9 +380,11 @@ def run_sync(
     run failed. Destination failures do not raise: they are in the result (status ``partial`` or ``failed``).
     A computation that trips the mass-exit guard is held (nothing of it sent) and the run fails, unless
     ``force``. Setting ``stop`` (from a signal handler) finishes the chunks in flight, leaves the rest pending
-    and ends the run as ``partial``. ``wait`` seconds: how long to wait for another run's lock.
+    and ends the run as ``partial``. ``wait`` seconds: how long to wait for another run's lock. ``as_of``: the
+    instant builder computations are evaluated at (default: the run's start); events after it never count.
     """
     started = time.monotonic()
+    as_of = as_utc(as_of or dt.datetime.now(dt.UTC))  # a naive instant is UTC
     progress = progress or NoProgress()
     dest_names, comps = select_targets(config, destinations, audiences)
     use_pushdown(config)  # a contradictory pushdown setting stops the run before anything is written
@@ -377,6 +408,7 @@ def run_sync(
                 force,
                 full=not destinations and not audiences,
                 stop=stop,
+                as_of=as_of,
             )
             return _locked_run(engine, source, config, plan, held=lock, progress=progress, started=started)
     except SQLAlchemyError as exc:  # the state database itself; sources raise SourceError
@@ -399,6 +431,7 @@ class _Plan:
     force: bool
     full: bool  # no filters: computations missing from the config are retired afterwards
     stop: threading.Event | None = None
+    as_of: dt.datetime | None = None  # builder computations are evaluated at this instant
 
 
 def _locked_run(
@@ -427,7 +460,13 @@ def _locked_run(
         mode,
         len(comps),
         ", ".join(dest_names),
-        extra={"run_id": run_id, "mode": mode, "destinations": dest_names, "trigger": plan.trigger},
+        extra={
+            "run_id": run_id,
+            "mode": mode,
+            "destinations": dest_names,
+            "trigger": plan.trigger,
+            "as_of": plan.as_of.isoformat() if plan.as_of else None,
+        },
     )
     try:
         status, counts, error, reports = _steps(engine, source, config, plan, run_id, before, held, progress)
@@ -442,6 +481,7 @@ def _locked_run(
         error=error,
         duration_seconds=time.monotonic() - started,
         destinations={n: {"error": r.error, "changes_attempted": r.attempted} for n, r in reports.items()},
+        as_of=plan.as_of.isoformat() if plan.as_of else None,
     )
     totals = {k: counts[k] for k in runs.COUNT_KEYS}
     log.log(
@@ -479,7 +519,7 @@ def _steps(
     dest_names, comps, mode = plan.dest_names, plan.comps, plan.mode
     dry_run = mode == "dry_run"
     try:
-        source_stats = _stage(engine, source, config, run_id, comps, progress, plan.stop)
+        source_stats = _stage(engine, source, config, run_id, comps, progress, plan.stop, plan.as_of)
         staged = {key: st["members"] for key, st in source_stats.items()}
         holds = _diff(
             engine,
@@ -506,6 +546,8 @@ def _steps(
         held.confirm(conn, dest_names)
         counts = runs.count_changes(conn, run_id, after_id=before)
         counts["sources"] = source_stats
+        if plan.as_of is not None and any(c.builder is not None for c in comps):
+            counts["as_of"] = plan.as_of.isoformat()  # kept with the run: the instant its builder computations saw
         if holds or any(r.credentials_rejected for r in reports.values()):
             status = "failed"
         elif counts["pending"] or counts["failed"] or any(r.error for r in reports.values()):

@@ -193,6 +193,11 @@ def test_demo_from_a_fresh_directory(tmp_path: Path) -> None:
         "newsletter_subscribers",
         "lifetime_value",
         "favorite_category",
+        "repeat_buyers_last_30_days",
+        "coffee_browsers_not_buying",
+        "orders_last_90_days",
+        "most_viewed_category",
+        "categories_bought",
     }
     runs = json.loads(cli("runs", "--format", "json", cwd=tmp_path).stdout)
     assert [r["status"] for r in runs] == ["succeeded", "succeeded"]

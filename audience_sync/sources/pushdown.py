@@ -24,6 +24,7 @@ the count that follows notices it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,21 @@ class Pushdown:
     #: true (never NULL) for a row the streamed path would skip rather than stage. PostgreSQL: column ``b``;
     #: SQLite: never, because such a row makes the statement fail (``register_normalizers``)
     unusable: str = "false"
+    #: a compiled statement's bound parameters: its text is then ready for the driver as it is; None for a
+    #: user's query, whose text goes to the driver as written (see :meth:`driver_sql`)
+    params: Mapping[str, Any] | None = None
+    #: the statement never returns a row without a user id or a value (a compiled one): the rows staged are the
+    #: rows it returned, so no statement counts them again
+    complete: bool = False
+
+    def driver_sql(self, dialect: Any, text: str) -> str:
+        """``text`` (one of this pushdown's statements) as ``exec_driver_sql`` must receive it."""
+        return text if self.params is not None else literal_sql(dialect, text)
+
+    @property
+    def bound(self) -> dict[str, Any]:
+        """The parameters to pass with every statement of this pushdown."""
+        return dict(self.params or {})
 
     @property
     def counts(self) -> str:
@@ -137,7 +153,9 @@ def _sqlite_unpadded(text: str) -> str:
     return f"unicode({text}) BETWEEN 33 AND 126 AND unicode(substr({text}, -1)) BETWEEN 33 AND 126"
 
 
-def _sqlite_columns(uid: str, email: str | None, value: str | None, is_trait: bool) -> tuple[str, str, str]:
+def _sqlite_columns(
+    uid: str, email: str | None, value: str | None, is_trait: bool, value_is_json: bool = False
+) -> tuple[str, str, str]:
     ws = _literal(WHITESPACE)
     # text with a NUL byte (which length() stops at, so bytes are counted as a blob's) or too long for the state
     # database goes to the Python normaliser, which raises for it: the statement fails and the computation streams
@@ -160,6 +178,8 @@ def _sqlite_columns(uid: str, email: str | None, value: str | None, is_trait: bo
     if not is_trait:
         return u, e, "'true'"
     assert value is not None
+    if value_is_json:
+        return u, e, value
     v = (
         f"CASE typeof({value}) WHEN 'integer' THEN CAST({value} AS TEXT) "
         f"WHEN 'text' THEN json_quote({value} || '') "  # || '' drops a JSON subtype: text stays a JSON string
@@ -169,7 +189,11 @@ def _sqlite_columns(uid: str, email: str | None, value: str | None, is_trait: bo
 
 
 def _pg_columns(
-    uid: tuple[str, int], email: tuple[str, int] | None, value: tuple[str, int] | None, is_trait: bool
+    uid: tuple[str, int],
+    email: tuple[str, int] | None,
+    value: tuple[str, int] | None,
+    is_trait: bool,
+    value_is_json: bool = False,
 ) -> tuple[str, str, str, str] | None:
     """The normalising expressions ``u, e, v`` and ``b``, true for a row whose user id is too long to stage
     (PostgreSQL text holds no NUL byte, so that is all the streamed path could skip an id or email for)."""
@@ -193,6 +217,9 @@ def _pg_columns(
         return u, e, "'true'::text", b
     assert value is not None
     name, oid = value
+    if value_is_json:
+        json_text = f"{name}::text" if oid in _PG_TEXT else None
+        return None if json_text is None else (u, e, json_text, b)
     if oid in _PG_INTEGER:
         v = f"{name}::text"
     elif oid == _PG_BOOL:
@@ -219,11 +246,28 @@ def plan(conn: Connection, comp: Computation) -> Pushdown | None:
     """
     if comp.sql is None:
         return None
-    inner = query_text(comp.sql)
+    return _plan(conn, comp, query_text(comp.sql), None)
+
+
+def plan_statement(conn: Connection, comp: Computation, text: str, params: Mapping[str, Any]) -> Pushdown | None:
+    """The pushed-down form of a compiled statement (the builder's): ``text`` is ready for the driver, with
+    ``params`` bound, and returns ``user_id``, ``email`` and (traits) ``value`` as canonical JSON text, never a
+    NULL id or value (a blank id is left out, not counted).
+
+    None when a column has a type SQL cannot normalise exactly as Python would, or the probe fails.
+    """
+    return _plan(conn, comp, text, params)
+
+
+def _plan(conn: Connection, comp: Computation, inner: str, params: Mapping[str, Any] | None) -> Pushdown | None:
     dialect = conn.dialect.name
-    probe = literal_sql(conn.dialect, f"SELECT * FROM ({inner}) AS src LIMIT 0")
+    probe = f"SELECT * FROM ({inner}) AS src LIMIT 0"
+    if params is None:
+        probe = literal_sql(conn.dialect, probe)
+    value_is_json = params is not None
+    complete = params is not None
     try:
-        result = conn.exec_driver_sql(probe)
+        result = conn.exec_driver_sql(probe, dict(params or {}))
         names = list(result.keys())
         types = [getattr(d, "type_code", None) for d in (result.cursor.description or [])]
         result.close()
@@ -238,8 +282,10 @@ def plan(conn: Connection, comp: Computation) -> Pushdown | None:
     if dialect == "sqlite":
         uid_ref = ref(uid)
         assert uid_ref is not None
-        u, e, v = _sqlite_columns(uid_ref, ref(email), ref(value), is_trait)
-        return Pushdown(comp, f"SELECT {u} AS u, {e} AS e, {v} AS v FROM ({inner}) AS src")
+        u, e, v = _sqlite_columns(uid_ref, ref(email), ref(value), is_trait, value_is_json)
+        return Pushdown(
+            comp, f"SELECT {u} AS u, {e} AS e, {v} AS v FROM ({inner}) AS src", params=params, complete=complete
+        )
     if dialect != "postgresql":
         return None
 
@@ -249,11 +295,17 @@ def plan(conn: Connection, comp: Computation) -> Pushdown | None:
 
     uid_typed = typed(uid)
     assert uid_typed is not None
-    columns = _pg_columns(uid_typed, typed(email), typed(value), is_trait)
+    columns = _pg_columns(uid_typed, typed(email), typed(value), is_trait, value_is_json)
     if columns is None:
         return None
     u, e, v, b = columns
-    return Pushdown(comp, f"SELECT {u} AS u, {e} AS e, {v} AS v, {b} AS b FROM ({inner}) AS src", unusable="b")
+    return Pushdown(
+        comp,
+        f"SELECT {u} AS u, {e} AS e, {v} AS v, {b} AS b FROM ({inner}) AS src",
+        unusable="b",
+        params=params,
+        complete=complete,
+    )
 
 
 def _json_value(value: Any) -> str | None:

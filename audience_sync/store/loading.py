@@ -25,7 +25,6 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from ..sources.pushdown import Pushdown
-from .dialect import literal_sql
 from .staging import StagedRow, insert_rows
 
 _COLUMNS = "run_id, computation_key, user_id, email, value"
@@ -43,17 +42,16 @@ def _p(conn: Connection, name: str) -> str:
     return f"%({name})s" if conn.dialect.paramstyle in ("format", "pyformat") else f":{name}"
 
 
-def _sql(conn: Connection, text: str) -> str:
-    return literal_sql(conn.dialect, text)
-
-
-def _settle_repeats(conn: Connection, run_id: int, key: str, ordered: str) -> None:
+def _settle_repeats(
+    conn: Connection, run_id: int, key: str, ordered: str, params: dict[str, Any] | None = None
+) -> None:
     """For users the source returned more than once: first value, first non-null email, last differing value.
 
-    ``ordered`` is a SELECT of ``u, e, v, ord`` (``ord`` the row's position in the source's order).
+    ``ordered`` is a SELECT of ``u, e, v, ord`` (``ord`` the row's position in the source's order), ready for
+    the driver, with ``params`` bound.
     """
     sql = (
-        f"WITH o AS (SELECT u, e, v, ord FROM ({_sql(conn, ordered)}) AS o0 WHERE u IS NOT NULL AND v IS NOT NULL), "
+        f"WITH o AS (SELECT u, e, v, ord FROM ({ordered}) AS o0 WHERE u IS NOT NULL AND v IS NOT NULL), "
         "dup AS (SELECT u FROM o GROUP BY u HAVING count(*) > 1), "
         "o2 AS (SELECT o.u, o.e, o.v, o.ord, first_value(o.v) OVER (PARTITION BY o.u ORDER BY o.ord) AS fv "
         "FROM o JOIN dup ON dup.u = o.u), "
@@ -62,7 +60,7 @@ def _settle_repeats(conn: Connection, run_id: int, key: str, ordered: str) -> No
         "UPDATE staging AS st SET value = c.v, email = c.e, conflict_value = c.other FROM c "
         f"WHERE st.run_id = {_p(conn, 'run')} AND st.computation_key = {_p(conn, 'key')} AND st.user_id = c.u"
     )
-    conn.exec_driver_sql(sql, {"run": run_id, "key": key})
+    conn.exec_driver_sql(sql, {**(params or {}), "run": run_id, "key": key})
 
 
 class PushedDown(NamedTuple):
@@ -85,10 +83,15 @@ def push_down(conn: Connection, run_id: int, pushdown: Pushdown) -> PushedDown:
     transaction so that nothing of a failed load stays.
     """
     key = pushdown.comp.key
-    params = {"run": run_id, "key": key}
+    bound = pushdown.bound  # a compiled statement's parameters (none for a user's query)
+    params = {**bound, "run": run_id, "key": key}
+
+    def sql(text: str) -> str:
+        return pushdown.driver_sql(conn.dialect, text)
+
     insert = (
         f"INSERT INTO staging ({_COLUMNS}) SELECT {_p(conn, 'run')}, {_p(conn, 'key')}, u, e, v "
-        f"FROM ({_sql(conn, pushdown.staged)}) AS s"
+        f"FROM ({sql(pushdown.staged)}) AS s"
     )
     staged: int | None
     members: int | None = None
@@ -98,11 +101,15 @@ def push_down(conn: Connection, run_id: int, pushdown: Pushdown) -> PushedDown:
         staged = members = _insert_unique(conn, insert, params)  # a plain insert: one row per user
         if staged is None:
             conn.exec_driver_sql(f"{insert} ON CONFLICT DO NOTHING", params)
-            _settle_repeats(conn, run_id, key, pushdown.ordered)
-    rows = int(conn.exec_driver_sql(_sql(conn, f"SELECT count(*) FROM ({pushdown.normalized}) AS n")).scalar_one())
+            _settle_repeats(conn, run_id, key, sql(pushdown.ordered), bound)
+    # a compiled statement returns no row without an id or a value; where no row can be left out as unusable
+    # either (SQLite: such a row fails the statement), the rows staged are all the rows: nothing else to count
+    if pushdown.complete and pushdown.unusable == "false" and staged is not None:
+        return PushedDown(staged, 0, 0, members, 0)
+    rows = int(conn.exec_driver_sql(sql(f"SELECT count(*) FROM ({pushdown.normalized}) AS n"), bound).scalar_one())
     if staged == rows:  # every row had a user id and a value, and none was left out: nothing to tell apart
         return PushedDown(rows, 0, 0, members, 0)
-    rows, null_ids, null_values, unusable = conn.exec_driver_sql(_sql(conn, pushdown.counts)).one()
+    rows, null_ids, null_values, unusable = conn.exec_driver_sql(sql(pushdown.counts), bound).one()
     return PushedDown(int(rows), int(null_ids), int(null_values), members, int(unusable))
 
 
