@@ -30,7 +30,7 @@ from .errors import AudienceSyncError, ConfigError, RunStopped, SourceError
 from .guard import Hold, find_mass_exits, hold
 from .progress import NoProgress, Progress
 from .sources import SourceStats, normalize, pushdown, read_rows
-from .store import loading, outbox, registry, runs, staging
+from .store import loading, outbox, registry, runs, sizes, staging
 from .store.dialect import analyze
 from .store.engine import create_state_engine, redact_url, store_error
 from .store.lock import HeldLock, run_lock
@@ -368,6 +368,16 @@ class _Plan:
     stop: threading.Event | None = None
 
 
+def _pairs(plan: _Plan) -> list[sizes.Pair]:
+    """The destinations and computations of a run, as the size history records them."""
+    return [
+        sizes.Pair(name, comp.key, comp.computation_class)
+        for name in plan.dest_names
+        for comp in plan.comps
+        if name in comp.destinations
+    ]
+
+
 def _locked_run(
     engine: Engine, source: Engine, config: Config, plan: _Plan, *, held: HeldLock, progress: Progress, started: float
 ) -> RunResult:
@@ -412,6 +422,8 @@ def _locked_run(
     except AudienceSyncError as exc:
         with engine.begin() as conn:
             runs.close_run(conn, run_id, status="failed", counts=runs.count_changes(conn, run_id), error=str(exc))
+            if not dry_run:
+                sizes.record(conn, run_id, _pairs(plan))
         raise
     finally:
         with engine.begin() as conn:
@@ -435,6 +447,8 @@ def _locked_run(
         errors = [h.message() for h in holds] + [f"{r.destination}: {r.error}" for r in reports.values() if r.error]
         error = "; ".join(errors) or None
         runs.close_run(conn, run_id, status=status, counts=counts, error=error)
+        if not dry_run:  # the size each destination holds after the run, for `audiences --history`
+            sizes.record(conn, run_id, _pairs(plan), after_id=before)
         if plan.full and not dry_run:
             retired = registry.retire_missing(conn, [c.key for c in config.computations])
             if retired:
