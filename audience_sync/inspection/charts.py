@@ -2,10 +2,13 @@
 
 Each chart's SVG ids are scoped under the chart's own id, so that many charts can live in one HTML document
 (matplotlib names clip paths and markers by hashes, and its groups ``axes_1``, ``patch_2``… in every figure).
-Every data mark carries an id of its own, ``<chart>-<series>-<n>`` for a bar with a value and
-``<chart>-size-<destination>`` for the group of a size line's points, so that a test (or a person with the
-browser's inspector) can tell that a chart carries its data. Text goes into the SVG as text (not glyph paths),
-escaped by matplotlib's SVG writer; math text is off, so a ``$`` in a name is just a dollar sign.
+Each series is one group with an id: ``<chart>-<series>`` (the runs chart), ``<chart>-<count>-<d>`` and
+``<chart>-<count>-held-<d>`` (a key's bars per destination ``d``, apart when the guard held them), and
+``<chart>-size-<d>`` (a size line). A group holds one ``path`` per bar with a value, or one ``use`` per size
+point, so that a test (or a person with the browser's inspector) can tell that a chart carries its data. Bars
+are one collection per series, not an artist per bar: 24 charts of 200 runs render in seconds, not minutes.
+Text goes into the SVG as text (not glyph paths), escaped by matplotlib's SVG writer; math text is off, so a
+``$`` in a name is just a dollar sign.
 """
 
 from __future__ import annotations
@@ -19,18 +22,20 @@ from typing import Any
 import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from .history import SizePoint
 from .report import KeySeries, RunBar
 
+HELD = "#ef6c00"
 #: series of the runs chart, bottom to top, with their colours
 RUN_SERIES = (
     ("sent", "#2e7d32"),
     ("skipped", "#9e9e9e"),
     ("failed", "#c62828"),
-    ("held", "#ef6c00"),
+    ("held", HELD),
     ("pending", "#1565c0"),
 )
 ENTERED = "#2e7d32"
@@ -60,8 +65,10 @@ class Chart:
 
 
 def _figure(height: float, rows: int = 1, ratios: Sequence[float] | None = None) -> tuple[Figure, list[Axes]]:
-    fig = Figure(figsize=(10, height), layout="constrained")
+    fig = Figure(figsize=(10, height))
     FigureCanvasAgg(fig)  # the Agg canvas: no display is ever touched; savefig renders SVG
+    # fixed margins (in inches, so every chart lines up): a third of the time of constrained layout
+    fig.subplots_adjust(left=0.8 / 10, right=1 - 1.3 / 10, top=1 - 0.35 / height, bottom=0.75 / height, hspace=0.12)
     if rows == 1:
         return fig, [fig.add_subplot()]
     axes = fig.subplots(rows, 1, sharex=True, gridspec_kw={"height_ratios": list(ratios or [1] * rows)})
@@ -92,6 +99,32 @@ def _run_axis(ax: Axes, labels: Sequence[tuple[int, Any]]) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(label))
     ax.set_xlim(-0.75, max(len(labels) - 0.25, 0.75))
     ax.set_xlabel("run (id, start in UTC)")
+
+
+def _bars(
+    ax: Axes,
+    xs: Sequence[float],
+    heights: Sequence[float],
+    bottoms: Sequence[float],
+    *,
+    width: float,
+    colour: str,
+    gid: str,
+    label: str,
+    alpha: float = 1.0,
+) -> int:
+    """Bars as one collection (one SVG group ``gid``, a path per bar with a value); how many were drawn."""
+    half = width / 2
+    boxes = [
+        [(x - half, b), (x - half, b + h), (x + half, b + h), (x + half, b)]
+        for x, h, b in zip(xs, heights, bottoms, strict=True)
+        if h
+    ]
+    bars = PolyCollection(boxes, facecolors=colour, linewidths=0, alpha=alpha, label=label)
+    bars.set_gid(gid)
+    ax.add_collection(bars, autolim=True)
+    ax.autoscale_view()
+    return len(boxes)
 
 
 def _cut_tall_bars(ax: Axes, heights: Sequence[tuple[float, float]], *, sign: int = 1) -> int:
@@ -144,12 +177,9 @@ def runs_chart(runs: Sequence[RunBar], *, chart_id: str) -> Chart:
         marks = 0
         for series, colour in RUN_SERIES:
             values = [getattr(r, series) for r in runs]
-            bars = ax.bar(xs, values, bottom=bottom, color=colour, label=series, width=0.8, linewidth=0)
-            for j, (bar, value) in enumerate(zip(bars, values, strict=True)):
-                if value:
-                    bar.set_gid(f"{series}-{j}")
-                    marks += 1
+            marks += _bars(ax, xs, values, bottom, width=0.8, colour=colour, gid=series, label=series)
             bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        ax.set_ylim(0, max(max(bottom, default=0) * 1.05, 1))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         _cut_tall_bars(ax, list(zip(xs, bottom, strict=True)))
         ax.set_ylabel("changes")
@@ -179,6 +209,7 @@ def key_chart(series: KeySeries, *, chart_id: str) -> Chart:
         width = 0.8 / max(len(dests), 1)
         sizes: list[float] = []
         churn: list[tuple[float, float]] = []
+        held_shown = False
         for d, dest in enumerate(dests):
             points: list[SizePoint] = sorted(
                 (p for p in series.points if p.destination == dest), key=lambda p: p.run_id
@@ -197,11 +228,18 @@ def key_chart(series: KeySeries, *, chart_id: str) -> Chart:
                 values = [sign * getattr(p, name) for p in points]
                 base = stacked if sign > 0 else [0] * len(points)
                 label = name if len(dests) == 1 else f"{name} ({dest})"
-                bars = bottom.bar(at, values, bottom=base, width=width, color=colour_, alpha=shade, label=label)
-                for j, (bar, value) in enumerate(zip(bars, values, strict=True)):
-                    if value:
-                        bar.set_gid(f"{name}-{d}-{j}")
-                        marks += 1
+                # a run whose changes of the key the guard held sent none of them: drawn apart, in the held colour
+                sent = [0 if p.held else v for p, v in zip(points, values, strict=True)]
+                held = [v if p.held else 0 for p, v in zip(points, values, strict=True)]
+                marks += _bars(
+                    bottom, at, sent, base, width=width, colour=colour_, gid=f"{name}-{d}", label=label, alpha=shade
+                )
+                if any(held):
+                    held_label = "_held" if held_shown else "held by the guard (not sent)"
+                    held_shown = True
+                    marks += _bars(
+                        bottom, at, held, base, width=width, colour=HELD, gid=f"{name}-held-{d}", label=held_label
+                    )
                 if sign > 0:
                     stacked = [b + v for b, v in zip(stacked, values, strict=True)]
                 else:
@@ -212,9 +250,18 @@ def key_chart(series: KeySeries, *, chart_id: str) -> Chart:
         top.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=min(len(dests), 6))
         bottom.axhline(0, color="#616161", linewidth=0.6)
         bottom.set_ylabel("entered / exited" if series.computation_class == "audience" else "changes")
+        # each side scaled to its own bars (autoscaling would pad the exits by a share of the entries' height)
+        up = max((h for _, h in churn), default=0)
+        down = min((h for _, h in churn), default=0)
+        bottom.set_ylim(down * 1.1 if down else -1, up * 1.1 if up else 1)
         bottom.yaxis.set_major_locator(MaxNLocator(integer=True))
         _cut_tall_bars(bottom, churn, sign=1)
         _cut_tall_bars(bottom, churn, sign=-1)
+        low, high = bottom.get_ylim()
+        if not down:  # nothing below the line: a sliver, in proportion to the (perhaps cut) bars above it
+            bottom.set_ylim(-0.05 * high, high)
+        elif not up:
+            bottom.set_ylim(low, -0.05 * low)
         bottom.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{abs(int(y))}"))
         bottom.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         _run_axis(bottom, [(rid, started[rid]) for rid in run_ids])
