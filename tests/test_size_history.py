@@ -5,6 +5,9 @@ that already holds runs."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import random
 import sqlite3
 from collections.abc import Iterator
@@ -21,6 +24,7 @@ from audience_sync.store import runs, sizes
 from audience_sync.store.migrate import alembic_config, upgrade
 from tests.conftest import Harness
 from tests.fakes.gist import FakeGist, Fault
+from tests.test_cli import cli
 
 KEY_ENV = {"GIST_API_KEY": "gist-test-key"}
 POOL = [f"u{i:02}" for i in range(40)]
@@ -262,4 +266,66 @@ def test_upgrading_a_database_with_runs_rebuilds_their_history(harness: Harness,
     assert {p: r["size"] for p, r in recorded(engine, result.run_id).items()} == {
         p: counted_sizes(engine).get(p, 0) for p in recorded(engine, result.run_id)
     }
+    engine.dispose()
+
+
+def test_audiences_history_on_the_command_line(harness: Harness) -> None:
+    """``audiences --history``: every key ``audiences`` lists (with its fields), retired keys too, each with its
+    size per run; ``--audience`` keeps one, ``--limit`` the newest runs; a table, JSON and CSV."""
+    harness.warehouse.set_members("VIP", {f"u{i}": f"u{i}@x.io" for i in range(5)})
+    harness.warehouse.set_members("Old", {"u1": "u1@x.io"})
+    harness.warehouse.set_trait("Score", {"u1": ("u1@x.io", 2)})
+    base = harness.jsonl_destination() + harness.audience("VIP") + harness.trait("Score")
+    harness.config_file(base + harness.audience("Old"))
+    project = harness.tmp_path
+    assert cli("run", "--config", "audience_sync.toml", cwd=project).returncode == 0
+    harness.config_file(base)  # Old is removed: the next run retires its key
+    for members in (range(3), range(1, 7)):
+        harness.warehouse.set_members("VIP", {f"u{i}": f"u{i}@x.io" for i in members})
+        assert cli("run", "--config", "audience_sync.toml", cwd=project).returncode == 0
+
+    def run_json(*args: str) -> Any:
+        proc = cli("audiences", *args, "--config", "audience_sync.toml", cwd=project)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        return json.loads(proc.stdout)
+
+    rows = run_json("--history", "--format", "json")
+    assert [(r["key"], r["status"]) for r in rows] == [("vip", "active"), ("score", "active"), ("old", "retired")]
+    assert {"name", "key", "class", "status", "first_synced_at", "destinations", "sizes", "history"} <= set(rows[0])
+    vip = rows[0]["history"]
+    assert [(p["run_id"], p["size"], p["entered"], p["exited"]) for p in vip] == [
+        (1, 5, 5, 0),
+        (2, 3, 0, 2),
+        (3, 6, 4, 1),
+    ]
+    assert {"recorded_at", "started_at", "mode", "status", "destination", "changed", "sent", "held"} <= set(vip[0])
+    assert [(p["run_id"], p["size"]) for p in rows[2]["history"]] == [(1, 1)]  # retired after run 1
+    assert [r["key"] for r in run_json("--format", "json")] == ["vip", "score"]  # without --history: as before
+
+    only = run_json("--history", "--audience", "VIP", "--limit", "2", "--format", "json")
+    assert [r["key"] for r in only] == ["vip"] and [p["run_id"] for p in only[0]["history"]] == [2, 3]
+
+    proc = cli("audiences", "--history", "--format", "csv", "--config", "audience_sync.toml", cwd=project)
+    table = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert [(r["run_id"], r["key"], r["size"]) for r in table if r["run_id"] == "3"] == [
+        ("3", "score", "1"),
+        ("3", "vip", "6"),
+    ]
+    proc = cli("audiences", "--history", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 0 and "sizes after each of the last 20 runs" in proc.stdout
+    proc = cli("audiences", "--history", "--audience", "nope", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 2 and "no audience or trait with key 'nope'" in proc.stderr
+
+
+def test_a_pair_named_twice_is_recorded_once(state_url: str) -> None:
+    """``run --destination a --destination a`` covers each pair once; recording it twice would break the key."""
+    engine = create_engine(state_url)
+    upgrade(engine)
+    pair = sizes.Pair("d", "k", "audience")
+    with engine.begin() as conn:
+        sizes.record(conn, 1, [pair, pair])
+    with engine.connect() as conn:
+        assert [(r["run_id"], r["destination"], r["computation_key"], r["size"]) for r in sizes.history(conn)] == [
+            (1, "d", "k", 0)
+        ]
     engine.dispose()

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Integer, and_, case, cast, func, literal_column, select, tuple_
+from sqlalchemy import ColumnElement, Connection, and_, case, func, literal_column, select, tuple_
 
 from ..values import TRUE
 from .schema import DiffRow, SizeRow, SnapshotRow, SyncRun, table_of, utcnow
@@ -159,6 +159,7 @@ def record(conn: Connection, run_id: int, pairs: Sequence[Pair], *, after_id: in
     recorded: the sizes are then exactly what the snapshot holds. ``after_id``: as for ``runs.count_changes``.
     A dry run changes no snapshot and is not recorded.
     """
+    pairs = list(dict.fromkeys(pairs))  # a destination named twice on the command line is one destination
     if not pairs:
         return
     changes = _changes(conn, run_id, after_id)
@@ -237,8 +238,3 @@ def latest(conn: Connection, *, destination: str | None = None) -> dict[tuple[st
         )
     ).mappings()
     return {(r["destination"], r["computation_key"]): dict(r) for r in rows}
-
-
-def count_rows(conn: Connection) -> int:
-    """How many size rows there are (for notes on the report)."""
-    return int(conn.execute(select(cast(func.count(), Integer)).select_from(sizes)).scalar_one())
