@@ -43,13 +43,17 @@ def escape(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _cell(value: Cell) -> str:
+#: columns of identifiers, shown without thousands separators
+ID_COLUMNS = frozenset({"run"})
+
+
+def _cell(value: Cell, column: str = "") -> str:
     if value is None:
         return "<td></td>"
     if isinstance(value, bool):
         return f"<td>{'yes' if value else 'no'}</td>"
     if isinstance(value, int | float):
-        return f'<td class="n">{value:,}</td>'
+        return f'<td class="n">{value if column in ID_COLUMNS else f"{value:,}"}</td>'
     if isinstance(value, dt.datetime):
         return f"<td>{value:%Y-%m-%d %H:%M:%S}</td>"
     return f"<td>{escape(value)}</td>"
@@ -63,7 +67,9 @@ def _table(table: Table) -> str:
         parts.append(f'<p class="empty">{escape(table.empty)}</p>')
         return "\n".join(parts)
     head = "".join(f"<th>{escape(c)}</th>" for c in table.columns)
-    rows = "\n".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in table.rows)
+    rows = "\n".join(
+        "<tr>" + "".join(_cell(v, c) for v, c in zip(row, table.columns, strict=True)) + "</tr>" for row in table.rows
+    )
     parts.append(
         f'<table data-table="{escape(table.anchor)}"><thead><tr>{head}</tr></thead><tbody>\n{rows}\n</tbody></table>'
     )
