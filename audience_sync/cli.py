@@ -337,24 +337,47 @@ def runs(config_path: str | None, limit: int, fmt: str) -> None:
 
 @cli.command()
 @common_options
-@click.option("--history", is_flag=True, help="Include retired keys.")
+@click.option(
+    "--history", is_flag=True, help="Include retired keys, and each key's size, entered, exited and changed per run."
+)
+@click.option("--audience", metavar="KEY", default=None, help="Only this audience or trait (key or name).")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="With --history: the newest N runs."
+)
 @click.option(
     "--revive", metavar="KEY", default=None, help="Let a retired key be used again (the same audience returning)."
 )
 @format_option
-def audiences(config_path: str | None, history: bool, revive: str | None, fmt: str) -> None:
-    """Configured audiences and traits: key, class, status and current size per destination."""
+def audiences(
+    config_path: str | None, history: bool, audience: str | None, limit: int, revive: str | None, fmt: str
+) -> None:
+    """Configured audiences and traits: key, class, status and current size per destination.
+
+    With --history, also every retired key, and per run and destination the size the destination held after the
+    run and the run's entered, exited and changed (CSV: those rows only).
+    """
+    from .inspection import history as sizes
+
     config = load_config(config_path)
     if revive:
         queries.revive(config, revive)
         stderr.print(escape(f"key {revive!r} is active again; the next run continues from its snapshot"))
-    rows = queries.audiences_overview(config, include_retired=history)
+    if history:
+        rows = sizes.audiences_with_history(config, audience=audience, limit=limit)
+    else:
+        rows = sizes.only(config, queries.audiences_overview(config), audience)
     if fmt == "json":
         click.echo(report.to_json(rows))
+        return
+    points = sizes.history_rows(rows) if history else []
+    if history and fmt == "csv":
+        _emit(points, sizes.HISTORY_COLUMNS, fmt, title="")
         return
     for row in rows:
         row["size"] = ", ".join(f"{d}: {n}" for d, n in row["sizes"].items())
     _emit(rows, ("name", "key", "class", "status", "size"), fmt, title="audiences and traits")
+    if history:
+        _emit(points, sizes.HISTORY_COLUMNS, fmt, title=f"sizes after each of the last {limit} runs")
 
 
 @cli.command()
@@ -372,6 +395,51 @@ def members(config_path: str | None, key: str, destination: str | None, fmt: str
         fmt,
         title=f"members of {key}",
         json_columns=("value",),
+    )
+
+
+@cli.command("report")
+@common_options
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), metavar="PATH", help="HTML file to write."
+)
+@click.option("--destination", default=None, metavar="NAME", help="Only this destination.")
+@click.option(
+    "--since",
+    default=None,
+    metavar="WHEN",
+    help="Only runs started since: an ISO 8601 instant (2026-05-01T00:00Z; UTC without a zone) or a duration (7d).",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True, help="The newest N runs.")
+@click.option("--audience", "audiences", multiple=True, metavar="KEY", help="Chart this key first (repeatable).")
+def report_command(
+    config_path: str | None,
+    out: Path,
+    destination: str | None,
+    since: str | None,
+    limit: int,
+    audiences: tuple[str, ...],
+) -> None:
+    """Write a self-contained HTML report: runs over time, each audience's size and churn per run, the latest
+    failures, the pending outbox and the guard's holds. Nothing in it is loaded from the network."""
+    from .inspection import html
+    from .inspection import report as inspect
+
+    try:
+        when = inspect.parse_since(since) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    config = load_config(config_path)
+    data = inspect.build_report(config, destination=destination, since=when, limit=limit, audiences=audiences)
+    page = html.render(data)
+    try:
+        html.write(out, page)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write {out}: {exc.strerror or exc}", param_hint="--out") from None
+    stdout.print(
+        f"wrote {escape(str(out))} ({len(page.encode()) // 1024:,} KB): {len(data.runs):,} runs and "
+        f"{data.charted_keys:,} audiences and traits charted",
+        highlight=False,
     )
 
 

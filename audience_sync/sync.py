@@ -29,13 +29,13 @@ from .config import Computation, Config
 from .delivery import DeliveryReport, Fence, deliver_pending
 from .destinations import build_destination
 from .diff import note_missing, skip_unreachable, supersede_pending, write_changes
-from .errors import AudienceSyncError, ConfigError, RunStopped, SourceError
+from .errors import AudienceSyncError, ConfigError, LockLost, RunStopped, SourceError
 from .guard import Hold, find_mass_exits, hold
 from .progress import NoProgress, Progress
 from .sources import RawRow, SourceStats, normalize, pushdown, read_rows
 from .sources.builder import BuilderSource
 from .sources.builder.windows import as_utc
-from .store import loading, outbox, registry, runs, staging
+from .store import loading, outbox, registry, runs, sizes, staging
 from .store.dialect import analyze
 from .store.engine import create_state_engine, redact_url, store_error
 from .store.lock import HeldLock, run_lock
@@ -434,6 +434,16 @@ class _Plan:
     as_of: dt.datetime | None = None  # builder computations are evaluated at this instant
 
 
+def _pairs(plan: _Plan) -> list[sizes.Pair]:
+    """The destinations and computations of a run, as the size history records them."""
+    return [
+        sizes.Pair(name, comp.key, comp.computation_class)
+        for name in plan.dest_names
+        for comp in plan.comps
+        if name in comp.destinations
+    ]
+
+
 def _locked_run(
     engine: Engine, source: Engine, config: Config, plan: _Plan, *, held: HeldLock, progress: Progress, started: float
 ) -> RunResult:
@@ -471,7 +481,7 @@ def _locked_run(
     try:
         status, counts, error, reports = _steps(engine, source, config, plan, run_id, before, held, progress)
     except BaseException as exc:  # whatever escapes, ours or not: the run row says it failed, and why
-        _close_failed(engine, config, run_id, exc)
+        _close_failed(engine, config, run_id, exc, [] if plan.mode == "dry_run" else _pairs(plan))
         raise
     result = RunResult(
         run_id=run_id,
@@ -559,6 +569,8 @@ def _steps(
         errors = [h.message() for h in holds] + [f"{r.destination}: {r.error}" for r in reports.values() if r.error]
         error = "; ".join(errors) or None
         runs.close_run(conn, run_id, status=status, counts=counts, error=error)
+        if not dry_run:  # the size each destination holds after the run, for `audiences --history`
+            sizes.record(conn, run_id, _pairs(plan), after_id=before)
         if plan.full and not dry_run:
             retired = registry.retire_missing(conn, [c.key for c in config.computations])
             if retired:
@@ -566,14 +578,19 @@ def _steps(
     return status, counts, error, reports
 
 
-def _close_failed(engine: Engine, config: Config, run_id: int, exc: BaseException) -> None:
+def _close_failed(
+    engine: Engine, config: Config, run_id: int, exc: BaseException, pairs: Sequence[sizes.Pair] = ()
+) -> None:
     """Close run ``run_id`` as ``failed`` with the error that stopped it (secrets scrubbed) and its counts, whatever
-    its row says now (a run that took its lock over may have called it abandoned). Best effort: the database may be
-    what failed, and the original error must reach the caller."""
+    its row says now (a run that took its lock over may have called it abandoned), and record the sizes of
+    ``pairs`` after it unless it lost its lock (sizes are recorded under the lock). Best effort: the database may
+    be what failed, and the original error must reach the caller."""
     try:
         with engine.begin() as conn:
             counts = runs.count_changes(conn, run_id)
             runs.close_run(conn, run_id, status="failed", counts=counts, error=failure_text(exc, config))
+            if pairs and not isinstance(exc, LockLost):
+                sizes.record(conn, run_id, pairs)
     except Exception:
         log.error("run %d: could not mark the run failed; the next run marks it abandoned", run_id, exc_info=True)
 

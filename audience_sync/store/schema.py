@@ -332,3 +332,30 @@ class Install(Base):
 
     install_id: Mapped[str] = mapped_column(Text, primary_key=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class SizeRow(Base):
+    """Per run, destination and computation: how many users the destination held after the run (audiences:
+    ``true``; traits: a value) and the run's changes of it (migration 0011). Written when the run closes, so
+    ``audiences --history`` and the report read sizes over time without counting the snapshot; see
+    ``store/sizes.py`` for how the size is known. Kept by ``prune``: one small row per run and key."""
+
+    __tablename__ = "size_history"
+
+    destination: Mapped[str] = mapped_column(Text, primary_key=True)
+    computation_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    run_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    computation_class: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    entered: Mapped[int] = mapped_column(Integer, default=0)
+    exited: Mapped[int] = mapped_column(Integer, default=0)
+    changed: Mapped[int] = mapped_column(Integer, default=0)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    pending: Mapped[int] = mapped_column(Integer, default=0)
+    held: Mapped[int] = mapped_column(Integer, default=0)
+    #: when the run closed (kept here so that the history outlives the run's row after ``prune``)
+    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_size_history_run", "run_id"),)
