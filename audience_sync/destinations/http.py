@@ -393,7 +393,7 @@ class HttpSender:
         Raises TransientDestinationError for every failure before the answer arrived whole.
         """
         request = self.client.build_request("POST", path, content=body, headers=headers)
-        phase = "waiting for the answer"
+        phase = "connecting, sending or waiting for the status line"
         try:
             with within(self.timeout):
                 response = self.client.send(request, stream=True)
