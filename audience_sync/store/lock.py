@@ -16,9 +16,9 @@ compare-and-set on the row it saw (on PostgreSQL after the advisory lock decided
 its locks:
 
 - before each attempt to send, :meth:`HeldLock.check`: its rows still carry its holder and token (SQLite, where a
-  lease near its end is first renewed), or its advisory-lock session answers, still holds the advisory locks, and
-  the rows still carry its token (PostgreSQL). One proof stands for the attempts that start within
-  :data:`FENCE_WINDOW` seconds after it began (see the method);
+  lease near its end is first renewed), or its advisory-lock session answers, as the same server process that
+  took the advisory locks, and the rows still carry its token (PostgreSQL; one statement on that session). One
+  proof stands for the attempts that start within :data:`FENCE_WINDOW` seconds after it began (see the method);
 - in every transaction that records outcomes, :meth:`HeldLock.confirm`: an ``UPDATE`` of its rows conditioned on
   holder and token, first in the transaction. SQLite then holds the write lock and PostgreSQL the row lock until
   the commit, so no run can take the lock over between that proof and the commit;
@@ -64,11 +64,6 @@ DEFAULT_LEASE = dt.timedelta(minutes=5)
 FENCE_WINDOW = 0.05
 #: PostgreSQL: how long a claim waits for a lock row that a fenced-out run's recording transaction still holds
 CLAIM_LOCK_TIMEOUT = "30s"
-#: the advisory locks (as signed 64-bit keys) that the session running it holds
-_ADVISORY_HELD = text(
-    "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
-    "WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND pid = pg_backend_pid()"
-)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -300,7 +295,7 @@ class HeldLock:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat, name="audience-sync-lock", daemon=True)
         self._session: Connection | None = None  # PostgreSQL: the connection holding the advisory locks
-        self._keys: dict[str, int] = {}  # PostgreSQL: lock name -> advisory key
+        self._backend: int | None = None  # PostgreSQL: the server process of that session
         self._proving = threading.Lock()  # one proof at a time (the session serves one thread at a time)
         self._valid_until = 0.0  # time.monotonic() until which the last proof stands
 
@@ -313,18 +308,18 @@ class HeldLock:
         try:
             scope = session.execute(select(func.current_schema())).scalar_one() or ""
             for name in self.names:
-                key = advisory_key(name, scope)
-                if not session.execute(select(func.pg_try_advisory_lock(key))).scalar_one():
+                if not session.execute(select(func.pg_try_advisory_lock(advisory_key(name, scope)))).scalar_one():
                     raise LockHeld(
                         f"another run holds the lock for {name} ({_holder_of(self.engine, name)}); "
                         f"try again when it has finished",
                         holder=_holder_of(self.engine, name),
                     )
-                self._keys[name] = key
+            self._backend = session.execute(select(func.pg_backend_pid())).scalar_one()
             session.commit()  # session-level advisory locks outlive the transaction
+            # its proofs are single statements: without a transaction each costs one round trip, not three
+            session.execution_options(isolation_level="AUTOCOMMIT")
             self.tokens = _claim(self.engine, self.names, self.holder, self.lease, me)
         except BaseException:
-            self._keys.clear()
             _end_session(session)
             raise
         self._session = session
@@ -345,16 +340,26 @@ class HeldLock:
         lost = self.lost
         if lost is not None:
             raise lost
-        if time.monotonic() < self._valid_until:
+        now = time.monotonic()
+        if now < self._valid_until - self.window / 4:
             return
-        with self._proving:
+        # the last quarter of the window: one caller proves again while the others go on under the proof that still
+        # stands, so that at a steady rate of attempts nobody waits for a proof; past the window, everyone waits
+        if now < self._valid_until:
+            if not self._proving.acquire(blocking=False):
+                return
+        else:
+            self._proving.acquire()
+        try:
             if self.lost is not None:
                 raise self.lost
             started = time.monotonic()
-            if started < self._valid_until:
-                return
+            if started < self._valid_until - self.window / 4:
+                return  # proved while this caller waited
             self._prove()
             self._valid_until = started + self.window
+        finally:
+            self._proving.release()
 
     def confirm(self, conn: Connection, destinations: Sequence[str]) -> None:
         """Prove, inside ``conn``'s transaction, that this holder still holds the locks of ``destinations``: a
@@ -408,11 +413,12 @@ class HeldLock:
         return {r.name: r for r in conn.execute(query.where(locks.c.name.in_(self.names)))}
 
     def _prove_session(self, session: Connection) -> dict[str, Any]:
-        """PostgreSQL: the advisory-lock session answers and holds every advisory lock; return the lock rows."""
+        """PostgreSQL: the advisory-lock session answers, as the server process that took the advisory locks (only
+        that session can have released them, and it releases them only when this holder stops); return the lock
+        rows, read on that session in one statement."""
+        query = select(func.pg_backend_pid().label("backend"), locks.c.name, locks.c.holder, locks.c.token)
         try:
-            held = set(session.execute(_ADVISORY_HELD).scalars())
-            rows = self._rows(session)
-            session.rollback()
+            found = session.execute(query.add_columns(*_DESCRIBED).where(locks.c.name.in_(self.names))).all()
         except SQLAlchemyError as exc:
             # never use this connection again: SQLAlchemy would reconnect it, and a new session holds no lock
             self._session = None
@@ -423,10 +429,9 @@ class HeldLock:
                 f"its PostgreSQL session ended (terminated, or the server restarted: {_one_line(exc)}), which "
                 f"released its advisory lock",
             ) from None
-        for name, key in self._keys.items():
-            if key not in held:
-                raise self._lose(name, "its PostgreSQL session no longer holds the advisory lock")
-        return rows
+        if any(r.backend != self._backend for r in found):
+            raise self._lose(self.names[0], "its PostgreSQL session was replaced by another (the lock went with it)")
+        return {r.name: r for r in found}
 
     def _renew(self) -> None:
         gone = renew(self.engine, self.tokens, self.holder, self.lease, self.run_id)
