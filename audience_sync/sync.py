@@ -181,6 +181,7 @@ def _stage(
             )
         if st.null_user_ids:
             log.warning("%s: dropped %d rows with a null user_id", comp.key, st.null_user_ids)
+        log.debug("run %d: staged %s (%d rows)", run_id, comp.key, st.rows)
         stats[comp.key] = {
             "rows": st.rows,
             "members": members,
@@ -416,6 +417,7 @@ def _locked_run(
     finally:
         with engine.begin() as conn:
             staging.clear(conn, run_id)
+    log.debug("run %d: diff stored", run_id)
 
     reports = {} if dry_run else _deliver_all(engine, config, run_id, dest_names, progress, plan.stop)
     if sum(r.attempted for r in reports.values()) >= ANALYZE_AFTER:
