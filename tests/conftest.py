@@ -23,6 +23,12 @@ from tests.fakes.gist import FakeGist
 PG_URL = os.environ.get("AUDIENCE_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests marked ``slow`` first (in their usual order): a worker that is done steals from the other
+    (``--dist worksteal``), so the run ends on short tests instead of one long test running alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> str:
     """The PostgreSQL test server's URL; fails (not skips) when it is down: CI starts it."""
