@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -21,6 +22,11 @@ from tests.fakes.capture import CaptureServer
 from tests.fakes.gist import FakeGist
 
 PG_URL = os.environ.get("AUDIENCE_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+# Wall time is not a property: Hypothesis's 200 ms deadline per example and its slow-generation health check
+# would fail tests on a loaded machine. Tests that set their own settings keep the rest of these.
+settings.register_profile("audience-sync", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("audience-sync")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

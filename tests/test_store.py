@@ -276,22 +276,25 @@ def test_postgres_lock_is_released_by_the_server_when_its_holder_dies(pg_url: st
         [
             sys.executable,
             "-c",
-            "import sys, time, datetime as dt; from sqlalchemy import create_engine; "
+            "import sys, datetime as dt; from sqlalchemy import create_engine; "
             "from audience_sync.store.lock import HeldLock; "
             "HeldLock(create_engine(sys.argv[1]), ['destination:d'], dt.timedelta(hours=1)).start(); "
-            "print('held', flush=True); time.sleep(60)",
+            "print('held', flush=True); sys.stdin.read()",  # holds until killed (or this test is gone)
             pg_url,
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    with engine.begin() as conn:  # as if it ran on another host: only the server can tell it is gone
-        conn.execute(text("UPDATE run_locks SET host = 'elsewhere'"))
-    with pytest.raises(LockHeld, match=r"pid .* on elsewhere"):
-        HeldLock(engine, ["destination:d"], dt.timedelta(minutes=5)).start()
-    os.kill(holder.pid, signal.SIGKILL)
-    holder.wait()
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with engine.begin() as conn:  # as if it ran on another host: only the server can tell it is gone
+            conn.execute(text("UPDATE run_locks SET host = 'elsewhere'"))
+        with pytest.raises(LockHeld, match=r"pid .* on elsewhere"):
+            HeldLock(engine, ["destination:d"], dt.timedelta(minutes=5)).start()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
     deadline = time.monotonic() + 120  # generous: a loaded machine is slow, not wrong
     while True:  # the server notices the dead connection within moments
         try:
