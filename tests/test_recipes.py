@@ -97,7 +97,12 @@ def test_crontab_line_parses_and_its_command_runs(sandbox: dict[str, str], tmp_p
     assert argv[0] == BINARY and check_invocation(argv[1:]) == "run"
     clean_env = {k: v for k, v in os.environ.items() if k != "RECIPE_GIST_KEY"}
     proc = subprocess.run(
-        ["bash", "-c", substitute(command, sandbox)], capture_output=True, text=True, timeout=120, env=clean_env
+        ["bash", "-c", substitute(command, sandbox)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env,
+        cwd=tmp_path,  # as cron would, nowhere near the checkout
     )
     assert proc.returncode == 0, proc.stderr + Path(sandbox["/var/log/audience-sync.log"]).read_text()
     assert Path(sandbox[METRICS]).read_text().count("audience_sync_last_run_success") >= 1
