@@ -228,6 +228,7 @@ def _stage(
                 comp.key,
                 len(st.skips) - SKIPS_LOGGED,
             )
+        log.debug("run %d: staged %s (%d rows)", run_id, comp.key, st.rows)
         stats[comp.key] = {
             "rows": st.rows,
             "members": members,
@@ -547,6 +548,7 @@ def _steps(
     finally:
         with engine.begin() as conn:
             staging.clear(conn, run_id)
+    log.debug("run %d: diff stored", run_id)
 
     reports = {} if dry_run else _deliver_all(engine, config, run_id, dest_names, progress, plan.stop, held)
     if sum(r.attempted for r in reports.values()) >= ANALYZE_AFTER:

@@ -9,29 +9,22 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import Harness, Warehouse
+from tests.processes import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None
+    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None, fresh: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "audience_sync", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        input=stdin,
-        timeout=120,
-    )
+    """``python -m audience_sync ARGS`` in a process of its own (forked ready-imported unless ``fresh``)."""
+    return run_cli(*args, cwd=cwd, env=env, input=stdin, fresh=fresh)
 
 
 @pytest.fixture
@@ -53,6 +46,7 @@ def run_json(project: Path, *args: str) -> tuple[int, Any]:
     return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None
 
 
+@pytest.mark.slow
 def test_run_diff_runs_in_json_and_csv(project: Path) -> None:
     code, summary = run_json(project, "run", "--json")
     assert code == 0
@@ -179,9 +173,10 @@ def test_db_upgrade(project: Path) -> None:
     assert proc.returncode == 0 and f"schema revision {head}" in proc.stdout
 
 
+@pytest.mark.slow
 def test_demo_from_a_fresh_directory(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "config", tmp_path / "config")
-    proc = cli("demo", cwd=tmp_path)
+    proc = cli("demo", cwd=tmp_path, fresh=True)  # a newcomer's first command: a fresh interpreter
     assert proc.returncode == 0, proc.stderr
     assert "First sync" in proc.stdout and "Incremental sync" in proc.stdout
     calls = [json.loads(line) for line in (tmp_path / "out" / "demo.jsonl").read_text().splitlines()]
@@ -204,25 +199,28 @@ def test_demo_from_a_fresh_directory(tmp_path: Path) -> None:
     assert runs[0]["counts"]["sent"] < runs[1]["counts"]["sent"]  # the second run sends only changes
 
 
+@pytest.mark.slow
 def test_wait_takes_the_lock_once_the_other_run_releases_it(project: Path, state_url: str) -> None:
     import datetime as dt
-    import threading
 
     from sqlalchemy import create_engine
 
     from audience_sync.store.lock import HeldLock
     from audience_sync.store.migrate import upgrade
+    from tests.processes import Cli
 
     engine = create_engine(state_url)
     upgrade(engine)
     other = HeldLock(engine, ["destination:file"], dt.timedelta(minutes=5)).start()
-    timer = threading.Timer(1.0, other.stop)
-    timer.start()
-    proc = cli("run", "--wait", "--json", "--config", "audience_sync.toml", cwd=project)
-    timer.join()
+    args = ["run", "--wait", "--json", "--log-level", "info", "--config", "audience_sync.toml"]
+    with Cli(args, cwd=project) as waiting:
+        try:
+            waiting.wait_for_line(r"waiting for the run lock")  # it found the lock held: now the other run finishes
+        finally:
+            other.stop()
+        assert waiting.wait() == 0, waiting.stderr
     engine.dispose()
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["counts"]["sent"] == 3
+    assert json.loads(waiting.stdout)["counts"]["sent"] == 3
 
     proc = cli("run", "--wait", "0", "--config", "audience_sync.toml", cwd=project)
     assert proc.returncode == 0

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -50,6 +51,7 @@ def _normalise(held: dict[tuple[str, str], Any]) -> dict[tuple[str, str], Any]:
     return {k: v for k, v in held.items() if v is not None and not (k[1] == "vip" and v is False)}
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(audience_truth, trait_truth, audience_truth, trait_truth)
 def test_sent_changes_turn_the_old_truth_into_the_new(

@@ -4,26 +4,18 @@ naming the culprit, no traceback, nothing lost, and a corrected run that then de
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Harness, Warehouse
+from tests.processes import run_cli
 
 
 def cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "audience_sync", *args, "--config", "c.toml"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "GIST_API_KEY": "k"},
-    )
+    return run_cli(*args, "--config", "c.toml", cwd=project, env={"GIST_API_KEY": "k"})
 
 
 @pytest.fixture
@@ -149,7 +141,7 @@ def test_secrets_never_reach_output_logs_or_the_state_database(project: Path, wa
             f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "GIST_API_KEY"\nendpoint = "{gist.url}"\n'
             + Harness.audience("VIP")
         )
-        env = {**os.environ, "GIST_API_KEY": "zz-secret-api-key-zz"}
+        env = {"GIST_API_KEY": "zz-secret-api-key-zz"}
         outputs = []
         for args in (
             ["run", "--json", "--log-level", "debug"],
@@ -157,25 +149,11 @@ def test_secrets_never_reach_output_logs_or_the_state_database(project: Path, wa
             ["diff", "--format", "json"],
             ["audiences", "--format", "json"],
         ):
-            proc = subprocess.run(
-                [sys.executable, "-m", "audience_sync", *args, "--config", "c.toml"],
-                cwd=project,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                env=env,
-            )
+            proc = run_cli(*args, "--config", "c.toml", cwd=project, env=env)
             assert proc.returncode == 0, proc.stderr
             outputs += [proc.stdout, proc.stderr]
         env["GIST_API_KEY"] = "zz-wrong-key-zz"
-        proc = subprocess.run(
-            [sys.executable, "-m", "audience_sync", "resync", "--yes", "--log-level", "debug", "--config", "c.toml"],
-            cwd=project,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-        )
+        proc = run_cli("resync", "--yes", "--log-level", "debug", "--config", "c.toml", cwd=project, env=env)
         assert proc.returncode == 1
         outputs += [proc.stdout, proc.stderr]
     finally:

@@ -173,6 +173,7 @@ def test_a_failing_destination_does_not_hold_up_another(harness: Harness, gist: 
     assert len(harness.new_calls("file")) == 10
 
 
+@pytest.mark.slow
 def test_repeated_runs_converge_under_random_faults(harness: Harness, gist: FakeGist) -> None:
     """500s, 429s and answers lost after Gist applied the call: runs repeat until all is delivered; then Gist
     holds exactly the truth and nothing is recorded as sent that Gist did not apply."""

@@ -69,10 +69,14 @@ def test_guard_settings_come_from_the_config(harness: Harness) -> None:
 
 
 def test_flap_damping_sends_false_only_after_exit_after(harness: Harness) -> None:
-    import time
+    import datetime as dt
+
+    from sqlalchemy import create_engine, update
+
+    from audience_sync.store.schema import SnapshotRow, table_of, utcnow
 
     harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io", "u3": "c@x.io"})
-    config = harness.config(harness.jsonl_destination() + harness.audience("VIP") + 'exit_after = "1s"\n')
+    config = harness.config(harness.jsonl_destination() + harness.audience("VIP") + 'exit_after = "1h"\n')
     harness.run(config)
     harness.new_calls()
 
@@ -82,7 +86,18 @@ def test_flap_damping_sends_false_only_after_exit_after(harness: Harness) -> Non
     assert harness.run(config).counts["exited"] == 0
     assert harness.new_calls() == []
 
-    time.sleep(1.2)
+    # the hour passes: whoever is still missing has been missing since longer ago than exit_after (set directly,
+    # not slept for, so that slow runs on a loaded machine cannot make the wait seem to have passed early)
+    snapshot = table_of(SnapshotRow)
+    engine = create_engine(harness.state_url)
+    with engine.begin() as conn:
+        missing = conn.execute(
+            update(snapshot)
+            .where(snapshot.c.missing_since.is_not(None))
+            .values(missing_since=utcnow() - dt.timedelta(hours=1, seconds=1))
+        ).rowcount
+    engine.dispose()
+    assert missing == 1  # u2; u3's flap back cleared its mark
     result = harness.run(config)
     assert harness.sent(harness.new_calls()) == {("u2", "vip"): False}  # only the one who stayed out
     assert result.counts["exited"] == 1

@@ -85,6 +85,7 @@ def _new_run(engine: Engine, batch: list[dict[str, Any]]) -> int:
     return int(run_id)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(rows(), min_size=1, max_size=4), options=options_strategy, send=sends)
 def test_database_messages_equal_the_python_messages(

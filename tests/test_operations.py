@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ from audience_sync.sync import RunResult, run_sync
 from tests.conftest import Harness
 from tests.fakes.capture import CaptureServer
 from tests.fakes.gist import FakeGist
+from tests.processes import run_cli
 
 BIG = {f"u{i:03d}": f"{i}@x.io" for i in range(200)}
 
@@ -107,12 +105,7 @@ def test_run_writes_metrics_from_the_command_line(harness: Harness) -> None:
         "c.toml",
     )
     prom = harness.tmp_path / "out.prom"
-    proc = subprocess.run(
-        [sys.executable, "-m", "audience_sync", "run", "--config", str(config), "--metrics-file", str(prom)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli("run", "--config", str(config), "--metrics-file", str(prom), cwd=harness.tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert metric(samples(prom), "last_run_changes", destination="file", computation="vip", kind="sent") == 1
 
@@ -370,13 +363,7 @@ def test_a_stop_while_reading_sources_sends_nothing_and_marks_the_run(harness: H
 
 
 def test_prune_command_refuses_a_bad_duration(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "audience_sync", "prune", "--older-than", "ninety days"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    proc = run_cli("prune", "--older-than", "ninety days", cwd=tmp_path)
     assert proc.returncode == 2 and "--older-than" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -389,24 +376,8 @@ def test_json_logs_carry_run_id_destination_counts_and_durations(harness: Harnes
         harness.jsonl_destination() + harness.audience("VIP"),
         "c.toml",
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "audience_sync",
-            "run",
-            "--config",
-            str(config),
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ},
-    )
+    args = ["run", "--config", str(config), "--log-format", "json", "--log-level", "info"]
+    proc = run_cli(*args, cwd=harness.tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stderr.splitlines()]  # every line is one JSON object
     delivered = next(line for line in lines if line.get("destination") == "file")

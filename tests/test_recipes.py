@@ -87,6 +87,7 @@ def test_operations_doc_shows_each_recipe_verbatim(recipe: str) -> None:
     assert (DEPLOY / recipe).read_text().strip() in (ROOT / "docs" / "OPERATIONS.md").read_text()
 
 
+@pytest.mark.slow
 def test_crontab_line_parses_and_its_command_runs(sandbox: dict[str, str], tmp_path: Path) -> None:
     (line,) = [x for x in (DEPLOY / "crontab").read_text().splitlines() if x.strip() and not x.startswith("#")]
     fields = line.split(maxsplit=5)
@@ -96,7 +97,12 @@ def test_crontab_line_parses_and_its_command_runs(sandbox: dict[str, str], tmp_p
     assert argv[0] == BINARY and check_invocation(argv[1:]) == "run"
     clean_env = {k: v for k, v in os.environ.items() if k != "RECIPE_GIST_KEY"}
     proc = subprocess.run(
-        ["bash", "-c", substitute(command, sandbox)], capture_output=True, text=True, timeout=120, env=clean_env
+        ["bash", "-c", substitute(command, sandbox)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env,
+        cwd=tmp_path,  # as cron would, nowhere near the checkout
     )
     assert proc.returncode == 0, proc.stderr + Path(sandbox["/var/log/audience-sync.log"]).read_text()
     assert Path(sandbox[METRICS]).read_text().count("audience_sync_last_run_success") >= 1
@@ -104,6 +110,7 @@ def test_crontab_line_parses_and_its_command_runs(sandbox: dict[str, str], tmp_p
     assert log_lines and all(json.loads(x) for x in log_lines if x.startswith("{"))
 
 
+@pytest.mark.slow
 def test_systemd_oneshot_service_runs_its_exec_start(sandbox: dict[str, str], gist: FakeGist) -> None:
     service = unit(DEPLOY / "systemd" / "audience-sync.service")
     argv = shlex.split(substitute(service["Service"]["ExecStart"], sandbox))
@@ -131,6 +138,7 @@ def test_timer_and_scheduler_units_name_real_things() -> None:
     assert scheduler["Service"]["KillSignal"] == "SIGTERM"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_systemd_units_pass_systemd_analyze(tmp_path: Path) -> None:
     stand_in = Path(sys.executable).parent / "audience-sync"

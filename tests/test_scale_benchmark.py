@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import PG_URL
 
+pytestmark = pytest.mark.slow  # three runs over 10k memberships per engine
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scale.py"
 
 

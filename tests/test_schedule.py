@@ -1,14 +1,11 @@
-"""`audience-sync schedule` as a service: a real subprocess on a 2-second schedule against a fake Gist,
+"""`audience-sync schedule` as a service: a real subprocess on a 1-second schedule against a fake Gist,
 the source changing under it, stopped by SIGTERM; and the job planning behind it."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,23 +21,18 @@ from audience_sync.scheduler import plan_jobs, trigger_for
 from tests.conftest import Harness
 from tests.fakes.gist import FakeGist
 from tests.fakes.segment import FakeSegment
+from tests.processes import Cli
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 40.0) -> None:
+def wait_for(condition: Callable[[], bool], timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
 
 
-def start_schedule(config: Path, *extra: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "audience_sync", "schedule", "--config", str(config), "--log-format", "json", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **env},
-    )
+def start_schedule(config: Path, *extra: str, env: dict[str, str]) -> Cli:
+    return Cli(["schedule", "--config", str(config), "--log-format", "json", *extra], cwd=config.parent, env=env)
 
 
 def gist_schedule(harness: Harness, gist: FakeGist, *, every: str) -> Path:
@@ -66,20 +58,17 @@ def json_lines(stderr: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.slow
 def test_schedule_delivers_source_changes_and_stops_cleanly_on_sigterm(harness: Harness, gist: FakeGist) -> None:
     harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
-    config = gist_schedule(harness, gist, every="2s")
-    proc = start_schedule(config, env={"GIST_API_KEY": gist.api_key})
-    try:
+    config = gist_schedule(harness, gist, every="1s")
+    with start_schedule(config, env={"GIST_API_KEY": gist.api_key}) as proc:
         wait_for(lambda: gist.properties("u1") == {"vip": True})  # the first scheduled run
         harness.warehouse.set_members("VIP", {"u2": "b@x.io"})  # u1 leaves, u2 joins
         wait_for(lambda: gist.properties("u2") == {"vip": True} and gist.properties("u1") == {"vip": False})
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0, proc.stderr
+    err = proc.stderr
     assert "Traceback" not in err
     counts = state_counts(harness.state_url)
     assert counts.get("running", 0) == 0 and counts["locks"] == 0
@@ -104,8 +93,9 @@ def test_schedule_delivers_source_changes_and_stops_cleanly_on_sigterm(harness: 
     ]
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_scheduled_run_ends_it_partial_and_exits_zero(harness: Harness) -> None:
-    segment = FakeSegment(delay=0.05).start()
+    segment = FakeSegment().start()
     try:
         harness.warehouse.set_members("VIP", {f"u{i:03d}": f"{i}@x.io" for i in range(300)})
         config = harness.config_file(
@@ -115,35 +105,29 @@ def test_sigterm_during_a_scheduled_run_ends_it_partial_and_exits_zero(harness: 
             + Harness.audience("VIP"),
             "schedule.toml",
         )
-        proc = start_schedule(config, "--now", env={"SEGMENT_WRITE_KEY": segment.write_key})
-        try:
-            wait_for(lambda: len(segment.requests) > 2)  # mid-delivery of the run started by --now
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        gate = segment.hold(2)  # the first chunk (two requests) recorded, the second in flight
+        with start_schedule(config, "--now", env={"SEGMENT_WRITE_KEY": segment.write_key}) as proc:
+            proc.wait_for_gate(gate)  # mid-delivery of the run started by --now
+            proc.signal(signal.SIGTERM)
+            proc.wait_for_line(r"SIGTERM: finishing")  # the scheduler knows it must stop
+            gate.release()
+            assert proc.wait() == 0, proc.stderr
     finally:
         segment.stop()
-    assert proc.returncode == 0, err
     counts = state_counts(harness.state_url)
     assert counts == {"partial": 1, "locks": 0}, counts
-    assert 0 < len(segment.profiles) < 300
+    assert len(segment.profiles) == 20  # the chunk in flight was finished, the rest left for the next run
 
 
+@pytest.mark.slow
 def test_a_failed_run_is_logged_and_the_schedule_goes_on(harness: Harness, gist: FakeGist) -> None:
     harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
     config = gist_schedule(harness, gist, every="1s")
-    proc = start_schedule(config, env={"GIST_API_KEY": "wrong-key"})
-    try:
+    with start_schedule(config, env={"GIST_API_KEY": "wrong-key"}) as proc:
         wait_for(lambda: len(gist.requests) >= 2)  # refused twice: two runs, the schedule went on
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
-    failed = [line for line in json_lines(err) if line.get("status") == "failed"]
+        proc.signal(signal.SIGINT)
+        assert proc.wait() == 0, proc.stderr
+    failed = [line for line in json_lines(proc.stderr) if line.get("status") == "failed"]
     assert len(failed) >= 2 and "refused our credentials" in failed[0]["message"]
     assert state_counts(harness.state_url)["failed"] >= 2
 

@@ -283,21 +283,33 @@ def test_expired_lease_and_dead_holder_are_taken_over(state_url: str) -> None:
 
 
 def test_held_lock_renews_its_lease_and_releases(state_url: str) -> None:
+    import time
+
     engine = create_engine(state_url)
     upgrade(engine)
-    with run_lock(engine, ["x"], lease=dt.timedelta(seconds=0.3)) as held:
-        held.run_id = 42
-        import time
 
-        time.sleep(0.5)  # longer than the lease: only the heartbeat keeps it
+    def lease() -> tuple[dt.datetime, int | None]:
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT expires_at, run_id FROM run_locks")).one()
+        return row.expires_at, row.run_id
+
+    with run_lock(engine, ["x"], lease=dt.timedelta(seconds=3)) as held:
+        held.run_id = 42
+        first, _ = lease()
+        # wait for the heartbeat (every second for a 3 s lease) to have renewed the lease and noted the run: the
+        # test acts on the renewal it sees, so a slow heartbeat on a loaded machine makes it wait, not fail
+        deadline = time.monotonic() + 120
+        while (current := lease())[1] is None or current[0] == first:
+            assert time.monotonic() < deadline, "the heartbeat never renewed the lease"
+            time.sleep(0.05)
+        assert current[1] == 42
         with pytest.raises(LockHeld):
             acquire(engine, ["destination:x"], "other", dt.timedelta(minutes=5))
-        with engine.connect() as conn:
-            assert conn.execute(text("SELECT run_id FROM run_locks")).scalar_one() == 42
     acquire(engine, ["destination:x"], "other", dt.timedelta(minutes=5))
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_postgres_lock_is_released_by_the_server_when_its_holder_dies(pg_url: str) -> None:
     import os
     import signal
@@ -311,23 +323,26 @@ def test_postgres_lock_is_released_by_the_server_when_its_holder_dies(pg_url: st
         [
             sys.executable,
             "-c",
-            "import sys, time, datetime as dt; from sqlalchemy import create_engine; "
+            "import sys, datetime as dt; from sqlalchemy import create_engine; "
             "from audience_sync.store.lock import HeldLock; "
             "HeldLock(create_engine(sys.argv[1]), ['destination:d'], dt.timedelta(hours=1)).start(); "
-            "print('held', flush=True); time.sleep(60)",
+            "print('held', flush=True); sys.stdin.read()",  # holds until killed (or this test is gone)
             pg_url,
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    with engine.begin() as conn:  # as if it ran on another host: only the server can tell it is gone
-        conn.execute(text("UPDATE run_locks SET host = 'elsewhere'"))
-    with pytest.raises(LockHeld, match=r"pid .* on elsewhere"):
-        HeldLock(engine, ["destination:d"], dt.timedelta(minutes=5)).start()
-    os.kill(holder.pid, signal.SIGKILL)
-    holder.wait()
-    deadline = time.monotonic() + 10
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with engine.begin() as conn:  # as if it ran on another host: only the server can tell it is gone
+            conn.execute(text("UPDATE run_locks SET host = 'elsewhere'"))
+        with pytest.raises(LockHeld, match=r"pid .* on elsewhere"):
+            HeldLock(engine, ["destination:d"], dt.timedelta(minutes=5)).start()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    deadline = time.monotonic() + 120  # generous: a loaded machine is slow, not wrong
     while True:  # the server notices the dead connection within moments
         try:
             lock = HeldLock(engine, ["destination:d"], dt.timedelta(minutes=5)).start()

@@ -83,27 +83,40 @@ class FakeSegment(LoopbackServer):
                 return 400, "invalid message"
         return batch
 
+    def _respond(self, path: str, headers: Any, raw: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with self.lock:
+            self.requests.append({"path": path, "headers": dict(headers), "body": raw})
+            if path != self.path:
+                return 404, {"success": False, "message": "not found"}, {}
+            checked = self._check(headers, raw)
+            if isinstance(checked, tuple):
+                return checked[0], {"success": False, "message": checked[1]}, {}
+            fault = self.faults.popleft() if self.faults else None
+            if fault is not None:
+                if fault.apply_first:
+                    self._accept(checked)
+                return fault.status, fault.body or {}, fault.headers
+            self._accept(checked)
+        return 200, {"success": True}, {}
+
     def handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
         class Handler(JsonHandler):
             def do_POST(self) -> None:
                 raw = self.read_body()
+                gate = fake.gates.next()
+                if gate is not None and not gate.accepted:
+                    gate.hold()
+                    if gate.dropped:
+                        return self.hang_up()
                 if fake.delay:
                     time.sleep(fake.delay)
-                with fake.lock:
-                    fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": raw})
-                    if self.path != fake.path:
-                        return self.answer(404, {"success": False, "message": "not found"})
-                    checked = fake._check(self.headers, raw)
-                    if isinstance(checked, tuple):
-                        return self.answer(checked[0], {"success": False, "message": checked[1]})
-                    fault = fake.faults.popleft() if fake.faults else None
-                    if fault is not None:
-                        if fault.apply_first:
-                            fake._accept(checked)
-                        return self.answer(fault.status, fault.body, fault.headers)
-                    fake._accept(checked)
-                return self.answer(200, {"success": True})
+                status, body, headers = fake._respond(self.path, self.headers, raw)
+                if gate is not None and gate.accepted:
+                    gate.hold()
+                    if gate.dropped:
+                        return self.hang_up()
+                return self.answer(status, body, headers)
 
         return Handler
