@@ -331,7 +331,9 @@ def run_sync(
     sent and advances the snapshot only once its destination acknowledged it; a source failure stores no diff;
     ``dry_run`` stores the diff of a ``dry_run`` run and sends nothing. Raises ConfigError/KeyCollisionError
     before anything is written, LockHeld when another run holds a destination, SourceError after marking the
-    run failed. Destination failures do not raise: they are in the result (status ``partial`` or ``failed``).
+    run failed, LockLost when the run lost its lock while it ran (it then sent and recorded nothing more). Any
+    exception escaping after the run's row was opened closes the row as failed with the error first.
+    Destination failures do not raise: they are in the result (status ``partial`` or ``failed``).
     A computation that trips the mass-exit guard is held (nothing of it sent) and the run fails, unless
     ``force``. Setting ``stop`` (from a signal handler) finishes the chunks in flight, leaves the rest pending
     and ends the run as ``partial``. ``wait`` seconds: how long to wait for another run's lock.

@@ -2,7 +2,8 @@
 
 What is copied is what a run needs to continue where the old database left off: computations and their keys,
 runs, the snapshot, the diffs (outbox and audit trail) and open alert incidents. Staging rows and locks are
-per-run and are not copied.
+per-run and are not copied; the locks' fencing tokens are, so that every later acquisition's token is newer than
+those of the chunks in flight the copy carries.
 """
 
 from __future__ import annotations
