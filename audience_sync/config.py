@@ -72,7 +72,7 @@ class StateConfig(_Section):
     @classmethod
     def _lease(cls, value: str) -> str:
         if parse_duration(value) < 1:
-            raise ValueError(f"{value!r} is shorter than a second (the lock's checks stand for 50 ms)")
+            raise ValueError(f"{value!r} is shorter than a second (a check of the lock stands for 0.1 s)")
         return value
 
 

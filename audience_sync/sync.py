@@ -20,10 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import SecretStr
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Computation, Config
 from .delivery import DeliveryReport, Fence, deliver_pending
@@ -32,6 +30,7 @@ from .diff import note_missing, skip_unreachable, supersede_pending, write_chang
 from .errors import AudienceSyncError, ConfigError, LockLost, RunStopped, SourceError
 from .guard import Hold, find_mass_exits, hold
 from .progress import NoProgress, Progress
+from .redact import scrub
 from .sources import RawRow, SourceStats, normalize, pushdown, read_rows
 from .sources.builder import BuilderSource
 from .sources.builder.windows import as_utc
@@ -378,7 +377,9 @@ def run_sync(
     sent and advances the snapshot only once its destination acknowledged it; a source failure stores no diff;
     ``dry_run`` stores the diff of a ``dry_run`` run and sends nothing. Raises ConfigError/KeyCollisionError
     before anything is written, LockHeld when another run holds a destination, SourceError after marking the
-    run failed. Destination failures do not raise: they are in the result (status ``partial`` or ``failed``).
+    run failed, LockLost when the run lost its lock while it ran (it then sent and recorded nothing more). Any
+    exception escaping after the run's row was opened closes the row as failed with the error first.
+    Destination failures do not raise: they are in the result (status ``partial`` or ``failed``).
     A computation that trips the mass-exit guard is held (nothing of it sent) and the run fails, unless
     ``force``. Setting ``stop`` (from a signal handler) finishes the chunks in flight, leaves the rest pending
     and ends the run as ``partial``. ``wait`` seconds: how long to wait for another run's lock. ``as_of``: the
@@ -606,30 +607,5 @@ def failure_text(exc: BaseException, config: Config) -> str:
         return "interrupted (a second SIGINT/SIGTERM, or Ctrl-C)"
     if isinstance(exc, SQLAlchemyError):
         return str(store_error(exc, config.state_url))
-    text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]
-    for secret in sorted(_secrets(config), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
-def _secrets(config: Config) -> set[str]:
-    """Every secret value the configuration holds (empty ones left out)."""
-    found: set[str] = set()
-    for url in (config.state_url, config.source_url):
-        try:
-            password = make_url(url).password
-        except ArgumentError:
-            password = None
-        if password:
-            found.add(str(password))
-    for dest in config.destinations:
-        for attr in ("api_key", "write_key", "signing_secret"):
-            value = getattr(dest, attr, None)
-            if isinstance(value, SecretStr):
-                found.add(value.get_secret_value())
-        for header in getattr(dest, "secret_headers", {}).values():
-            found.add(header.get_secret_value())
-    hook = config.alerts.webhook_url
-    if hook is not None:
-        found.add(hook.get_secret_value())
-    return {s for s in found if s}
+    # the configuration's secrets are registered with the scrubber when it is parsed
+    return scrub(f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000])

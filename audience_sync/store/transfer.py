@@ -2,7 +2,8 @@
 
 What is copied is what a run needs to continue where the old database left off: computations and their keys,
 runs, the snapshot, the diffs (outbox and audit trail), open alert incidents, and the install id. Staging rows
-and locks are per-run and are not copied.
+and locks are per-run and are not copied; the locks' fencing tokens are, so that every later acquisition's
+token is newer than those of the chunks in flight the copy carries.
 
 The install id moves with the state: the copy *is* the install, moved (SQLite to PostgreSQL, a new server), so
 its message ids stay the ones the old database made and a change re-sent after the move still dedupes at
