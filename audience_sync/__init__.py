@@ -6,7 +6,7 @@ run and returns its :class:`RunResult`, and every error raised on purpose derive
 
 from .config import load_config
 from .errors import AudienceSyncError
-from .sync import RunResult, run_sync
+from .run.sync import RunResult, run_sync
 
 __version__ = "0.1.0"
 __all__ = ["AudienceSyncError", "RunResult", "__version__", "load_config", "run_sync"]

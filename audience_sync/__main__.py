@@ -1,5 +1,5 @@
 """``python -m audience_sync``: the same as the ``audience-sync`` command."""
 
-from .cli import main
+from .cli.main import main
 
 main()

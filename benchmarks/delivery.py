@@ -51,11 +51,11 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine
 
-from audience_sync.changes import Change, message_id
 from audience_sync.config import parse_config
 from audience_sync.destinations.batching import body, encode, pack
 from audience_sync.destinations.messages import identify, timestamp
-from audience_sync.sync import run_sync
+from audience_sync.model import Change, message_id
+from audience_sync.run.sync import run_sync
 
 SERVER = r"""
 import asyncio, sys

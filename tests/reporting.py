@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from audience_sync.config import Config
-from tests.conftest import Harness
 from tests.fakes.gist import FakeGist, Fault
+from tests.harness import Harness
 
 KEY_ENV = {"GIST_API_KEY": "gist-test-key"}
 #: a user id, an audience name and a destination's reason that must be shown as text, never run

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Harness, Warehouse
+from tests.harness import Harness, Warehouse
 from tests.processes import run_cli
 
 

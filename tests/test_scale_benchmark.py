@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.conftest import PG_URL
+from tests.harness import PG_URL
 
 pytestmark = pytest.mark.slow  # three runs over 10k memberships per engine
 

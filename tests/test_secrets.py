@@ -20,8 +20,8 @@ from sqlalchemy.engine import make_url
 
 from audience_sync.redact import forms, remember, scrub, url_secrets
 from audience_sync.store.engine import redact_url
-from tests.conftest import Harness
 from tests.fakes.echo import EchoServer
+from tests.harness import Harness
 
 SECRETS = {
     "GIST_API_KEY": 'gk+sec/ret=Key&"1\\z',

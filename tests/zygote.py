@@ -45,7 +45,7 @@ def _reap(sock: socket.socket) -> None:
 def serve(fd: int) -> dict[str, Any] | None:
     """Serve requests until the test process hangs up (None); in a forked child, return its request."""
     sock = socket.socket(fileno=fd)
-    import audience_sync.cli  # noqa: F401  (the expensive part, paid once)
+    import audience_sync.cli.main  # noqa: F401  (the expensive part, paid once)
 
     # what was imported is never collected: frozen, a child's collections and its exit do not touch (and so do not
     # copy) those pages; a child's exit then takes milliseconds instead of a second

@@ -6,8 +6,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
-from ..changes import SENT, Change, Outcome
 from ..errors import DestinationError
+from ..model import SENT, Change, Outcome
 from .batching import Encoded, encode
 from .messages import MessageOptions, messages_for, timestamp
 

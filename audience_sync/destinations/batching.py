@@ -7,8 +7,8 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..changes import NOT_ATTEMPTED, Outcome, merge
 from ..errors import DestinationError, PermanentDestinationError
+from ..model import NOT_ATTEMPTED, Outcome, merge
 
 #: (diff_id, the message as compact JSON bytes)
 Encoded = tuple[int, bytes]

@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 
-from ..changes import SENT, Change, Outcome
 from ..config import GistDestination
 from ..errors import DestinationError, PermanentDestinationError
+from ..model import SENT, Change, Outcome
 from .base import Destination
 from .batching import encode
 from .http import HttpSender

@@ -33,7 +33,6 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ..changes import Outcome, merge
 from ..errors import (
     CredentialsRejected,
     DestinationError,
@@ -41,6 +40,7 @@ from ..errors import (
     RetryAfterTooLong,
     TransientDestinationError,
 )
+from ..model import Outcome, merge
 from ..redact import scrub
 from .batching import Encoded, send_halving, unacknowledged
 from .deadline import deadline_client, within

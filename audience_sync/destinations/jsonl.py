@@ -7,9 +7,9 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..changes import Outcome
 from ..config import JsonlDestination
 from ..errors import TransientDestinationError
+from ..model import Outcome
 from .base import MessageDestination
 from .batching import Encoded
 from .messages import MessageOptions

@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from ..changes import Change
+from ..model import Change
 
 
 @dataclass(frozen=True)

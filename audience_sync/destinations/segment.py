@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 
 import httpx
 
-from ..changes import Outcome
 from ..config import SegmentDestination
+from ..model import Outcome
 from .base import MessageDestination
 from .batching import Encoded, body, pack
 from .http import HttpSender

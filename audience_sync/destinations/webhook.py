@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 
 import httpx
 
-from ..changes import Outcome
 from ..config import WebhookDestination
+from ..model import Outcome
 from .base import MessageDestination
 from .batching import Encoded, body, pack
 from .http import HttpSender

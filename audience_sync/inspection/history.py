@@ -7,9 +7,9 @@ import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..commands import audiences_overview, state_engine
 from ..config import Config
 from ..errors import ConfigError
-from ..queries import audiences_overview, state_engine
 from ..store import sizes
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import __version__
+from ..commands import state_engine
 from ..config import Config, parse_duration
-from ..queries import state_engine
 from ..store import registry, reporting, sizes
 from ..store.schema import utcnow
 from .history import SizePoint

@@ -32,9 +32,9 @@ from sqlalchemy import (
     update,
 )
 
-from ..changes import NOT_ATTEMPTED, SENT, Change, Outcome
 from ..destinations.batching import Encoded
 from ..destinations.messages import MessageOptions, timestamp
+from ..model import NOT_ATTEMPTED, SENT, Change, Outcome
 from ..redact import scrub
 from ..values import decode
 from .dialect import upsert

@@ -1,0 +1,60 @@
+"""Log output for the command line: human lines, or one JSON object per line for log collectors.
+
+Library modules only call ``logging.getLogger(__name__)`` and pass structured fields (run id, destination,
+counts, durations) as ``extra``; this module decides how they are written. Every line is scrubbed of our secrets
+(:func:`audience_sync.redact.scrub`) as it is written, whatever its fields or its traceback quote.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal
+
+from pythonjsonlogger.json import JsonFormatter
+
+from ..redact import scrub
+
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
+
+
+class ScrubbingFormatter(logging.Formatter):
+    """Another formatter's lines with every known secret scrubbed out."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(self.inner.format(record))
+
+
+def configure_logging(level: str = "warning", fmt: LogFormat = "text") -> None:
+    """Send the ``audience_sync`` loggers to stderr at ``level``, as text lines or JSON objects.
+
+    JSON lines carry ``time``, ``level``, ``logger``, ``message`` and every structured field the library
+    attached (``run_id``, ``destination``, ``counts``, ``duration_seconds``, ...).
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    formatter: logging.Formatter
+    if fmt == "json":
+        formatter = JsonFormatter(
+            "{levelname}{name}{message}",
+            style="{",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",
+            json_ensure_ascii=False,
+        )
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(ScrubbingFormatter(formatter))
+    for name in ("audience_sync", "apscheduler"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper() if name == "audience_sync" else max(logging.WARNING, _level(level)))
+        logger.propagate = False
+
+
+def _level(level: str) -> int:
+    return logging.getLevelNamesMapping()[level.upper()]

@@ -1,0 +1,40 @@
+"""The ``audience-sync`` command: parse, call one library function, render, map errors to exit codes.
+
+Exit codes: 0 every deliverable change delivered (or nothing to do); 1 the run failed; 2 usage or config
+error; 3 the run finished but some changes failed delivery and stay pending.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.markup import escape
+
+from ..errors import AudienceSyncError
+from ..redact import scrub
+from . import admin_commands, inspect_commands, run_commands
+from .app import EXIT_USAGE, cli, stderr
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the command and turns every error into a message and its exit code."""
+    try:
+        cli.main(args=argv, prog_name="audience-sync", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        stderr.print("aborted")
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+    except AudienceSyncError as exc:
+        stderr.print(f"[red]error:[/red] {escape(scrub(str(exc)))}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        sys.exit(130)
+
+
+__all__ = ["admin_commands", "cli", "inspect_commands", "main", "run_commands"]

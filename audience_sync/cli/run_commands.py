@@ -1,0 +1,245 @@
+"""Commands that run syncs: ``run``, ``resync``, ``schedule``, ``demo``; one graceful stop on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+
+from .. import commands
+from ..config import Config, load_config
+from ..errors import AudienceSyncError
+from ..ops.attempts import attempt_of
+from ..ops.postrun import after_run
+from ..run.progress import NoProgress, Progress
+from ..run.sync import RunResult, run_sync
+from . import render
+from .app import (
+    as_of_option,
+    cli,
+    command_options,
+    common_options,
+    metrics_option,
+    stderr,
+    stdout,
+    with_filters,
+)
+from .progress import RichProgress
+
+log = logging.getLogger(__name__)
+
+
+def _progress() -> Progress | RichProgress:
+    return RichProgress(stderr) if stderr.is_terminal else NoProgress()
+
+
+@contextlib.contextmanager
+def _graceful_stop() -> Iterator[threading.Event]:
+    """An event set by the first SIGTERM or SIGINT, so a run finishes its chunk in flight and stops cleanly;
+    a second signal interrupts at once."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning(
+            "%s: finishing the changes in flight, then stopping (the rest stays pending for the next run)",
+            signal.Signals(signum).name,
+        )
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(config: Config, as_json: bool, metrics_file: Path | None, **kwargs: Any) -> None:
+    scope = attempt_of(config, kwargs.get("destinations"), kwargs.get("audiences"), dry_run=bool(kwargs.get("dry_run")))
+    progress = _progress()
+    try:
+        with _graceful_stop() as stop, progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
+            result = run_sync(config, progress=progress, stop=stop, **kwargs)
+    except AudienceSyncError as exc:
+        after_run(config, scope(error=exc), metrics_file=metrics_file)
+        raise
+    after_run(config, scope(result=result), metrics_file=metrics_file)
+    _finish(result, as_json)
+
+
+def _finish(result: RunResult, as_json: bool) -> None:
+    if as_json:
+        click.echo(render.to_json(result.to_dict()))
+    else:
+        render.print_run_summary(stdout, result.to_dict())
+    sys.exit(result.exit_code)
+
+
+@cli.command()
+@common_options
+@with_filters
+@metrics_option
+@as_of_option
+def run(
+    config_path: str | None,
+    destinations: tuple[str, ...],
+    audiences: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+    force: bool,
+    wait: float | None,
+    metrics_file: Path | None,
+    as_of: dt.datetime | None,
+) -> None:
+    """One incremental run: send only the users whose membership or value changed."""
+    config = load_config(config_path)
+    _run(
+        config,
+        as_json,
+        metrics_file,
+        destinations=destinations or None,
+        audiences=audiences or None,
+        dry_run=dry_run,
+        force=force,
+        wait=wait or 0.0,
+        as_of=as_of,
+    )
+
+
+@cli.command()
+@common_options
+@with_filters
+@click.option("--user", "users", multiple=True, metavar="ID", help="Only this user id (repeatable).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@metrics_option
+@as_of_option
+def resync(
+    config_path: str | None,
+    destinations: tuple[str, ...],
+    audiences: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+    force: bool,
+    wait: float | None,
+    users: tuple[str, ...],
+    yes: bool,
+    metrics_file: Path | None,
+    as_of: dt.datetime | None,
+) -> None:
+    """Full resync: every current member gets its current value again; users who left get false/null."""
+    config = load_config(config_path)
+    if not yes and not dry_run:
+        if not sys.stdin.isatty():
+            raise click.UsageError("resync re-sends every current member's value: pass --yes to confirm")
+        scope = ", ".join(audiences) or "every audience and trait"
+        click.confirm(f"Re-send {scope} to {', '.join(destinations) or 'every destination'}?", abort=True)
+    _run(
+        config,
+        as_json,
+        metrics_file,
+        mode="resync",
+        destinations=destinations or None,
+        audiences=audiences or None,
+        users=users or None,
+        dry_run=dry_run,
+        force=force,
+        wait=wait or 0.0,
+        as_of=as_of,
+    )
+
+
+@cli.command()
+@command_options(default_level="info")
+@metrics_option
+@click.option("--now", "run_now", is_flag=True, help="Run every job once at start, then on its schedule.")
+@click.option("--list", "list_only", is_flag=True, help="Print the jobs and when each would fire next, then exit.")
+def schedule(config_path: str | None, metrics_file: Path | None, run_now: bool, list_only: bool) -> None:
+    """Run syncs on the config's schedules, in the foreground, until SIGTERM or SIGINT (then exit 0).
+
+    One run at a time; the database lock keeps schedulers on other hosts from overlapping. A failed run is
+    logged and the schedule goes on. Logs (info by default) give the next fire time after each run.
+    """
+    from ..ops.scheduler import SyncScheduler, describe_jobs
+
+    config = load_config(config_path)
+    stop = threading.Event()
+    service = SyncScheduler(
+        config,
+        stop=stop,
+        after_run=lambda attempt: after_run(config, attempt, metrics_file=metrics_file),
+        run_now=run_now,
+    )
+    if list_only:
+        for line in describe_jobs(service.jobs):
+            stdout.print(escape(line), highlight=False)
+        return
+    commands.upgrade_database(config)  # fail fast (exit 1) when the state database is unreachable
+
+    def handle(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            log.warning("%s again: stopping at once", signal.Signals(signum).name)
+            logging.shutdown()
+            os._exit(130)  # the interrupted run is marked abandoned by the next run
+        stop.set()
+        log.warning("%s: finishing the run in progress, then stopping", signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handle)
+    service.serve()
+
+
+@cli.command()
+@common_options
+@click.option(
+    "--warehouse",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("demo/warehouse.db"),
+    show_default=True,
+    help="Where the demo shop lives (the config's [source] url).",
+)
+@click.option(
+    "--newsletter",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("demo/newsletter.csv"),
+    show_default=True,
+    help="The demo's file-based audience.",
+)
+def demo(config_path: str | None, warehouse: Path, newsletter: Path) -> None:
+    """Run the demo: build a small shop, sync it, move it a day forward, sync only what changed."""
+    from .. import demo as shop
+
+    config = load_config(config_path)
+    if not warehouse.exists():
+        shop.build_shop(warehouse, newsletter)
+        stdout.print(f"[bold]Built the demo shop[/bold] in {escape(str(warehouse))} (day {shop.shop_day(warehouse)}).")
+        _demo_run(config, "First sync: every current member is sent.", shop.shop_instant(warehouse))
+    day = shop.advance_day(warehouse, newsletter)
+    stdout.print(f"\n[bold]The shop moved to {escape(str(day))}[/bold]: new orders, newsletter sign-ups and opt-outs.")
+    _demo_run(
+        config, "Incremental sync: only users whose membership or value changed are sent.", shop.shop_instant(warehouse)
+    )
+    outputs = ", ".join(str(getattr(d, "output_path", d.name)) for d in config.destinations)
+    stdout.print(
+        f"\nSent calls are in {escape(outputs)}. Next: `audience-sync runs`, `audience-sync diff`, "
+        f"`audience-sync audiences`; run `audience-sync demo` again for another day."
+    )
+
+
+def _demo_run(config: Config, title: str, as_of: dt.datetime) -> None:
+    stdout.print(escape(title))
+    result = run_sync(config, progress=NoProgress(), trigger="demo", as_of=as_of)  # builder computations: shop time
+    render.print_run_summary(stdout, result.to_dict())
+    if result.exit_code:
+        sys.exit(result.exit_code)

@@ -1,0 +1,114 @@
+"""The mass-exit guard: an audience that would lose too many members at once is held back, not sent.
+
+That pattern is almost always an upstream outage (an empty or half-loaded table), not real churn. A held
+computation's changes in the run get the status ``held``; nothing of it is sent, and the run fails (exit 1)
+saying what it saw and how to proceed. ``--force`` skips the guard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Select, func, literal_column, select, update
+
+from ..config import Computation
+from ..store.schema import DiffRow, SnapshotRow, table_of
+from ..values import TRUE
+
+diffs = table_of(DiffRow)
+snapshot = table_of(SnapshotRow)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why one computation was held at one destination."""
+
+    destination: str
+    comp: Computation
+    exits: int
+    size: int
+    staged: int
+
+    @property
+    def share(self) -> float:
+        """The share of the destination's members that would exit."""
+        return self.exits / self.size if self.size else 0.0
+
+    def message(self) -> str:
+        """What was seen, that nothing was sent, and how to proceed."""
+        what = f"{self.comp.computation_class} {self.comp.name!r} ({self.comp.key})"
+        members = "members" if self.comp.computation_class == "audience" else "users with a value"
+        if self.staged == 0:
+            seen = (
+                f"{what}: the source returned no rows, but destination {self.destination!r} holds "
+                f"{self.size} {members} (an empty upstream table?)"
+            )
+        else:
+            seen = (
+                f"{what} would lose {self.exits} of {self.size} {members} ({self.share:.0%}) at destination "
+                f"{self.destination!r}, over its max_exit_share of {self.comp.max_exit_share:.0%}"
+            )
+        return (
+            f"{seen}; nothing of it was sent. If this is real churn, run again with --force, or raise "
+            f"`max_exit_share` for it"
+        )
+
+
+def _exits(conn: Connection, run_id: int, dest: str) -> dict[str, int]:
+    # grouped by an expression no index orders: SQLite's planner would otherwise walk ix_diffs_user, the whole
+    # history of the destination, in computation order to save a sort of this run's few keys
+    key = diffs.c.computation_key.concat(literal_column("''"))
+    rows = conn.execute(
+        select(key, func.count())
+        .where(diffs.c.run_id == run_id, diffs.c.destination == dest, diffs.c.change == "exited")
+        .group_by(key)
+    ).all()
+    return {str(row[0]): int(row[1]) for row in rows}
+
+
+def find_mass_exits(
+    conn: Connection, run_id: int, dest: str, comps: Sequence[Computation], staged: Mapping[str, int], *, min_size: int
+) -> list[Hold]:
+    """The computations of this run whose exits at ``dest`` trip the guard.
+
+    Trips when the source returned no rows for a computation the destination holds members of, or when the
+    exits exceed the computation's ``max_exit_share`` of its members there and it has at least ``min_size``.
+    """
+    exits = _exits(conn, run_id, dest)
+    holds = []
+    for comp in comps:
+        gone, now = exits.get(comp.key, 0), staged.get(comp.key, 0)
+        if not gone:
+            continue
+        # members are counted only as far as the decision needs: with `enough` of them (a margin of one over
+        # gone / share, against rounding) the exits are under the share whatever the rest
+        enough = None if now == 0 else max(math.floor(gone / comp.max_exit_share) + 2, min_size)
+        size = _members(conn, dest, comp, enough)
+        if size and (now == 0 or (size >= min_size and gone / size > comp.max_exit_share)):
+            holds.append(Hold(dest, comp, gone, size, now))
+    return holds
+
+
+def _members(conn: Connection, dest: str, comp: Computation, limit: int | None) -> int:
+    """How many users ``dest`` holds ``comp`` for (audiences: ``true``; traits: a value), counting at most
+    ``limit`` of them when given."""
+    holds = snapshot.c.value == TRUE if comp.computation_class == "audience" else snapshot.c.value.is_not(None)
+    users: Select[Any] = select(literal_column("1")).where(
+        snapshot.c.destination == dest, snapshot.c.computation_key == comp.key, holds
+    )
+    if limit is not None:
+        users = users.limit(limit)
+    return int(conn.execute(select(func.count()).select_from(users.subquery())).scalar_one())
+
+
+def hold(conn: Connection, run_id: int, key: str, reason: str) -> int:
+    """Set this run's changes of ``key`` (every destination) to ``held`` with ``reason``; none will be sent."""
+    result = conn.execute(
+        update(diffs)
+        .where(diffs.c.run_id == run_id, diffs.c.computation_key == key, diffs.c.status.in_(("pending", "skipped")))
+        .values(status="held", error=reason)
+    )
+    return result.rowcount

@@ -1,0 +1,189 @@
+"""The stage step: every computation of a run read into ``staging`` under the run's id.
+
+A computation is pushed down (one ``INSERT ... SELECT`` inside the state database) when its source is the state
+database and its query allows it, and streamed in chunks otherwise. A source failure raises SourceError; the
+caller clears the run's staging whatever happens.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..config import Computation, Config
+from ..errors import ConfigError, RunStopped, SourceError
+from ..sources import RawRow, SourceStats, normalize, pushdown, read_rows
+from ..sources.builder import BuilderSource
+from ..store import loading, staging
+from ..store.engine import redact_url
+from ..store.staging import StagedRow
+from .progress import Progress
+
+log = logging.getLogger(__name__)
+
+#: skipped source rows logged one by one per computation; the rest are counted (every one is a skipped change)
+SKIPS_LOGGED = 10
+
+
+def _push_down(
+    engine: Engine,
+    run_id: int,
+    comp: Computation,
+    stats: SourceStats,
+    planner: Callable[[Any, Computation], pushdown.Pushdown | None] = pushdown.plan,
+) -> bool:
+    """Stage ``comp`` by running its query inside the state database; False when it must be streamed instead."""
+    with engine.connect() as conn:
+        plan = planner(conn, comp)
+    if plan is None:
+        log.info("%s: streaming (its query or its column types cannot be pushed down)", comp.key)
+        return False
+    try:
+        with engine.connect() as conn, conn.begin() as transaction:
+            pushed = loading.push_down(conn, run_id, plan)
+            if pushed.unusable:  # rows to skip: the streamed path says why, user by user
+                transaction.rollback()
+                log.info("%s: streaming, to report %d rows it cannot stage", comp.key, pushed.unusable)
+                return False
+    except SQLAlchemyError as exc:  # the streamed path reports the query's own error, or a value's
+        log.info("%s: pushdown failed (%s); streaming instead", comp.key, " ".join(str(exc).split())[:200])
+        return False
+    stats.rows += pushed.rows
+    stats.null_user_ids += pushed.null_user_ids
+    stats.null_values += pushed.null_values
+    stats.members = pushed.members
+    return True
+
+
+def _stopped(run_id: int, comp: Computation) -> RunStopped:
+    return RunStopped(
+        f"run {run_id} was asked to stop (SIGTERM/SIGINT) while reading {comp.key}; nothing was sent "
+        f"and no diff stored: the next run starts over",
+        run_id=run_id,
+    )
+
+
+def _stream(
+    engine: Engine,
+    source: Engine,
+    config: Config,
+    run_id: int,
+    comp: Computation,
+    stats: SourceStats,
+    advance: Any,
+    stop: threading.Event | None = None,
+    builder: BuilderSource | None = None,
+) -> None:
+    """Stage ``comp`` from its source in chunks: COPY on PostgreSQL, batched upserts on SQLite; one transaction.
+
+    Setting ``stop`` raises RunStopped at the next chunk (the transaction, and so the staging, is rolled back).
+    """
+    raws: Iterator[list[RawRow]] = (
+        builder.read_rows(comp, config.source_chunk_size)
+        if builder is not None and comp.builder is not None
+        else read_rows(comp, source, config.source_chunk_size)
+    )
+
+    def chunks() -> Iterator[list[StagedRow]]:
+        for raw in raws:
+            if stop is not None and stop.is_set():
+                raise _stopped(run_id, comp)
+            yield normalize(comp, raw, stats)
+            advance(len(raw))
+
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            loading.copy_rows(conn, run_id, comp.key, chunks())
+        else:
+            loading.insert_batches(conn, run_id, comp.key, chunks())
+        staging.insert_skips(conn, run_id, comp.key, [skip.row() for skip in stats.skips])
+
+
+def stage(
+    engine: Engine,
+    source: Engine,
+    config: Config,
+    run_id: int,
+    comps: Sequence[Computation],
+    progress: Progress,
+    stop: threading.Event | None = None,
+    as_of: dt.datetime | None = None,
+) -> dict[str, dict[str, int]]:
+    """Stage ``comps`` for run ``run_id`` and return per computation its source figures (rows, members, null
+    user ids, null values, skipped). Raises SourceError (culprit named) or RunStopped when ``stop`` is set."""
+    stats: dict[str, dict[str, int]] = {}
+    push = use_pushdown(config)
+    # builder computations: every table and column they name is checked before anything is staged
+    builder = BuilderSource(config, source, comps, as_of or dt.datetime.now(dt.UTC))
+    if builder.comps:
+        builder.check()
+    for comp in comps:
+        task = f"reading {comp.key}"
+        progress.begin(task)
+        st = SourceStats()
+        if stop is not None and stop.is_set():
+            raise _stopped(run_id, comp)
+        if comp.builder is not None:
+            pushed = push and _push_down(engine, run_id, comp, st, builder.plan)
+        else:
+            pushed = push and comp.sql is not None and _push_down(engine, run_id, comp, st)
+        if pushed:
+            progress.advance(task, st.rows)
+        else:
+            _stream(
+                engine, source, config, run_id, comp, st, lambda n, task=task: progress.advance(task, n), stop, builder
+            )
+        progress.end(task)
+        with engine.connect() as conn:
+            # an audience's value is always true: only a trait can have two values for one user
+            conflict = staging.first_conflict(conn, run_id, comp.key) if comp.computation_class == "trait" else None
+            members = st.members if st.members is not None else staging.count_members(conn, run_id, comp.key)
+        if conflict is not None:
+            user, first, second = conflict
+            raise SourceError(
+                f"trait {comp.name!r} ({comp.key}): user {user!r} has two different values "
+                f"({first} and {second}); a trait needs one value per user",
+                computation=comp.key,
+                user_id=user,
+            )
+        if st.null_user_ids:
+            log.warning("%s: dropped %d rows with a null user_id", comp.key, st.null_user_ids)
+        for skip in st.skips[:SKIPS_LOGGED]:
+            log.warning("%s", skip.reason, extra={"run_id": run_id, "computation": comp.key})
+        if len(st.skips) > SKIPS_LOGGED:
+            log.warning(
+                "%s: %d more users skipped (see `audience-sync diff --status skipped`)",
+                comp.key,
+                len(st.skips) - SKIPS_LOGGED,
+            )
+        log.debug("run %d: staged %s (%d rows)", run_id, comp.key, st.rows)
+        stats[comp.key] = {
+            "rows": st.rows,
+            "members": members,
+            "null_user_ids": st.null_user_ids,
+            "null_values": st.null_values,
+            "skipped": len(st.skips),
+        }
+    return stats
+
+
+def use_pushdown(config: Config) -> bool:
+    """Whether the run stages its SQL computations inside the state database (see ``sources/pushdown.py``).
+
+    ``[source] pushdown = false`` always streams; otherwise queries are pushed down when the source is the
+    state database. ConfigError when ``pushdown = true`` but the source is another database.
+    """
+    same = pushdown.same_database(config.state_url, config.source_url)
+    if config.source_pushdown and not same:
+        raise ConfigError(
+            f"{config.path}: source.pushdown = true needs the source to be the state database "
+            f"(source.url {redact_url(config.source_url)!r} is another database)",
+            path=config.path,
+        )
+    return same and config.source_pushdown is not False

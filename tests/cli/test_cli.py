@@ -1,0 +1,263 @@
+"""The command line as scripts and people use it: real processes, exit codes, JSON/CSV output, no tracebacks."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import Harness, Warehouse
+from tests.processes import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None, fresh: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``python -m audience_sync ARGS`` in a process of its own (forked ready-imported unless ``fresh``)."""
+    return run_cli(*args, cwd=cwd, env=env, input=stdin, fresh=fresh)
+
+
+@pytest.fixture
+def project(tmp_path: Path, state_url: str, warehouse: Warehouse) -> Path:
+    warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
+    warehouse.set_trait("Score", {"u1": ("a@x.io", 3)})
+    (tmp_path / "audience_sync.toml").write_text(
+        f'[state]\nurl = "{state_url}"\n[source]\nurl = "{warehouse.url}"\n'
+        + Harness(tmp_path, state_url, warehouse).jsonl_destination()
+        + Harness.audience("VIP")
+        + Harness.trait("Score")
+    )
+    return tmp_path
+
+
+def run_json(project: Path, *args: str) -> tuple[int, Any]:
+    proc = cli(*args, "--config", "audience_sync.toml", cwd=project)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None
+
+
+@pytest.mark.slow
+def test_run_diff_runs_in_json_and_csv(project: Path) -> None:
+    code, summary = run_json(project, "run", "--json")
+    assert code == 0
+    assert summary["status"] == "succeeded" and summary["counts"]["entered"] == 3 and summary["counts"]["sent"] == 3
+
+    code, rows = run_json(project, "diff", "--format", "json")
+    assert code == 0
+    assert {
+        "run_id",
+        "destination",
+        "computation_key",
+        "user_id",
+        "change",
+        "old_value",
+        "new_value",
+        "status",
+        "error",
+    } <= set(rows[0])
+    assert sorted((r["computation_key"], r["user_id"], r["new_value"]) for r in rows) == [
+        ("score", "u1", 3),
+        ("vip", "u1", True),
+        ("vip", "u2", True),
+    ]
+
+    code, rows = run_json(project, "diff", "--audience", "score", "--format", "json")
+    assert [r["user_id"] for r in rows] == ["u1"]
+
+    proc = cli("diff", "--format", "csv", "--config", "audience_sync.toml", cwd=project)
+    table = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert len(table) == 3 and table[0]["new_value"] in ("3", "true")
+
+    code, runs = run_json(project, "runs", "--format", "json")
+    assert runs[0]["run_id"] == summary["run_id"] and runs[0]["mode"] == "incremental"
+    assert {"started_at", "finished_at", "counts", "status"} <= set(runs[0])
+    assert {"entered", "exited", "changed", "sent", "failed", "skipped"} <= set(runs[0]["counts"])
+
+    code, again = run_json(project, "run", "--json")
+    assert code == 0 and again["counts"]["sent"] == 0
+
+
+def test_dry_run_resync_audiences_members(project: Path) -> None:
+    code, dry = run_json(project, "run", "--dry-run", "--json")
+    assert code == 0 and dry["mode"] == "dry_run" and dry["counts"]["sent"] == 0
+    assert not (project / "file.jsonl").exists()
+
+    proc = cli("resync", "--config", "audience_sync.toml", cwd=project, stdin="")
+    assert proc.returncode == 2 and "--yes" in proc.stderr
+
+    code, resync = run_json(project, "resync", "--yes", "--json")
+    assert code == 0 and resync["mode"] == "resync" and resync["counts"]["sent"] == 3
+
+    code, overview = run_json(project, "audiences", "--format", "json")
+    assert [(a["key"], a["class"], a["status"], a["sizes"]) for a in overview] == [
+        ("vip", "audience", "active", {"file": 2}),
+        ("score", "trait", "active", {"file": 1}),
+    ]
+
+    code, members = run_json(project, "members", "vip", "--format", "json")
+    assert [(m["user_id"], m["value"]) for m in members] == [("u1", True), ("u2", True)]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("run", "--destination", "nope"), 2, "no destination named 'nope' (configured: file)"),
+        (("run", "--audience", "nope"), 2, "no audience or trait with key 'nope'"),
+        (("diff", "--run", "99"), 2, "there is no run 99"),
+        (("run", "--bogus"), 2, "No such option"),
+    ],
+)
+def test_usage_errors_exit_2(project: Path, args: tuple[str, ...], code: int, message: str) -> None:
+    proc = cli(*args, "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == code, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_config_error_exits_2_and_sends_nothing(project: Path) -> None:
+    (project / "bad.toml").write_text(
+        (project / "audience_sync.toml").read_text() + "\n[[destinations]]\n"
+        'name = "g"\ntype = "gist"\napi_key_env = "NO_SUCH_VAR_FOR_TEST"\n'
+    )
+    proc = cli("run", "--config", "bad.toml", cwd=project)
+    assert proc.returncode == 2
+    assert "bad.toml: destinations[1] ('g').api_key_env: environment variable NO_SUCH_VAR_FOR_TEST" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (project / "file.jsonl").exists()
+    proc = cli("run", cwd=project, env={"AUDIENCE_SYNC_CONFIG": str(project / "missing.toml")})
+    assert proc.returncode == 2 and "missing.toml: config file not found" in proc.stderr
+
+
+def test_source_error_exits_1_naming_the_audience(project: Path) -> None:
+    text = (project / "audience_sync.toml").read_text()
+    (project / "audience_sync.toml").write_text(
+        text + '[[audiences]]\nname = "Broken"\nsql = "SELECT email FROM members"\n'
+    )
+    proc = cli("run", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 1
+    assert "audience 'Broken' (broken): the query has no 'user_id' column (columns: email)" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (project / "file.jsonl").exists()
+
+
+def test_lock_held_exits_1_naming_the_holder(project: Path, state_url: str) -> None:
+
+    from sqlalchemy import create_engine
+
+    from audience_sync.store.lock import run_lock
+    from audience_sync.store.migrate import upgrade
+
+    engine = create_engine(state_url)
+    upgrade(engine)
+    with run_lock(engine, ["file"]):
+        proc = cli("run", "--config", "audience_sync.toml", cwd=project)
+    engine.dispose()
+    assert proc.returncode == 1
+    assert "another run holds the lock for destination:file" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
+
+
+def test_db_upgrade(project: Path) -> None:
+    from alembic.script import ScriptDirectory
+
+    from audience_sync.store.migrate import migrations_dir
+
+    head = ScriptDirectory(str(migrations_dir())).get_current_head()
+    proc = cli("db", "upgrade", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 0 and f"schema revision {head}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_from_a_fresh_directory(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    proc = cli("demo", cwd=tmp_path, fresh=True)  # a newcomer's first command: a fresh interpreter
+    assert proc.returncode == 0, proc.stderr
+    assert "First sync" in proc.stdout and "Incremental sync" in proc.stdout
+    calls = [json.loads(line) for line in (tmp_path / "out" / "demo.jsonl").read_text().splitlines()]
+    keys = {k for c in calls for k in c["traits"] if k != "email"}
+    assert keys == {
+        "order_completed_last_30days",
+        "high_value_ltv_500",
+        "cafe_vips",
+        "newsletter_subscribers",
+        "lifetime_value",
+        "favorite_category",
+        "repeat_buyers_last_30_days",
+        "coffee_browsers_not_buying",
+        "orders_last_90_days",
+        "most_viewed_category",
+        "categories_bought",
+    }
+    runs = json.loads(cli("runs", "--format", "json", cwd=tmp_path).stdout)
+    assert [r["status"] for r in runs] == ["succeeded", "succeeded"]
+    assert runs[0]["counts"]["sent"] < runs[1]["counts"]["sent"]  # the second run sends only changes
+
+
+@pytest.mark.slow
+def test_wait_takes_the_lock_once_the_other_run_releases_it(project: Path, state_url: str) -> None:
+    import datetime as dt
+
+    from sqlalchemy import create_engine
+
+    from audience_sync.store.lock import HeldLock
+    from audience_sync.store.migrate import upgrade
+    from tests.processes import Cli
+
+    engine = create_engine(state_url)
+    upgrade(engine)
+    other = HeldLock(engine, ["destination:file"], dt.timedelta(minutes=5)).start()
+    args = ["run", "--wait", "--json", "--log-level", "info", "--config", "audience_sync.toml"]
+    with Cli(args, cwd=project) as waiting:
+        try:
+            waiting.wait_for_line(r"waiting for the run lock")  # it found the lock held: now the other run finishes
+        finally:
+            other.stop()
+        assert waiting.wait() == 0, waiting.stderr
+    engine.dispose()
+    assert json.loads(waiting.stdout)["counts"]["sent"] == 3
+
+    proc = cli("run", "--wait", "0", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 0
+
+
+MARKUP_IDS = ("[/]", "[bold]x", "[link=x]", "[red]")
+
+
+def test_markup_in_ids_names_and_errors_is_shown_literally(tmp_path: Path, warehouse: Warehouse, gist: Any) -> None:
+    """Ids, names and a destination's error text that look like rich markup never crash a table or line."""
+    warehouse.set_members("VIP", {uid: f"{i}@x.io" for i, uid in enumerate(MARKUP_IDS)})
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    audience = Harness.audience("VIP").replace('name = "VIP"', 'name = "VIP [/]"\nkey = "vip"', 1)
+    (tmp_path / "audience_sync.toml").write_text(
+        f'[state]\nurl = "{state}"\n[source]\nurl = "{warehouse.url}"\n'
+        + Harness(tmp_path, state, warehouse).jsonl_destination()
+        + f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "K"\nendpoint = "{gist.url}"\n'
+        + audience
+    )
+    env = {"K": gist.api_key}
+    # the destination refuses our key with a body that is markup: the run's summary quotes it
+    gist.fail_next(1, 401, {"errors": [{"code": "unauthorized", "message": "bad token [/] [bold]"}]})
+    proc = cli("run", "--config", "audience_sync.toml", cwd=tmp_path, env=env)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "refused our credentials (HTTP 401: bad token [/] [bold])" in proc.stdout
+
+    for args in (("diff",), ("members", "vip"), ("audiences",), ("runs",), ("diff", "--status", "pending")):
+        proc = cli(*args, "--config", "audience_sync.toml", cwd=tmp_path, env=env)
+        assert "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert proc.returncode == 0, (args, proc.stderr)
+        shown = proc.stdout
+        # a long cell wraps onto continuation lines whose other cells are blank: read it as one line
+        flat = " ".join(re.sub("[│┃]", " ", shown).split())
+        if args == ("diff",) or args[0] == "members":
+            assert all(f" {uid} " in shown for uid in MARKUP_IDS), (args, shown)
+        if args[0] == "audiences":
+            assert "VIP [/]" in shown
+        if args[0] == "runs" or "pending" in args:
+            assert "(HTTP 401: bad token [/] [bold])" in flat, (args, shown)

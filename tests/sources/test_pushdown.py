@@ -1,0 +1,349 @@
+"""Pushdown (queries run inside the state database) stages exactly what streaming the same queries does."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from audience_sync.config import parse_config
+from audience_sync.errors import ConfigError, SourceError
+from audience_sync.run.sync import run_sync
+from audience_sync.sources import pushdown
+from tests.harness import PG_URL
+
+# (user_id, email, value): blanks of every kind, repeats (email only on a later row), odd values
+SQLITE_ROWS: list[tuple[Any, Any, Any]] = [
+    ("u1", "a@x.io", 1),
+    ("u2", "  b@x.io ", 1.0),
+    ("u3", None, 0.1),
+    ("u3", "c@x.io", 0.1),
+    (7, "seven@x.io", 'text with "quotes" and \n\t\x01 é 😀'),
+    (8.0, None, 0),
+    (9.5, None, -3),
+    (None, "nobody@x.io", 1),
+    ("", None, 1),
+    ("\t\u00a0\u2003", None, 1),
+    ("u4", "   ", None),
+    ("u5", "e@x.io", 12345678901234567),
+    ("u6", None, 1e16),
+    ("u7", None, 1e15),
+    ("u8", None, "[1, 2]"),
+    ("u9", None, True),
+    ("u10", "", ""),
+    # padding only at one end, of every kind, and text that starts or ends outside printable ASCII
+    (" u11", "f@x.io\u00a0", 1),
+    ("u12\u3000", "\x1cg@x.io", 1),
+    ("é13", "h i@x.io ", 1),
+    ("u14~", "~@é", 1),
+    ("u15\x85", "\u2028", 1),
+]
+
+
+def _rows(engine_url: str, sql: str) -> list[tuple[Any, ...]]:
+    engine = create_engine(engine_url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
+
+
+def _state(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    return {
+        "snapshot": _rows(
+            url,
+            "SELECT destination, computation_key, user_id, value, email, run_id FROM snapshot "
+            "ORDER BY destination, computation_key, user_id",
+        ),
+        "diffs": _rows(
+            url,
+            "SELECT run_id, destination, computation_key, user_id, email, change, old_value, new_value, "
+            "base_run_id, message_id, status FROM diffs ORDER BY run_id, computation_key, user_id, change",
+        ),
+    }
+
+
+def _config(url: str, tmp: Path, body: str, push: bool) -> Any:
+    return parse_config(
+        f'[state]\nurl = "{url}"\n[source]\npushdown = {str(push).lower()}\n'
+        f'[[destinations]]\nname = "file"\ntype = "jsonl"\npath = "{tmp / "out.jsonl"}"\n' + body,
+        path=str(tmp / "c.toml"),
+        environ={},
+    )
+
+
+def _lines(tmp: Path) -> list[str]:
+    import json
+
+    out = []
+    for line in (tmp / "out.jsonl").read_text(encoding="utf-8").split("\n")[:-1]:  # lines end at \n only
+        call = json.loads(line)
+        call.pop("timestamp")
+        out.append(json.dumps(call, sort_keys=True))
+    return out
+
+
+BODY = """
+[[audiences]]
+name = "Members"
+sql = "SELECT user_id, email FROM src;"
+[[computed_traits]]
+name = "Score"
+sql = "SELECT user_id AS USER_ID, email, value FROM src WHERE value IS NOT NULL OR email LIKE ' %'"
+"""
+
+
+def _streamed(caplog: pytest.LogCaptureFixture) -> set[str]:
+    """Computations that fell back to streaming although pushdown was on."""
+    return {
+        r.getMessage().split(":")[0]
+        for r in caplog.records
+        if r.name == "audience_sync.run.sync" and "stream" in r.getMessage()
+    }
+
+
+def _same_install(url: str) -> None:
+    """Give the state database the install id every state of these comparisons has, so message ids compare too."""
+    from audience_sync.store.migrate import upgrade
+
+    engine = create_engine(url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE install SET install_id = 'pushdown-or-streaming'"))
+    engine.dispose()
+
+
+def _compare(make_url_for: Any, tmp_path: Path, load: Any, change: Any) -> None:
+    """Run the same two syncs with pushdown and with streaming; everything they store and send must agree."""
+    results = {}
+    for push in (True, False):
+        tmp = tmp_path / str(push)
+        tmp.mkdir()
+        url = make_url_for(tmp)
+        load(url)
+        _same_install(url)
+        config = _config(url, tmp, BODY, push)
+        first = run_sync(config)
+        change(url)
+        second = run_sync(config)
+        assert first.status == second.status == "succeeded", (first.error, second.error)
+        results[push] = (
+            _state(url),
+            _lines(tmp),
+            first.counts["sources"],
+            second.counts["sources"],
+        )
+    assert results[True] == results[False]
+    assert results[True][0]["snapshot"]  # the comparison compared something
+
+
+def _sqlite_load(rows: list[tuple[Any, Any, Any]]) -> Any:
+    def load(url: str) -> None:
+        with sqlite3.connect(make_url(url).database or "") as db:
+            db.execute("CREATE TABLE src (user_id, email, value)")
+            db.executemany("INSERT INTO src VALUES (?, ?, ?)", rows)
+
+    return load
+
+
+def _sqlite_change(url: str) -> None:
+    with sqlite3.connect(make_url(url).database or "") as db:
+        db.execute("DELETE FROM src WHERE user_id IN ('u1', 'u5')")
+        db.execute("UPDATE src SET value = 2.5 WHERE user_id = 'u2'")
+        db.execute("INSERT INTO src VALUES ('u11', 'new@x.io', 'hello')")
+
+
+def test_sqlite_pushdown_matches_streaming(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", "audience_sync.run.sync")
+    _compare(lambda tmp: f"sqlite:///{tmp / 'one.db'}", tmp_path, _sqlite_load(SQLITE_ROWS), _sqlite_change)
+    assert not _streamed(caplog)
+
+
+def test_sqlite_pushdown_is_used_and_counts(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    _sqlite_load(SQLITE_ROWS)(url)
+    config = _config(url, tmp_path, BODY, True)
+    result = run_sync(config)
+    members = result.counts["sources"]["members"]
+    assert members == {"rows": 22, "members": 18, "null_user_ids": 3, "null_values": 0, "skipped": 0}
+    assert result.counts["sources"]["score"]["null_values"] == 1
+
+
+@pytest.mark.parametrize("push", [True, False])
+def test_sqlite_trait_conflict_is_the_same_error(tmp_path: Path, push: bool) -> None:
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    _sqlite_load([("u1", None, 1), ("u2", None, 5), ("u1", None, 2), ("u1", None, 3)])(url)
+    config = _config(url, tmp_path, BODY, push)
+    with pytest.raises(SourceError) as info:
+        run_sync(config)
+    assert "trait 'Score' (score): user 'u1' has two different values (1 and 3)" in str(info.value)
+
+
+@pytest.mark.parametrize("push", [True, False])
+def test_sqlite_unusable_value_is_the_same_error(tmp_path: Path, push: bool) -> None:
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    _sqlite_load([("u1", None, 1), ("u2", None, b"\x00blob")])(url)
+    with pytest.raises(SourceError, match="user 'u2' has a value of unusable type: unsupported value type bytes"):
+        run_sync(_config(url, tmp_path, BODY, push))
+
+
+@pytest.fixture
+def pg_schema_url(pg_server: str) -> Iterator[Any]:
+    """A factory of URLs on fresh PostgreSQL schemas, all dropped afterwards."""
+    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    made: list[str] = []
+
+    def make(_tmp: Path) -> str:
+        schema = f"as_test_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        made.append(schema)
+        return make_url(pg_server).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
+
+    try:
+        yield make
+    finally:
+        with admin.connect() as conn:
+            for schema in made:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _pg_exec(url: str, *statements: str) -> None:
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for s in statements:
+                conn.exec_driver_sql(s.replace("%", "%%"))
+    finally:
+        engine.dispose()
+
+
+PG_ROWS = (
+    "INSERT INTO src VALUES ('u1', 'a@x.io', '1'), ('  b ', ' b@x.io  ', 'x\"y\n\u00e9'), ('u3', NULL, '7'), "
+    "('u3', 'c@x.io', '7'), (NULL, 'n@x.io', '1'), ('', NULL, '1'), (E'\\t', NULL, '1'), ('u4', '  ', NULL), "
+    "('u5', 'e@x.io', '100%')"
+)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("value_type", ["text", "bigint", "boolean", "double precision", "numeric"])
+def test_postgres_pushdown_matches_streaming(
+    pg_schema_url: Any, tmp_path: Path, value_type: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", "audience_sync.run.sync")
+    cast = {
+        "text": "value",
+        "bigint": "length(value)",
+        "boolean": "length(value) > 1",
+        "double precision": "length(value) / 4.0",
+        "numeric": "length(value) / 4.0",
+    }[value_type]
+
+    def load(url: str) -> None:
+        _pg_exec(
+            url,
+            "CREATE TABLE raw (user_id text, email text, value text)",
+            PG_ROWS.replace("INSERT INTO src", "INSERT INTO raw"),
+            f"CREATE VIEW src AS SELECT user_id, email, ({cast})::{value_type} AS value FROM raw",
+        )
+
+    def change(url: str) -> None:
+        _pg_exec(
+            url,
+            "DELETE FROM raw WHERE user_id = 'u1'",
+            "UPDATE raw SET value = 'changed' WHERE user_id = 'u5'",
+            "INSERT INTO raw VALUES ('u11', 'new@x.io', 'hello')",
+        )
+
+    _compare(pg_schema_url, tmp_path, load, change)
+    # types SQL cannot render exactly as Python does are streamed, the rest pushed down
+    assert _streamed(caplog) == ({"score"} if value_type in ("double precision", "numeric") else set())
+
+
+@pytest.mark.postgres
+def test_postgres_repeated_users_and_conflict(pg_schema_url: Any, tmp_path: Path) -> None:
+    url = pg_schema_url(tmp_path)
+    _pg_exec(
+        url,
+        "CREATE TABLE src (user_id bigint, email text, value bigint)",
+        "INSERT INTO src VALUES (1, NULL, 5), (2, 'two@x.io', 6), (1, 'one@x.io', 5), (1, 'late@x.io', 5)",
+    )
+    result = run_sync(_config(url, tmp_path, BODY, True))
+    assert result.status == "succeeded"
+    assert _rows(url, "SELECT user_id, email, value FROM snapshot WHERE computation_key = 'score' ORDER BY 1") == [
+        ("1", "one@x.io", "5"),
+        ("2", "two@x.io", "6"),
+    ]
+    _pg_exec(url, "INSERT INTO src VALUES (2, NULL, 7), (2, NULL, 8)")
+    with pytest.raises(SourceError, match=r"user '2' has two different values \(6 and 8\)"):
+        run_sync(_config(url, tmp_path, BODY, True))
+
+
+def test_whitespace_is_what_python_strips() -> None:
+    assert "".join(c for c in map(chr, range(0x110000)) if c.isspace()) == pushdown.WHITESPACE
+
+
+def test_same_database() -> None:
+    assert pushdown.same_database("sqlite:///a.db", f"sqlite:///{Path('a.db').resolve()}")
+    assert not pushdown.same_database("sqlite:///a.db", "sqlite:///b.db")
+    assert not pushdown.same_database("sqlite://", "sqlite://")
+    pg = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    assert pushdown.same_database(pg, "postgresql://postgres@127.0.0.1/test")
+    assert not pushdown.same_database(pg, pg + "?options=-csearch_path%3Dother")
+    assert not pushdown.same_database(pg, "postgresql://postgres@127.0.0.1:5432/other")
+
+
+def test_pushdown_true_needs_the_same_database(tmp_path: Path) -> None:
+    config = parse_config(
+        f'[state]\nurl = "sqlite:///{tmp_path / "s.db"}"\n[source]\nurl = "sqlite:///{tmp_path / "w.db"}"\n'
+        f'pushdown = true\n[[destinations]]\nname = "f"\ntype = "jsonl"\n[[audiences]]\nname = "A"\nsql = "SELECT 1"\n',
+        environ={},
+    )
+    with pytest.raises(ConfigError, match="pushdown = true needs the source to be the state database"):
+        run_sync(config)
+
+
+assert PG_URL  # the PostgreSQL tests use the server the suite is configured for
+
+
+@pytest.mark.postgres
+def test_copy_loading_stages_what_upserts_stage(pg_url: str) -> None:
+    """COPY through a temporary table (PostgreSQL) keeps first value, first email and the last other value."""
+    from audience_sync.store import loading, staging
+    from audience_sync.store.engine import create_state_engine
+    from audience_sync.store.migrate import upgrade
+
+    chunks = [
+        [("u1", None, "1"), ("u2", "b@x.io", "2"), ("u1", "first@x.io", "1")],
+        [("u1", "second@x.io", "3"), ("u3", None, "4"), ("u1", None, "5"), ("u1", None, "1")],
+        [("u4", "d@x.io", '"x"')],
+    ]
+    engine = create_state_engine(pg_url)
+    upgrade(engine)
+    try:
+        with engine.begin() as conn:
+            loading.copy_rows(conn, 1, "k", chunks)
+            for chunk in chunks:
+                staging.insert_rows(conn, 2, "k", chunk)
+        with engine.connect() as conn:
+            staged = {
+                run: conn.execute(
+                    text(
+                        "SELECT user_id, email, value, conflict_value FROM staging WHERE run_id = :r ORDER BY user_id"
+                    ),
+                    {"r": run},
+                ).all()
+                for run in (1, 2)
+            }
+    finally:
+        engine.dispose()
+    assert staged[1] == staged[2]
+    assert staged[1][0] == ("u1", "first@x.io", "1", "5")
