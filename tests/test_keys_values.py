@@ -64,8 +64,16 @@ def test_falsy_values_are_values_and_distinct() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [math.inf, -math.inf, math.nan, decimal.Decimal("Infinity"), decimal.Decimal("-Infinity"), decimal.Decimal("NaN"),
-     [1, math.inf], {"a": math.nan}],
+    [
+        math.inf,
+        -math.inf,
+        math.nan,
+        decimal.Decimal("Infinity"),
+        decimal.Decimal("-Infinity"),
+        decimal.Decimal("NaN"),
+        [1, math.inf],
+        {"a": math.nan},
+    ],
 )
 def test_nan_and_infinities_have_no_json_form(value: object) -> None:
     """Not "no value" (NaN used to become NULL, sending an exit) and not a crash (numeric Infinity overflowed)."""

@@ -295,8 +295,10 @@ class HttpSender:
             "limits": httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         }
         # the real transport bounds each attempt by ``timeout`` as a whole; a test's transport is taken as given
-        self.client = deadline_client(proxy_for=base, **options) if transport is None else httpx.Client(
-            transport=transport, **options
+        self.client = (
+            deadline_client(proxy_for=base, **options)
+            if transport is None
+            else httpx.Client(transport=transport, **options)
         )
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"send-{destination}")
 

@@ -202,23 +202,27 @@ def _write_skips(conn: Connection, target: _Target, keys: Sequence[str], users: 
     where = [k.c.run_id == target.run_id, k.c.computation_key.in_(list(keys))]
     if users is not None:
         where.append(k.c.user_id.in_(list(users)))
-    sel = select(
-        literal(target.run_id, BigInteger),
-        literal(target.destination, String),
-        k.c.computation_key,
-        literal(target.computation_class, String),
-        k.c.shown_user_id,
-        func.coalesce(k.c.email, p.c.email),
-        case((holds, literal("changed", String)), else_=literal("entered", String)),
-        p.c.value,
-        literal(TRUE, String) if audience else literal(None, String),
-        p.c.run_id,
-        literal(None, String),  # never sent: no message id
-        literal("skipped", String),
-        literal(0, Integer),
-        literal(utcnow(), UTCDateTime),
-        k.c.reason,
-    ).select_from(source).where(*where)
+    sel = (
+        select(
+            literal(target.run_id, BigInteger),
+            literal(target.destination, String),
+            k.c.computation_key,
+            literal(target.computation_class, String),
+            k.c.shown_user_id,
+            func.coalesce(k.c.email, p.c.email),
+            case((holds, literal("changed", String)), else_=literal("entered", String)),
+            p.c.value,
+            literal(TRUE, String) if audience else literal(None, String),
+            p.c.run_id,
+            literal(None, String),  # never sent: no message id
+            literal("skipped", String),
+            literal(0, Integer),
+            literal(utcnow(), UTCDateTime),
+            k.c.reason,
+        )
+        .select_from(source)
+        .where(*where)
+    )
     insert = diffs.insert().from_select([*_COLUMNS, "error"], sel).execution_options(preserve_rowcount=True)
     return conn.execute(insert).rowcount
 

@@ -40,9 +40,7 @@ def upgrade() -> None:
     op.add_column("run_locks", sa.Column("pid_ns", sa.String(length=64), nullable=True))
     op.execute("INSERT INTO run_lock_tokens (name, token) SELECT name, 0 FROM run_locks")
     op.add_column("delivery_in_flight", sa.Column("token", sa.BigInteger(), nullable=True))
-    op.add_column(
-        "delivery_in_flight", sa.Column("late", sa.Boolean(), server_default=sa.false(), nullable=False)
-    )
+    op.add_column("delivery_in_flight", sa.Column("late", sa.Boolean(), server_default=sa.false(), nullable=False))
 
 
 def downgrade() -> None:
