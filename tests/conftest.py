@@ -7,6 +7,7 @@ from tests.harness import (  # noqa: F401  (pytest finds fixtures and hooks by n
     pg_url,
     pytest_collection_modifyitems,
     receiver,
+    restore_logging,
     state_url,
     warehouse,
 )

@@ -4,6 +4,7 @@ from, a fake Gist server on loopback, and a harness that writes configs and runs
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import tempfile
@@ -41,6 +42,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the tests marked ``slow`` first (in their usual order): a worker that is done steals from the other
     (``--dist worksteal``), so the run ends on short tests instead of one long test running alone."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Put our loggers back as they were after each test: a command run in-process configures them (its own handler,
+    no propagation), which would hide the next test's records from ``caplog`` in the same worker."""
+    saved = {
+        name: (logger.handlers[:], logger.level, logger.propagate)
+        for name in ("audience_sync", "apscheduler")
+        for logger in [logging.getLogger(name)]
+    }
+    yield
+    for name, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 @pytest.fixture(scope="session")

@@ -50,12 +50,13 @@ def gist_config(
     state_url: str, warehouse: Warehouse, gist: FakeGist, *, lease: str | None = None, more: str = ""
 ) -> str:
     """A config: the Plan trait to a fake Gist (one request at a time) and the ``more`` destinations, with
-    ``lease`` as the run lock's lease."""
+    ``lease`` as the run lock's lease. Its timeout is long: a request a trap holds must not time out (and be retried
+    past the trap) while the test starts the next process, which takes seconds on a loaded machine."""
     lease_line = f'lock_lease = "{lease}"\n' if lease else ""
     return (
         f'[state]\nurl = "{state_url}"\n{lease_line}[source]\nurl = "{warehouse.url}"\n'
         f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "GIST_API_KEY"\nendpoint = "{gist.url}"\n'
-        f"concurrency = 1\nmax_retries = 3\n" + more + Harness.trait("Plan")
+        f"concurrency = 1\nmax_retries = 3\ntimeout = 600\n" + more + Harness.trait("Plan")
     )
 
 

@@ -105,7 +105,7 @@ def _streamed(caplog: pytest.LogCaptureFixture) -> set[str]:
     return {
         r.getMessage().split(":")[0]
         for r in caplog.records
-        if r.name == "audience_sync.run.sync" and "stream" in r.getMessage()
+        if r.name == "audience_sync.run.stage" and "stream" in r.getMessage()
     }
 
 
@@ -161,7 +161,7 @@ def _sqlite_change(url: str) -> None:
 
 
 def test_sqlite_pushdown_matches_streaming(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("INFO", "audience_sync.run.sync")
+    caplog.set_level("INFO", "audience_sync.run.stage")
     _compare(lambda tmp: f"sqlite:///{tmp / 'one.db'}", tmp_path, _sqlite_load(SQLITE_ROWS), _sqlite_change)
     assert not _streamed(caplog)
 
@@ -238,7 +238,7 @@ PG_ROWS = (
 def test_postgres_pushdown_matches_streaming(
     pg_schema_url: Any, tmp_path: Path, value_type: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level("INFO", "audience_sync.run.sync")
+    caplog.set_level("INFO", "audience_sync.run.stage")
     cast = {
         "text": "value",
         "bigint": "length(value)",

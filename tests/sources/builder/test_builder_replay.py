@@ -99,7 +99,7 @@ def expected_changes(config: Config, ref: Reference, before: dict[str, Any]) -> 
 def test_monthly_as_of_runs_send_exactly_what_changed(
     state_url: str, tmp_path: Path, push: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="audience_sync.run.sync")
+    caplog.set_level(logging.INFO, logger="audience_sync.run.stage")
     profiles, events = year_of_events()
     if state_url.startswith("sqlite"):
         load_sqlite(state_url.removeprefix("sqlite:///"), "json", profiles, events)
