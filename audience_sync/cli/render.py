@@ -120,7 +120,9 @@ def print_run_summary(console: Console, result: dict[str, Any]) -> None:
     error (which may quote a destination's answer) are shown literally."""
     counts = result["counts"]
     table = Table(title=Text(f"run {result['run_id']} ({result['mode']}): {result['status']}"), header_style="bold")
-    keys = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending")
+    keys: tuple[str, ...] = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending")
+    if result["mode"] == "dry_run":  # what the run would send
+        keys = (*keys, "planned")
     table.add_column("destination")
     for key in keys:
         table.add_column(key, justify="right")

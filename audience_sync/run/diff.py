@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from ..config import Config
 from ..store import registry
 from ..store.dialect import analyze
-from ..store.diff import note_missing, skip_unreachable, supersede_pending, write_changes
+from ..store.diff import mark_planned, note_missing, skip_unreachable, supersede_pending, write_changes
 from .deliver import Fence
 from .guard import Hold, find_mass_exits, hold
 from .plan import RunPlan
@@ -48,7 +48,9 @@ def diff(
                 holds += find_mass_exits(conn, run_id, name, targeted, staged, min_size=config.guard.min_size)
         for held in holds:
             hold(conn, run_id, held.comp.key, held.message())
-        if not dry_run:
+        if dry_run:
+            mark_planned(conn, run_id)
+        else:
             registry.register(conn, comps)
         analyze(conn, "diffs")
     return holds

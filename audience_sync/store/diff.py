@@ -347,6 +347,14 @@ def skip_unreachable(conn: Connection, run_id: int, dest: str, required: Sequenc
     return result.rowcount
 
 
+def mark_planned(conn: Connection, run_id: int) -> int:
+    """A dry run's changes that would be sent: ``pending`` becomes ``planned`` (never sent, never superseded)."""
+    result = conn.execute(
+        update(diffs).where(diffs.c.run_id == run_id, diffs.c.status == "pending").values(status="planned")
+    )
+    return result.rowcount
+
+
 def supersede_pending(conn: Connection, run_id: int, dest: str, keys: Sequence[str]) -> int:
     """Mark earlier runs' still-pending changes of ``dest`` for ``keys`` as ``superseded``.
 

@@ -118,6 +118,6 @@ def pending_groups(conn: Connection, *, destination: str | None = None) -> list[
     out = []
     for row in rows:
         mode, started = of_run.get(row["run_id"], (None, None))
-        if mode != "dry_run":  # a dry run's changes stay pending but are never sent: not the outbox
+        if mode != "dry_run":  # older dry runs left their changes pending (now planned): not the outbox
             out.append({**row, "started_at": started})
     return sorted(out, key=lambda r: (r["run_id"], r["destination"], r["computation_key"]))

@@ -1,7 +1,7 @@
 """Retention: deleting old diff rows and runs, in batches, without touching what a run still needs.
 
-Only rows of finished runs whose status is final (``sent``, ``failed``, ``skipped``, ``superseded``, ``held``)
-are deleted. The snapshot, ``pending`` and ``sending`` rows (the outbox and the crash-recovery record) and
+Only rows of finished runs whose status is final (``sent``, ``failed``, ``skipped``, ``superseded``, ``held``,
+``planned``) are deleted. The snapshot, ``pending`` and ``sending`` rows (the outbox and the crash-recovery record) and
 runs still ``running`` are never touched, so pruning is safe while a run is in progress. The newest run is
 always kept, so run ids (part of message ids) are never handed out again.
 """
@@ -19,7 +19,7 @@ from .schema import DiffRow, SyncRun, table_of, utcnow
 diffs = table_of(DiffRow)
 runs = table_of(SyncRun)
 
-FINAL_STATUSES = ("sent", "failed", "skipped", "superseded", "held")
+FINAL_STATUSES = ("sent", "failed", "skipped", "superseded", "held", "planned")
 
 
 @dataclass(frozen=True)

@@ -261,8 +261,9 @@ CHANGES = ("entered", "exited", "changed")
 #: Values of ``diffs.status``. ``superseded``: still pending (or in flight when its run died) when a later run
 #: recomputed the change; ``held``: kept back by the mass-exit guard, never sent. A change being handed to its
 #: destination stays ``pending``, inside the range of a ``delivery_in_flight`` row (before migration 0005 it was
-#: marked ``sending``; no change is marked so any more).
-STATUSES = ("pending", "sent", "failed", "skipped", "superseded", "held")
+#: marked ``sending``; no change is marked so any more). ``planned``: a dry run's change, what a run would send
+#: (never sent, never superseded).
+STATUSES = ("pending", "sent", "failed", "skipped", "superseded", "held", "planned")
 #: Values of ``sync_runs.mode`` and ``sync_runs.status``.
 MODES = ("incremental", "resync", "dry_run")
 RUN_STATUSES = ("running", "succeeded", "partial", "failed")

@@ -122,10 +122,12 @@ def test_dry_run_stores_the_diff_and_sends_nothing(harness: Harness) -> None:
     assert result.mode == "dry_run" and result.exit_code == 0
     assert harness.new_calls() == []
     _, rows = list_diffs(config, run_id=result.run_id)
+    # planned: what a run would send; pending would mean "not delivered, retried next run"
     assert {(r["user_id"], r["change"], r["status"]) for r in rows} == {
-        ("u1", "entered", "pending"),
-        ("u2", "entered", "pending"),
+        ("u1", "entered", "planned"),
+        ("u2", "entered", "planned"),
     }
+    assert (result.counts["planned"], result.counts["pending"]) == (2, 0)
     engine = create_engine(harness.state_url)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(table_of(SnapshotRow))).scalar_one() == 0
