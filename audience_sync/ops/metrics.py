@@ -74,7 +74,7 @@ def _change_counts(conn: Connection, latest: dict[Pair, Row[Any]]) -> dict[tuple
         row = latest.get((dest, key))
         if row is None or row.id != run_id:
             continue
-        for kind in (change, status):
+        for kind in (status,) if status == "skipped" else (change, status):  # as runs.count_changes counts
             counted[(dest, key, kind)] = counted.get((dest, key, kind), 0) + n
     return counted
 

@@ -41,6 +41,7 @@ from sqlalchemy import (
     and_,
     case,
     cast,
+    delete,
     func,
     literal,
     or_,
@@ -53,7 +54,7 @@ from ..model import SEPARATOR
 from ..values import FALSE, TRUE
 from . import staging
 from .install import install_id
-from .schema import DiffRow, SkippedRow, SnapshotRow, StagingRow, UTCDateTime, status_is, table_of, utcnow
+from .schema import DiffRow, SkippedRow, SnapshotRow, StagingRow, SyncRun, UTCDateTime, status_is, table_of, utcnow
 from .sqlfuncs import sha256_hex
 
 diffs = table_of(DiffRow)
@@ -175,6 +176,7 @@ def write_changes(
 
 
 _skips = table_of(SkippedRow)
+_runs = table_of(SyncRun)
 
 
 def _not_skipped(run_id: int, key: Any, user_id: Any) -> ColumnElement[bool]:
@@ -334,17 +336,51 @@ def note_missing(conn: Connection, run_id: int, dest: str, comp: Computation) ->
 
 
 def skip_unreachable(conn: Connection, run_id: int, dest: str, required: Sequence[str], reason: str) -> int:
-    """Mark this run's pending changes for ``dest`` that lack a required identifier as ``skipped``."""
+    """Mark this run's pending changes for ``dest`` that lack a required identifier as ``skipped``; return how many
+    were skipped and are new.
+
+    A user is recorded skipped once per change of their state: a skipped change whose user's latest earlier row
+    for this destination and key (dry runs aside) is the same skip (same kind, value and reason) is deleted again,
+    so a user without an email makes no row in every run. Each run still evaluates them: once they have the
+    identifier, their changes are pending as anyone's.
+    """
     if "email" not in required:
         return 0
-    result = conn.execute(
+    mine = [diffs.c.run_id == run_id, diffs.c.destination == dest]
+    conn.execute(
         update(diffs)
-        .where(
-            diffs.c.run_id == run_id, diffs.c.destination == dest, diffs.c.status == "pending", diffs.c.email.is_(None)
-        )
+        .where(*mine, diffs.c.status == "pending", diffs.c.email.is_(None))
         .values(status="skipped", error=reason)
     )
-    return result.rowcount
+    e, last = diffs.alias("e"), diffs.alias("last")
+    dry_runs = select(_runs.c.id).where(_runs.c.mode == "dry_run")
+    latest = (
+        select(func.max(e.c.id))
+        .where(
+            e.c.destination == diffs.c.destination,
+            e.c.computation_key == diffs.c.computation_key,
+            e.c.user_id == diffs.c.user_id,
+            e.c.run_id < run_id,
+            e.c.run_id.not_in(dry_runs),
+        )
+        .scalar_subquery()
+    )
+    repeated = (
+        select(literal(1))
+        .where(
+            last.c.id == latest,
+            last.c.status == "skipped",
+            last.c.change == diffs.c.change,
+            last.c.new_value == diffs.c.new_value,
+            last.c.error == diffs.c.error,
+        )
+        .exists()
+    )
+    conn.execute(delete(diffs).where(*mine, diffs.c.status == "skipped", diffs.c.error == reason, repeated))
+    new = conn.execute(
+        select(func.count()).where(*mine, diffs.c.status == "skipped", diffs.c.error == reason)
+    ).scalar_one()
+    return int(new)
 
 
 def mark_planned(conn: Connection, run_id: int) -> int:

@@ -58,7 +58,8 @@ def count_changes(conn: Connection, run_id: int, *, after_id: int | None = None)
     """Counts of a run's diff rows: totals, and the same per destination and per computation.
 
     ``entered``/``exited``/``changed`` count changes by kind; ``sent``/``failed``/``skipped``/``pending`` by
-    what became of them. ``after_id``, :func:`last_change_id` from before the run wrote its changes, lets the
+    what became of them. A ``skipped`` change counts as skipped only, not by its kind: nothing of it reached the
+    destination. ``after_id``, :func:`last_change_id` from before the run wrote its changes, lets the
     count read the run's rows in table order (a range of ids) instead of one index lookup per row.
     """
     mine = [diffs.c.run_id == run_id]
@@ -81,7 +82,8 @@ def count_changes(conn: Connection, run_id: int, *, after_id: int | None = None)
             per_destination.setdefault(destination, dict.fromkeys(COUNT_KEYS, 0)),
             per_computation.setdefault(key, dict.fromkeys(COUNT_KEYS, 0)),
         ):
-            bucket[change] = bucket.get(change, 0) + n
+            if status != "skipped":  # a user the destination cannot take entered nothing there
+                bucket[change] = bucket.get(change, 0) + n
             bucket[status] = bucket.get(status, 0) + n
     return {**totals, "destinations": per_destination, "computations": per_computation}
 

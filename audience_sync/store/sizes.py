@@ -77,7 +77,8 @@ def _changes(conn: Connection, run_id: int, after_id: int | None) -> dict[tuple[
     out: dict[tuple[str, str], _Tally] = {}
     for dest, key, change, status, n, delta in rows:
         tally = out.setdefault((dest, key), _Tally())
-        tally.counts[change] = tally.counts.get(change, 0) + n
+        if status != "skipped":  # as in runs.count_changes: a skipped change counts as skipped only
+            tally.counts[change] = tally.counts.get(change, 0) + n
         if status in tally.counts:
             tally.counts[status] += n
         if status == "sent":

@@ -84,6 +84,7 @@ def _backfill(conn: sa.Connection) -> None:
     moved = f"({_HOLDS.format(v='new_value')}) - ({_HOLDS.format(v='old_value')})"
     tallies: dict[int, dict[tuple[str, str], dict[str, int]]] = defaultdict(dict)
     rows_of_run: dict[int, int] = defaultdict(int)
+    skipped_of_run: dict[int, int] = defaultdict(int)
     for run_id, dest, key, change, status, n, delta in conn.execute(
         sa.text(
             f"SELECT run_id, destination, computation_key, change, status, count(*), sum({moved}) FROM diffs "
@@ -91,7 +92,10 @@ def _backfill(conn: sa.Connection) -> None:
         )
     ):
         tally = tallies[run_id].setdefault((dest, key), {**dict.fromkeys(_TALLIES, 0), "delta": 0})
-        tally[change] = tally.get(change, 0) + int(n)
+        if status != "skipped":  # a skipped change counts as skipped only (as the runs count since issue 13)
+            tally[change] = tally.get(change, 0) + int(n)
+        else:
+            skipped_of_run[run_id] += int(n)
         if status in tally:
             tally[status] += int(n)
         if status == "sent":
@@ -107,9 +111,10 @@ def _backfill(conn: sa.Connection) -> None:
             break  # a deleted run: its acknowledged changes are unknown
         expected_id = run["id"] - 1
         counts = run["counts"] or {}
-        if "entered" in counts and sum(counts.get(k, 0) for k in ("entered", "exited", "changed")) != rows_of_run.get(
-            run["id"], 0
-        ):
+        kinds = sum(counts.get(k, 0) for k in ("entered", "exited", "changed"))
+        rows = rows_of_run.get(run["id"], 0)
+        # a run's counts include its skipped changes by kind, or (since issue 13) leave them out
+        if "entered" in counts and kinds not in (rows, rows - skipped_of_run.get(run["id"], 0)):
             break  # some of its changes were pruned
         of_run = tallies.get(run["id"], {})
         if run["mode"] != "dry_run" and run["status"] != "running":

@@ -61,7 +61,8 @@ def changes_of(engine: Engine, run_id: int) -> dict[tuple[str, str], dict[str, i
     out: dict[tuple[str, str], dict[str, int]] = {}
     for d, k, change, status, n in rows:
         tally = out.setdefault((d, k), {})
-        tally[change] = tally.get(change, 0) + n
+        if status != "skipped":  # a skipped change counts as skipped only
+            tally[change] = tally.get(change, 0) + n
         tally[status] = tally.get(status, 0) + n
     return out
 
