@@ -9,7 +9,7 @@ from typing import Literal
 
 from .values import JsonValue
 
-ChangeKind = Literal["entered", "exited", "changed"]
+ChangeKind = Literal["entered", "exited", "changed", "identifiers"]
 OutcomeStatus = Literal["sent", "failed", "skipped", "pending"]
 
 

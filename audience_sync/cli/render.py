@@ -123,6 +123,8 @@ def print_run_summary(console: Console, result: dict[str, Any]) -> None:
     keys: tuple[str, ...] = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending")
     if result["mode"] == "dry_run":  # what the run would send
         keys = (*keys, "planned")
+    if counts.get("identifiers"):  # emails that changed or appeared, sent again with the current values
+        keys = (*keys, "identifiers")
     table.add_column("destination")
     for key in keys:
         table.add_column(key, justify="right")

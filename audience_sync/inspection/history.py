@@ -35,6 +35,7 @@ class SizePoint:
     skipped: int
     pending: int
     held: int
+    identifiers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The point as ``audiences --history --format json`` prints it (without the key it is listed under)."""
@@ -105,6 +106,7 @@ HISTORY_COLUMNS = (
     "skipped",
     "pending",
     "held",
+    "identifiers",
 )
 
 

@@ -108,7 +108,7 @@ def build_registry(engine: Engine, pairs: Iterable[Pair], attempt: Attempt | Non
     changes = gauge(
         "last_run_changes",
         "Changes of the latest run covering the pair, by kind "
-        "(entered, exited, changed; sent, failed, skipped, pending, held, planned).",
+        "(entered, exited, changed; sent, failed, skipped, pending, held, planned; identifiers).",
         [*pair_labels, "kind"],
     )
     pending = gauge("pending_changes", "Changes waiting in the outbox (pending or in flight).", ["destination"])

@@ -17,8 +17,11 @@ alone: no entry, change or exit, so the destination keeps what it has; instead t
 change per destination, with the reason (``entered`` when the destination holds no value for them, ``changed``
 when it does), so that every run counts and reports them until the source is fixed.
 
-An exit goes to the email the destination last received (kept in the snapshot); other changes use the
-staged email, falling back to the snapshot's. Each row gets its deterministic message id here, computed in
+An ``identifiers`` change re-sends a user's current value when the staged email differs from the one the
+destination last received (kept in the snapshot) or it received none: an email that changes or appears reaches
+every key the destination holds for the user. An exit (a null) goes to the user's latest email: the one staged
+for another key of the run, else the one the destination last received; other changes use the staged email,
+falling back to the snapshot's. Each row gets its deterministic message id here, computed in
 SQL exactly as :func:`audience_sync.model.message_id` computes it, from the state database's install id
 (``store/install.py``) and the change.
 """
@@ -83,6 +86,8 @@ class _Target:
     destination: str
     computation_class: str
     salt: str
+    #: every key of the run for this destination: where to find a user's latest email
+    keys: tuple[str, ...] = ()
 
     def message_id(self, key: Any, user_id: Any, new_value: Any, base_run_id: Any) -> ColumnElement[str]:
         sep = literal(SEPARATOR, String)
@@ -167,7 +172,7 @@ def write_changes(
     install = install_id(conn)
     with_skips = staging.skipped_keys(conn, run_id)
     for (cls, damping), keys in groups.items():
-        target = _Target(run_id, install, dest, cls, f"resync:{run_id}" if resync else "")
+        target = _Target(run_id, install, dest, cls, f"resync:{run_id}" if resync else "", tuple(c.key for c in comps))
         skipped = [k for k in keys if k in with_skips]
         written += _write_group(conn, target, keys, damping, resync=resync, users=users, skipped=skipped)
         if skipped:
@@ -268,14 +273,23 @@ def _write_group(
         "base": p.c.run_id,
         "source": staged,
     }
+    # an exit or a null goes to the user's latest email: staged for another key of this run, else the snapshot's
+    t = table_of(StagingRow).alias("t")
+    staged_email = (
+        select(func.max(t.c.email))
+        .where(t.c.run_id == run_id, t.c.computation_key.in_(list(target.keys or keys)), t.c.user_id == p.c.user_id)
+        .scalar_subquery()
+    )
     left: dict[str, Any] = {
         "key": p.c.computation_key,
         "user_id": p.c.user_id,
-        "email": p.c.email,
+        "email": func.coalesce(staged_email, p.c.email),
         "old": p.c.value,
         "base": p.c.run_id,
         "source": gone,
     }
+    # the destination holds the current value, but with another email (or none): send it again with the new one
+    new_email = [s.c.email.is_not(None), or_(p.c.email.is_(None), p.c.email != s.c.email), ~p.c.in_doubt]
     if computation_class == "audience":
         not_member = [] if resync else [or_(p.c.value.is_(None), p.c.value != TRUE, p.c.in_doubt)]
         out_long_enough: list[ColumnElement[bool]] = []
@@ -291,6 +305,15 @@ def _write_group(
                 where=[*in_snapshot, or_(p.c.value == TRUE, p.c.in_doubt), *out_long_enough],
                 **left,
             ),
+            identifiers=0
+            if resync  # a resync sends every member with their current email already
+            else target.insert(
+                conn,
+                "identifiers",
+                new=literal(TRUE, String),
+                where=[*in_staging, p.c.value == TRUE, *new_email],
+                **current,
+            ),
         )
     differs = [] if resync else [or_(p.c.value != s.c.value, p.c.in_doubt)]
     return Counter(
@@ -304,6 +327,11 @@ def _write_group(
             new=literal(None, String),
             where=[*in_snapshot, or_(p.c.value.is_not(None), p.c.in_doubt)],
             **left,
+        ),
+        identifiers=0
+        if resync
+        else target.insert(
+            conn, "identifiers", new=s.c.value, where=[*in_staging, p.c.value == s.c.value, *new_email], **current
         ),
     )
 

@@ -15,7 +15,7 @@ from .schema import DiffRow, SyncRun, table_of, utcnow
 runs = table_of(SyncRun)
 diffs = table_of(DiffRow)
 
-COUNT_KEYS = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending", "held", "planned")
+COUNT_KEYS = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending", "held", "planned", "identifiers")
 
 
 def open_run(

@@ -257,7 +257,9 @@ def status_is(status: str) -> ColumnElement[bool]:
 
 
 #: Values of ``diffs.change``.
-CHANGES = ("entered", "exited", "changed")
+#: ``identifiers``: the user's email differs from the one the destination last received; their current value is sent
+#: again with it.
+CHANGES = ("entered", "exited", "changed", "identifiers")
 #: Values of ``diffs.status``. ``superseded``: still pending (or in flight when its run died) when a later run
 #: recomputed the change; ``held``: kept back by the mass-exit guard, never sent. A change being handed to its
 #: destination stays ``pending``, inside the range of a ``delivery_in_flight`` row (before migration 0005 it was
@@ -356,6 +358,8 @@ class SizeRow(Base):
     skipped: Mapped[int] = mapped_column(Integer, default=0)
     pending: Mapped[int] = mapped_column(Integer, default=0)
     held: Mapped[int] = mapped_column(Integer, default=0)
+    #: changes of kind ``identifiers`` (migration 0012)
+    identifiers: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     #: when the run closed (kept here so that the history outlives the run's row after ``prune``)
     recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 

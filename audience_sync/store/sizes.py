@@ -36,7 +36,7 @@ snapshot = table_of(SnapshotRow)
 runs = table_of(SyncRun)
 
 #: the change kinds and statuses a size row counts, besides ``size``
-TALLIES = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending", "held")
+TALLIES = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending", "held", "identifiers")
 
 
 @dataclass(frozen=True)

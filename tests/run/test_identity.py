@@ -3,14 +3,22 @@ against the fake Gist and Segment."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from alembic import command
+from sqlalchemy import create_engine, text
 
 from audience_sync.commands import list_diffs, list_runs
 from audience_sync.config import Config
 from audience_sync.ops.attempts import Attempt
 from audience_sync.ops.postrun import after_run
 from audience_sync.run.sync import RunResult
+from audience_sync.store.migrate import alembic_config, upgrade
+from tests.destinations.test_segment import ENV as SEGMENT_ENV
+from tests.destinations.test_segment import segment, segment_destination  # noqa: F401  (the fixture)
 from tests.fakes.gist import FakeGist
+from tests.fakes.segment import FakeSegment
 from tests.harness import Harness
 from tests.ops.test_operations import metric, samples
 
@@ -74,3 +82,85 @@ def test_a_skipped_user_whose_value_changes_is_recorded_again(harness: Harness, 
     # a dry run in between does not count as the user's latest state
     harness.run(config, dry_run=True)
     assert harness.run(config).counts["skipped"] == 0
+
+
+def contact_calls(gist: FakeGist) -> list[dict[str, object]]:
+    calls = [json.loads(r["body"]) for r in gist.requests if r["path"] == "/contacts"]
+    gist.requests.clear()
+    return calls
+
+
+def test_a_changed_email_reaches_gist_in_one_call_and_exits_follow_it(harness: Harness, gist: FakeGist) -> None:
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
+    harness.warehouse.set_trait("Score", {"u1": ("a@x.io", 5), "u2": ("b@x.io", 7)})
+    config = gist_config(harness, gist, harness.audience("VIP") + harness.trait("Score"))
+    harness.run(config)
+    contact_calls(gist)
+
+    # u1's email changes, nothing else: their current values are sent with it, in one call
+    harness.warehouse.set_members("VIP", {"u1": "new@x.io", "u2": "b@x.io"})
+    harness.warehouse.set_trait("Score", {"u1": ("new@x.io", 5), "u2": ("b@x.io", 7)})
+    result = harness.run(config)
+    assert contact_calls(gist) == [
+        {"user_id": "u1", "email": "new@x.io", "custom_properties": {"score": 5, "vip": True}}
+    ]
+    assert (result.counts["identifiers"], result.counts["entered"], result.counts["changed"]) == (2, 0, 0)
+    assert result.counts["destinations"]["gist"]["identifiers"] == 2
+    _, rows = list_diffs(config, run_id=result.run_id)
+    assert sorted((r["user_id"], r["computation_key"], r["change"], r["email"], r["status"]) for r in rows) == [
+        ("u1", "score", "identifiers", "new@x.io", "sent"),
+        ("u1", "vip", "identifiers", "new@x.io", "sent"),
+    ]
+    assert harness.run(config).counts["identifiers"] == 0  # acknowledged: the snapshot holds the new email
+
+    # u1 leaves VIP as their email changes again: the exit goes to the latest email, with the trait, in one call
+    harness.warehouse.set_members("VIP", {"u2": "b@x.io"})
+    harness.warehouse.set_trait("Score", {"u1": ("last@x.io", 5), "u2": ("b@x.io", 7)})
+    result = harness.run(config)
+    assert contact_calls(gist) == [
+        {"user_id": "u1", "email": "last@x.io", "custom_properties": {"score": 5, "vip": False}}
+    ]
+    assert (result.counts["exited"], result.counts["identifiers"]) == (1, 1)
+
+    # u1 leaves every source: the trait's null goes to the email Gist last received
+    harness.warehouse.set_trait("Score", {"u2": ("b@x.io", 7)})
+    harness.run(config)
+    assert contact_calls(gist) == [{"user_id": "u1", "email": "last@x.io", "custom_properties": {"score": None}}]
+
+
+def test_an_email_that_appears_is_identified_at_segment(harness: Harness, segment: FakeSegment) -> None:  # noqa: F811
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": None})
+    config = harness.config(segment_destination(segment) + harness.audience("VIP"), environ=SEGMENT_ENV)
+    harness.run(config)
+    assert segment.profiles["u2"] == {"vip": True}
+    harness.run(config)
+    assert len(segment.messages) == 2  # an unchanged user without an email is not sent again
+
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
+    result = harness.run(config)
+    assert segment.profiles["u2"] == {"vip": True, "email": "b@x.io"}
+    assert (result.counts["identifiers"], result.counts["entered"], result.counts["sent"]) == (1, 0, 1)
+    # an email that disappears from the source is no change: the destination keeps the one it has
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": None})
+    assert harness.run(config).counts["identifiers"] == 0
+    assert len(segment.messages) == 3
+
+
+def test_migration_0012_counts_the_identifiers_changes_of_existing_size_rows(harness: Harness) -> None:
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": None})
+    config = harness.config(harness.jsonl_destination() + harness.audience("VIP"))
+    harness.run(config)
+    harness.warehouse.set_members("VIP", {"u1": "b@x.io", "u2": "c@x.io"})
+    changed = harness.run(config)
+    engine = create_engine(harness.state_url)
+    query = text("SELECT run_id, identifiers FROM size_history ORDER BY run_id")
+    with engine.connect() as conn:
+        live = conn.execute(query).all()
+    assert [tuple(r) for r in live] == [(changed.run_id - 1, 0), (changed.run_id, 2)]
+    command.downgrade(alembic_config(engine), "0011")  # a database from before 0012, with its size rows
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM size_history")).scalar_one() == 2
+    upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(query).all() == live
+    engine.dispose()
