@@ -138,13 +138,18 @@ def resync(
     metrics_file: Path | None,
     as_of: dt.datetime | None,
 ) -> None:
-    """Full resync: every current member gets its current value again; users who left get false/null."""
+    """Full resync: every current member gets its current value again; users who left get false/null.
+
+    With --user, every key the destination holds for those users is sent again, false and null included; an
+    unknown user id (in no audience or trait, never sent) stops the run before anything is sent (exit 2)."""
     config = load_config(config_path)
     if not yes and not dry_run:
-        if not sys.stdin.isatty():
-            raise click.UsageError("resync re-sends every current member's value: pass --yes to confirm")
         scope = ", ".join(audiences) or "every audience and trait"
-        click.confirm(f"Re-send {scope} to {', '.join(destinations) or 'every destination'}?", abort=True)
+        who = f" of user(s) {', '.join(users)}" if users else " of every current member"
+        what = f"{scope}{who} to {', '.join(destinations) or 'every destination'}"
+        if not sys.stdin.isatty():
+            raise click.UsageError(f"resync re-sends {what}: pass --yes to confirm")
+        click.confirm(f"Re-send {what}?", abort=True)
     _run(
         config,
         as_json,

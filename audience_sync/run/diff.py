@@ -7,9 +7,10 @@ from collections.abc import Mapping
 from sqlalchemy import Engine
 
 from ..config import Config
+from ..errors import ConfigError
 from ..store import registry
 from ..store.dialect import analyze
-from ..store.diff import mark_planned, note_missing, skip_unreachable, supersede_pending, write_changes
+from ..store.diff import mark_planned, note_missing, skip_unreachable, supersede_pending, unknown_users, write_changes
 from .deliver import Fence
 from .guard import Hold, find_mass_exits, hold
 from .plan import RunPlan
@@ -26,6 +27,13 @@ def diff(
     with engine.begin() as conn:
         fence.confirm(conn, dest_names)
         analyze(conn, "staging")
+        if users is not None:
+            unknown = unknown_users(conn, run_id, dest_names, [c.key for c in comps], users)
+            if unknown:
+                raise ConfigError(
+                    f"unknown user id(s) {', '.join(repr(u) for u in unknown)}: in none of the run's audiences and "
+                    f"traits and never sent to {', '.join(dest_names)}; nothing was sent"
+                )
         for name in dest_names:
             dest = config.destination(name)
             targeted = [c for c in comps if name in c.destinations]

@@ -7,7 +7,8 @@ through Python. Semantics (per destination and computation):
   ``exited`` (``false``) for a snapshot ``true`` that is no longer staged.
 - trait: ``entered`` for a staged value where the snapshot holds none; ``changed`` where it holds another;
   ``exited`` (new value NULL, sent as ``null``) where the snapshot holds a value that is no longer staged.
-- resync: every staged user is written even when unchanged; exits as above.
+- resync: every staged user is written even when unchanged; exits as above. With ``users`` (``resync --user``),
+  every key the snapshot holds for them is written again, ``false`` and NULL included.
 
 A snapshot row ``in_doubt`` (its change was in flight when a run died) counts as different from everything,
 so the current truth is sent again, including an exit when the user is no longer staged.
@@ -290,6 +291,12 @@ def _write_group(
     }
     # the destination holds the current value, but with another email (or none): send it again with the new one
     new_email = [s.c.email.is_not(None), or_(p.c.email.is_(None), p.c.email != s.c.email), ~p.c.in_doubt]
+    if resync and users is not None:  # resync --user: every key the destination holds, false and null included
+        left_long_enough: list[ColumnElement[bool]] = []
+    elif computation_class == "audience":
+        left_long_enough = [or_(p.c.value == TRUE, p.c.in_doubt)]
+    else:
+        left_long_enough = [or_(p.c.value.is_not(None), p.c.in_doubt)]
     if computation_class == "audience":
         not_member = [] if resync else [or_(p.c.value.is_(None), p.c.value != TRUE, p.c.in_doubt)]
         out_long_enough: list[ColumnElement[bool]] = []
@@ -302,7 +309,7 @@ def _write_group(
                 conn,
                 "exited",
                 new=literal(FALSE, String),
-                where=[*in_snapshot, or_(p.c.value == TRUE, p.c.in_doubt), *out_long_enough],
+                where=[*in_snapshot, *left_long_enough, *out_long_enough],
                 **left,
             ),
             identifiers=0
@@ -325,7 +332,7 @@ def _write_group(
             conn,
             "exited",
             new=literal(None, String),
-            where=[*in_snapshot, or_(p.c.value.is_not(None), p.c.in_doubt)],
+            where=[*in_snapshot, *left_long_enough],
             **left,
         ),
         identifiers=0
@@ -334,6 +341,25 @@ def _write_group(
             conn, "identifiers", new=s.c.value, where=[*in_staging, p.c.value == s.c.value, *new_email], **current
         ),
     )
+
+
+def unknown_users(
+    conn: Connection, run_id: int, dests: Sequence[str], keys: Sequence[str], users: Sequence[str]
+) -> list[str]:
+    """The ids of ``users`` neither staged by run ``run_id`` for ``keys`` nor held by the snapshot of ``dests``."""
+    s = table_of(StagingRow)
+    p = table_of(SnapshotRow)
+    wanted = list(dict.fromkeys(users))
+    staged = conn.execute(
+        select(s.c.user_id).where(s.c.run_id == run_id, s.c.computation_key.in_(list(keys)), s.c.user_id.in_(wanted))
+    ).scalars()
+    held = conn.execute(
+        select(p.c.user_id).where(
+            p.c.destination.in_(list(dests)), p.c.computation_key.in_(list(keys)), p.c.user_id.in_(wanted)
+        )
+    ).scalars()
+    known = set(staged) | set(held)
+    return [u for u in wanted if u not in known]
 
 
 def note_missing(conn: Connection, run_id: int, dest: str, comp: Computation) -> None:

@@ -261,3 +261,13 @@ def test_markup_in_ids_names_and_errors_is_shown_literally(tmp_path: Path, wareh
             assert "VIP [/]" in shown
         if args[0] == "runs" or "pending" in args:
             assert "(HTTP 401: bad token [/] [bold])" in flat, (args, shown)
+
+
+def test_resync_names_its_filters_and_reports_unknown_users(project: Path) -> None:
+    run_json(project, "run", "--json")
+    proc = cli(
+        "resync", "--config", "audience_sync.toml", "--user", "u1", "--destination", "file", cwd=project, stdin=""
+    )
+    assert proc.returncode == 2 and "every audience and trait of user(s) u1 to file" in proc.stderr
+    proc = cli("resync", "--config", "audience_sync.toml", "--user", "ghost", "--yes", cwd=project)
+    assert proc.returncode == 2 and "unknown user id(s) 'ghost'" in proc.stderr

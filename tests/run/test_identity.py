@@ -164,3 +164,36 @@ def test_migration_0012_counts_the_identifiers_changes_of_existing_size_rows(har
     with engine.connect() as conn:
         assert conn.execute(query).all() == live
     engine.dispose()
+
+
+def test_resync_of_a_user_sends_every_key_held_false_and_null_included(harness: Harness) -> None:
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
+    harness.warehouse.set_trait("Score", {"u1": ("a@x.io", 3), "u2": ("b@x.io", 4)})
+    config = harness.config(harness.jsonl_destination() + harness.audience("VIP") + harness.trait("Score"))
+    harness.run(config)
+    harness.warehouse.set_members("VIP", {"u2": "b@x.io"})
+    harness.warehouse.set_trait("Score", {"u2": ("b@x.io", 4)})
+    harness.run(config)  # u1 left both: the destination holds false and null for them
+    harness.new_calls()
+
+    result = harness.run(config, mode="resync", users=["u1"])
+    calls = harness.new_calls()
+    assert harness.sent(calls) == {("u1", "vip"): False, ("u1", "score"): None}
+    assert all(c["traits"]["email"] == "a@x.io" for c in calls)
+    assert (result.counts["exited"], result.counts["sent"]) == (2, 2)
+
+
+def test_resync_of_an_unknown_user_is_an_error_and_sends_nothing(harness: Harness) -> None:
+    import pytest
+
+    from audience_sync.errors import ConfigError
+
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
+    config = harness.config(harness.jsonl_destination() + harness.audience("VIP"))
+    harness.run(config)
+    harness.new_calls()
+    with pytest.raises(ConfigError, match=r"unknown user id\(s\) 'nobody'") as caught:
+        harness.run(config, mode="resync", users=["u1", "nobody"])
+    assert caught.value.exit_code == 2
+    assert harness.new_calls() == []
+    assert list_runs(config)[0]["status"] == "failed"
