@@ -6,6 +6,8 @@ error; 3 the run finished but some changes failed delivery and stay pending.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import click
@@ -23,7 +25,9 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="audience-sync", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except click.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # click turns a KeyboardInterrupt into Abort
+            _interrupted()
         stderr.print("aborted")
         sys.exit(1)
     except click.ClickException as exc:
@@ -33,8 +37,17 @@ def main(argv: list[str] | None = None) -> None:
         stderr.print(f"[red]error:[/red] {escape(scrub(str(exc)))}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        stderr.print("interrupted")
-        sys.exit(130)
+        _interrupted()
+
+
+def _interrupted() -> None:
+    """A second Ctrl-C: the run was recorded failed on the way out; exit 130 without waiting for the requests
+    still under way (their threads would hold up the interpreter's exit)."""
+    stderr.print("interrupted")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 __all__ = ["admin_commands", "cli", "inspect_commands", "main", "run_commands"]

@@ -45,8 +45,8 @@ def _progress() -> Progress | RichProgress:
 
 @contextlib.contextmanager
 def _graceful_stop() -> Iterator[threading.Event]:
-    """An event set by the first SIGTERM or SIGINT, so a run finishes its chunk in flight and stops cleanly;
-    a second signal interrupts at once."""
+    """An event set by the first SIGTERM or SIGINT, so a run finishes the requests in flight and stops cleanly;
+    a second signal interrupts at once (the run is still recorded, as failed)."""
     stop = threading.Event()
 
     def handle(signum: int, _frame: object) -> None:

@@ -44,13 +44,20 @@ class Destination(ABC):
     def close(self) -> None:
         """Release connections and files. Safe to call twice."""
 
+    def abort(self) -> None:
+        """Stop at once (a second Ctrl-C): start no request, wait for none under way. Default: :meth:`close`."""
+        self.close()
+
     def __enter__(self) -> Destination:
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        if exc_type is not None and not issubclass(exc_type, Exception):  # KeyboardInterrupt: do not wait
+            self.abort()
+        else:
+            self.close()
 
 
 class MessageDestination(Destination):

@@ -85,3 +85,6 @@ class GistContacts(Destination):
 
     def close(self) -> None:
         self.sender.close()
+
+    def abort(self) -> None:
+        self.sender.abort()

@@ -448,3 +448,10 @@ class HttpSender:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.client.close()
+
+    def abort(self) -> None:
+        """Start no more calls and return without waiting for those under way (their threads end with them)."""
+        self._stopped = TransientDestinationError(
+            f"destination {self.destination!r}: stopped at once", destination=self.destination
+        )
+        self._pool.shutdown(wait=False, cancel_futures=True)

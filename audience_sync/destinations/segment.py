@@ -60,3 +60,6 @@ class SegmentBatch(MessageDestination):
 
     def close(self) -> None:
         self.sender.close()
+
+    def abort(self) -> None:
+        self.sender.abort()

@@ -71,3 +71,6 @@ class Webhook(MessageDestination):
 
     def close(self) -> None:
         self.sender.close()
+
+    def abort(self) -> None:
+        self.sender.abort()

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine
 from ..config import Config
 from ..destinations import build_destination
 from ..destinations.base import Destination, MessageDestination
-from ..errors import CredentialsRejected, DestinationError, LockLost
+from ..errors import CredentialsRejected, DestinationError, LockLost, TransientDestinationError
 from ..model import NOT_ATTEMPTED, Outcome
 from ..store import outbox
 from ..store.engine import delivery_cache
@@ -134,8 +134,9 @@ def deliver_pending(
     in flight; a change is marked ``sent`` (and its snapshot advanced, in the same transaction) only after the
     adapter reported it acknowledged; a destination-wide failure (credentials refused, sink unwritable) stops
     this destination, records what it had acknowledged, and leaves the rest pending with the reason. When
-    ``stop`` is set (a SIGTERM), the chunk in flight is finished and recorded, and the rest stays pending for
-    the next run.
+    ``stop`` is set (a SIGTERM), the requests under way are finished, no other request of the chunk starts
+    (those changes stay pending), the chunk is recorded, and the rest stays pending for the next run. The
+    progress advances by what was acknowledged.
 
     Fencing: ``fence`` is checked before every attempt to send (the adapter calls it) and confirmed first in every
     transaction that notes or records a chunk. When the run lost its lock, LockLost is raised: nothing more is
@@ -145,7 +146,13 @@ def deliver_pending(
     fence = fence or Unfenced()
     name = destination.name
     token = fence.destination_tokens().get(name)
-    destination.before_attempt = fence.check
+
+    def before_attempt() -> None:
+        fence.check()
+        if _stop_requested(stop):  # the requests under way finish; no other starts (its change stays pending)
+            raise TransientDestinationError(STOPPED, destination=name)
+
+    destination.before_attempt = before_attempt
     progress = progress or NoProgress()
     report = DeliveryReport(name)
     task = f"sending to {name}"
@@ -182,7 +189,7 @@ def deliver_pending(
                     fence.confirm(conn, [name])
                     outbox.record(conn, chunk, unacked)
                     report.attempted += chunk.size
-                    progress.advance(task, chunk.size)
+                    progress.advance(task, chunk.size - len(unacked))  # what was acknowledged
                     if following is not None:
                         if _stop_requested(stop):
                             in_flight = None
@@ -280,8 +287,15 @@ def deliver_all(
     When one raises (LockLost), the others finish first: a lost lock fences every destination of the run."""
     if len(dest_names) == 1:
         return {dest_names[0]: deliver_one(engine, config, run_id, dest_names[0], progress, stop, fence)}
-    with ThreadPoolExecutor(max_workers=len(dest_names), thread_name_prefix="deliver") as pool:
+    pool = ThreadPoolExecutor(max_workers=len(dest_names), thread_name_prefix="deliver")
+    try:
         futures = {
             name: pool.submit(deliver_one, engine, config, run_id, name, progress, stop, fence) for name in dest_names
         }
-        return {name: future.result() for name, future in futures.items()}
+        reports = {name: future.result() for name, future in futures.items()}
+    except BaseException as exc:
+        # a second Ctrl-C (KeyboardInterrupt) stops at once: the run is closed without waiting for the deliveries
+        pool.shutdown(wait=isinstance(exc, Exception), cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return reports

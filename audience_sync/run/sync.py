@@ -69,7 +69,7 @@ def run_sync(
     exception escaping after the run's row was opened closes the row as failed with the error first.
     Destination failures do not raise: they are in the result (status ``partial`` or ``failed``).
     A computation that trips the mass-exit guard is held (nothing of it sent) and the run fails, unless
-    ``force``. Setting ``stop`` (from a signal handler) finishes the chunks in flight, leaves the rest pending
+    ``force``. Setting ``stop`` (from a signal handler) finishes the requests in flight, leaves the rest pending
     and ends the run as ``partial``. ``wait`` seconds: how long to wait for another run's lock. ``as_of``: the
     instant builder computations are evaluated at (default: the run's start); events after it never count.
     """

@@ -166,10 +166,10 @@ def test_sigkill_at_many_moments_loses_nothing(harness: Harness, segment: FakeSe
     assert segment.duplicates <= CHUNK * len(delivering)
 
 
-def test_sigterm_finishes_the_chunk_in_flight_and_marks_the_run(harness: Harness, segment: FakeSegment) -> None:
+def test_sigterm_finishes_the_request_in_flight_and_marks_the_run(harness: Harness, segment: FakeSegment) -> None:
     harness.warehouse.set_members("VIP", {f"u{i:03d}": f"{i}@x.io" for i in range(200)})
     config = write_config(harness, segment)
-    gate = segment.hold(1)  # the first chunk is in flight
+    gate = segment.hold(1)  # the second request of the first chunk is in flight
     with start(config) as cli:
         cli.wait_for_gate(gate)
         cli.signal(signal.SIGTERM)
@@ -177,8 +177,8 @@ def test_sigterm_finishes_the_chunk_in_flight_and_marks_the_run(harness: Harness
         gate.release()
         assert cli.wait() == 3, cli.stderr
     summary = json.loads(cli.stdout)
-    # exactly the chunk in flight was finished and recorded; the rest waits for the next run
-    assert summary["status"] == "partial" and summary["counts"]["sent"] == CHUNK
+    # the request before and the one in flight were finished and recorded, not the rest of their chunk
+    assert summary["status"] == "partial" and summary["counts"]["sent"] == 2 * BATCH
     assert "Traceback" not in cli.stderr
     engine = create_engine(harness.state_url)
     with engine.connect() as conn:
@@ -188,7 +188,7 @@ def test_sigterm_finishes_the_chunk_in_flight_and_marks_the_run(harness: Harness
     engine.dispose()
     assert running == 0 and locks == 0
     assert len(pending_errors) == 1 and "asked to stop" in pending_errors.pop()
-    assert len(segment.messages) == CHUNK  # recorded exactly what was delivered
+    assert len(segment.messages) == 2 * BATCH  # recorded exactly what was delivered
 
     cli = start(config)
     assert cli.wait() == 0, cli.stderr
