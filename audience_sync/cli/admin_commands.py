@@ -34,7 +34,8 @@ def prune(config_path: str | None, older_than: str, dry_run: bool, batch_size: i
     stdout.print(
         f"{verb} {result.diffs} diff row{'' if result.diffs == 1 else 's'} and {result.runs} "
         f"run{'' if result.runs == 1 else 's'} that finished before "
-        f"{result.cutoff.isoformat(timespec='seconds')}"
+        f"{result.cutoff.isoformat(timespec='seconds')}, and folded {result.ledger} membership ledger "
+        f"row{'' if result.ledger == 1 else 's'} into the baseline at that instant"
     )
 
 

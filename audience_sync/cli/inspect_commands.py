@@ -1,4 +1,4 @@
-"""Read-only commands: ``diff``, ``runs``, ``audiences``, ``members``, ``report``, ``explain``."""
+"""Read-only commands: ``diff``, ``runs``, ``audiences``, ``members``, ``user``, ``report``, ``explain``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .. import commands
 from ..config import load_config
 from ..store.schema import STATUSES
 from . import render
-from .app import as_of_option, cli, common_options, emit, format_option, stderr, stdout
+from .app import _instant, as_of_option, cli, common_options, emit, format_option, stderr, stdout
 
 
 @cli.command()
@@ -107,18 +107,75 @@ def audiences(
 @common_options
 @click.argument("key")
 @click.option("--destination", default=None, metavar="NAME", help="Only this destination.")
+@click.option(
+    "--at",
+    "at",
+    default=None,
+    callback=_instant,
+    metavar="ISO-TIME",
+    help="Who held KEY at this instant (from the membership ledger; default: now, from the snapshot).",
+)
 @format_option
-def members(config_path: str | None, key: str, destination: str | None, fmt: str) -> None:
-    """Users a destination holds KEY for (audience members, or users with a trait value)."""
+def members(config_path: str | None, key: str, destination: str | None, at: dt.datetime | None, fmt: str) -> None:
+    """Users a destination holds KEY for (audience members, or users with a trait value), now or --at an instant."""
+    from ..inspection import ledger
+
     config = load_config(config_path)
-    rows = commands.members(config, key, destination=destination)
+    rows = ledger.members(config, key, at=at, destination=destination)
+    when = f" at {at.isoformat(timespec='seconds')}" if at else ""
     emit(
         rows,
-        ("destination", "user_id", "email", "value", "updated_at"),
+        ("destination", "user_id", "value", "since") if at else ("destination", "user_id", "email", "value", "since"),
         fmt,
-        title=f"members of {key}",
+        title=f"members of {key}{when}",
         json_columns=("value",),
     )
+
+
+@cli.command()
+@common_options
+@click.argument("user_id")
+@format_option
+def user(config_path: str | None, user_id: str, fmt: str) -> None:
+    """USER_ID's acknowledged value per destination and key now, and every change with its run, time, status
+    (sent, pending, failed, skipped, held, superseded, adopted) and reason."""
+    from ..inspection import ledger
+
+    config = load_config(config_path)
+    story = ledger.user(config, user_id)
+    if fmt == "json":
+        click.echo(render.to_json(story))
+        return
+    if fmt == "csv":
+        emit(story["history"], USER_HISTORY_COLUMNS, fmt, title="", json_columns=("old_value", "new_value"))
+        return
+    emit(
+        story["current"],
+        ("destination", "computation_key", "value", "email", "run_id", "updated_at", "in_doubt"),
+        fmt,
+        title=f"user {user_id}: acknowledged values now",
+        json_columns=("value",),
+    )
+    emit(
+        story["history"],
+        USER_HISTORY_COLUMNS,
+        fmt,
+        title=f"user {user_id}: history",
+        json_columns=("old_value", "new_value"),
+    )
+
+
+USER_HISTORY_COLUMNS = (
+    "destination",
+    "computation_key",
+    "run_id",
+    "time",
+    "change",
+    "old_value",
+    "new_value",
+    "status",
+    "reason",
+)
 
 
 @cli.command("report")
