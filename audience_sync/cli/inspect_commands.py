@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from pathlib import Path
 
 import click
@@ -237,3 +238,46 @@ def explain(config_path: str | None, key: str, as_of: dt.datetime | None, fmt: s
 
     result = explain_key(load_config(config_path), key, as_of)
     click.echo(render.to_json(result) if fmt == "json" else explain_text(result), nl=fmt == "json")
+
+
+@cli.command()
+@common_options
+@click.option("--destination", default=None, metavar="NAME", help="Only this destination (default: every one).")
+@click.option(
+    "--sample", type=click.IntRange(min=1), default=None, metavar="N", help="Read N snapshot users, one by one."
+)
+@click.option("--repair", is_flag=True, help="Mark the users that differ so that the next run sends them the truth.")
+@format_option
+def verify(config_path: str | None, destination: str | None, sample: int | None, repair: bool, fmt: str) -> None:
+    """Read back what a destination holds and list every user and key whose value differs from the snapshot.
+
+    Exit 0 when nothing differs, 1 when something does, 4 when a destination cannot be read back (Segment, webhook,
+    JSONL)."""
+    from ..errors import NotReadable
+    from ..inspection import verify as readback
+
+    config = load_config(config_path)
+    readable, unreadable = readback.readable_destinations(config, destination)
+    for name in unreadable:
+        stderr.print(escape(f"destination {name!r} cannot be read back (only Gist can): not verified"))
+    if not readable:
+        raise NotReadable(
+            f"no destination to verify: {', '.join(map(repr, unreadable))} cannot be read back (only Gist can)",
+            destination=destination or ", ".join(unreadable),
+        )
+    results = [readback.verify(config, name, sample=sample, repair=repair) for name in readable]
+    rows = [d.to_dict() for r in results for d in r.differences]
+    emit(
+        rows,
+        ("destination", "user_id", "computation_key", "expected", "actual", "kind"),
+        fmt,
+        title="differences between the destination and the snapshot",
+        json_columns=("expected", "actual"),
+    )
+    for r in results:
+        note = f"; {r.repaired} marked for the next run" if repair else ""
+        stderr.print(
+            escape(f"{r.destination}: {r.checked_users} users checked, {len(r.differences)} differences{note}")
+        )
+    if rows:
+        sys.exit(1)
