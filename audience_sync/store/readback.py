@@ -5,7 +5,6 @@ holds (adoption), with a ledger row for each adopted value."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from sqlalchemy import Connection, func, select, true
 
@@ -105,5 +104,3 @@ def seed(conn: Connection, destination: str, rows: Iterable[tuple[str, str, str 
             )
             count += 1
     return count
-
-
