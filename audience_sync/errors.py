@@ -16,8 +16,9 @@ Every error the library raises on purpose derives from :class:`AudienceSyncError
     │   │   └── RetryAfterTooLong        exit 3  asked to wait longer than the cap: nothing more sent this run
     │   └── PermanentDestinationError            not worth retrying; the change is failed
     │       └── CredentialsRejected      exit 1  401/403: the destination refused our credentials
-    └── RunFailed                        exit 1  the run stopped; says what is pending and how to look
-        └── RunStopped                   exit 3  SIGTERM/SIGINT before the changes were computed; nothing sent
+    ├── RunFailed                        exit 1  the run stopped; says what is pending and how to look
+    │   └── RunStopped                   exit 3  SIGTERM/SIGINT before the changes were computed; nothing sent
+    └── NotReadable                      exit 4  verify / adopt: the destination cannot be read back
 
 Messages never contain secrets: configuration holds them as ``pydantic.SecretStr`` and nothing formats them.
 """
@@ -163,3 +164,14 @@ class RunStopped(RunFailed):
     the next run starts over."""
 
     exit_code = 3
+
+
+class NotReadable(AudienceSyncError):
+    """``verify`` or ``adopt`` was asked to read back a destination that offers no way to read what it holds
+    (Segment, a webhook, a JSONL file): nothing was compared or changed."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, *, destination: str) -> None:
+        self.destination = destination
+        super().__init__(message)

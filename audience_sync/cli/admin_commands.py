@@ -34,7 +34,8 @@ def prune(config_path: str | None, older_than: str, dry_run: bool, batch_size: i
     stdout.print(
         f"{verb} {result.diffs} diff row{'' if result.diffs == 1 else 's'} and {result.runs} "
         f"run{'' if result.runs == 1 else 's'} that finished before "
-        f"{result.cutoff.isoformat(timespec='seconds')}"
+        f"{result.cutoff.isoformat(timespec='seconds')}, and folded {result.ledger} membership ledger "
+        f"row{'' if result.ledger == 1 else 's'} into the baseline at that instant"
     )
 
 
@@ -70,3 +71,19 @@ def db_copy(config_path: str | None, target_url: str) -> None:
     copied = commands.copy_state_database(config, target_url)
     stdout.print(escape(", ".join(f"{n} {table}" for table, n in copied.items()) + " rows copied"))
     stdout.print(escape("Now set [state] url to the new database; the next run continues from the copied snapshot."))
+
+
+@cli.command()
+@common_options
+@click.option("--destination", required=True, metavar="NAME", help="The destination to adopt (Gist).")
+def adopt(config_path: str | None, destination: str) -> None:
+    """Seed the snapshot from what DESTINATION already holds for the configured keys (moving from Segment Engage),
+    so that the first run sends only the real differences. Exit 4 when it cannot be read back."""
+    from ..inspection import verify as readback
+
+    config = load_config(config_path)
+    result = readback.adopt(config, destination)
+    stdout.print(
+        f"{result.destination}: read {result.contacts:,} contacts, adopted {result.adopted:,} values into the snapshot",
+        highlight=False,
+    )

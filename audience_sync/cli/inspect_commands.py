@@ -1,8 +1,9 @@
-"""Read-only commands: ``diff``, ``runs``, ``audiences``, ``members``, ``report``, ``explain``."""
+"""Read-only commands: ``diff``, ``runs``, ``audiences``, ``members``, ``user``, ``report``, ``explain``."""
 
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from pathlib import Path
 
 import click
@@ -12,7 +13,7 @@ from .. import commands
 from ..config import load_config
 from ..store.schema import STATUSES
 from . import render
-from .app import as_of_option, cli, common_options, emit, format_option, stderr, stdout
+from .app import _instant, as_of_option, cli, common_options, emit, format_option, stderr, stdout
 
 
 @cli.command()
@@ -107,18 +108,75 @@ def audiences(
 @common_options
 @click.argument("key")
 @click.option("--destination", default=None, metavar="NAME", help="Only this destination.")
+@click.option(
+    "--at",
+    "at",
+    default=None,
+    callback=_instant,
+    metavar="ISO-TIME",
+    help="Who held KEY at this instant (from the membership ledger; default: now, from the snapshot).",
+)
 @format_option
-def members(config_path: str | None, key: str, destination: str | None, fmt: str) -> None:
-    """Users a destination holds KEY for (audience members, or users with a trait value)."""
+def members(config_path: str | None, key: str, destination: str | None, at: dt.datetime | None, fmt: str) -> None:
+    """Users a destination holds KEY for (audience members, or users with a trait value), now or --at an instant."""
+    from ..inspection import ledger
+
     config = load_config(config_path)
-    rows = commands.members(config, key, destination=destination)
+    rows = ledger.members(config, key, at=at, destination=destination)
+    when = f" at {at.isoformat(timespec='seconds')}" if at else ""
     emit(
         rows,
-        ("destination", "user_id", "email", "value", "updated_at"),
+        ("destination", "user_id", "value", "since") if at else ("destination", "user_id", "email", "value", "since"),
         fmt,
-        title=f"members of {key}",
+        title=f"members of {key}{when}",
         json_columns=("value",),
     )
+
+
+@cli.command()
+@common_options
+@click.argument("user_id")
+@format_option
+def user(config_path: str | None, user_id: str, fmt: str) -> None:
+    """USER_ID's acknowledged value per destination and key now, and every change with its run, time, status
+    (sent, pending, failed, skipped, held, superseded, adopted) and reason."""
+    from ..inspection import ledger
+
+    config = load_config(config_path)
+    story = ledger.user(config, user_id)
+    if fmt == "json":
+        click.echo(render.to_json(story))
+        return
+    if fmt == "csv":
+        emit(story["history"], USER_HISTORY_COLUMNS, fmt, title="", json_columns=("old_value", "new_value"))
+        return
+    emit(
+        story["current"],
+        ("destination", "computation_key", "value", "email", "run_id", "updated_at", "in_doubt"),
+        fmt,
+        title=f"user {user_id}: acknowledged values now",
+        json_columns=("value",),
+    )
+    emit(
+        story["history"],
+        USER_HISTORY_COLUMNS,
+        fmt,
+        title=f"user {user_id}: history",
+        json_columns=("old_value", "new_value"),
+    )
+
+
+USER_HISTORY_COLUMNS = (
+    "destination",
+    "computation_key",
+    "run_id",
+    "time",
+    "change",
+    "old_value",
+    "new_value",
+    "status",
+    "reason",
+)
 
 
 @cli.command("report")
@@ -180,3 +238,46 @@ def explain(config_path: str | None, key: str, as_of: dt.datetime | None, fmt: s
 
     result = explain_key(load_config(config_path), key, as_of)
     click.echo(render.to_json(result) if fmt == "json" else explain_text(result), nl=fmt == "json")
+
+
+@cli.command()
+@common_options
+@click.option("--destination", default=None, metavar="NAME", help="Only this destination (default: every one).")
+@click.option(
+    "--sample", type=click.IntRange(min=1), default=None, metavar="N", help="Read N snapshot users, one by one."
+)
+@click.option("--repair", is_flag=True, help="Mark the users that differ so that the next run sends them the truth.")
+@format_option
+def verify(config_path: str | None, destination: str | None, sample: int | None, repair: bool, fmt: str) -> None:
+    """Read back what a destination holds and list every user and key whose value differs from the snapshot.
+
+    Exit 0 when nothing differs, 1 when something does, 4 when a destination cannot be read back (Segment, webhook,
+    JSONL)."""
+    from ..errors import NotReadable
+    from ..inspection import verify as readback
+
+    config = load_config(config_path)
+    readable, unreadable = readback.readable_destinations(config, destination)
+    for name in unreadable:
+        stderr.print(escape(f"destination {name!r} cannot be read back (only Gist can): not verified"))
+    if not readable:
+        raise NotReadable(
+            f"no destination to verify: {', '.join(map(repr, unreadable))} cannot be read back (only Gist can)",
+            destination=destination or ", ".join(unreadable),
+        )
+    results = [readback.verify(config, name, sample=sample, repair=repair) for name in readable]
+    rows = [d.to_dict() for r in results for d in r.differences]
+    emit(
+        rows,
+        ("destination", "user_id", "computation_key", "expected", "actual", "kind"),
+        fmt,
+        title="differences between the destination and the snapshot",
+        json_columns=("expected", "actual"),
+    )
+    for r in results:
+        note = f"; {r.repaired} marked for the next run" if repair else ""
+        stderr.print(
+            escape(f"{r.destination}: {r.checked_users} users checked, {len(r.differences)} differences{note}")
+        )
+    if rows:
+        sys.exit(1)

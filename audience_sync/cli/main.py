@@ -1,7 +1,8 @@
 """The ``audience-sync`` command: parse, call one library function, render, map errors to exit codes.
 
 Exit codes: 0 every deliverable change delivered (or nothing to do); 1 the run failed; 2 usage or config
-error; 3 the run finished but some changes failed delivery and stay pending.
+error; 3 the run finished but some changes failed delivery and stay pending; 4 ``verify`` / ``adopt`` cannot read
+the destination back.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""Gist: identify as ``POST /contacts`` (all of a user's changed keys in one call), track as ``POST /events``.
+"""Gist: identify as ``POST /contacts`` (all of a user's changed keys in one call), track as ``POST /events``;
+read back (``verify``, ``adopt``) as ``GET /contacts?user_id=`` and the paged ``GET /contacts``.
 
 Bearer auth. Users without ``user_id`` and ``email`` never reach this module: the diff marks them skipped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import groupby
 from typing import Any
 
@@ -82,6 +83,27 @@ class GistContacts(Destination):
 
     def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:
         return self.sender.settle(self._call, self.calls(changes))
+
+    def read_contact(self, user_id: str) -> dict[str, Any] | None:
+        """What Gist holds for ``user_id`` (``GET /contacts?user_id=``): the contact, or None when it has none."""
+        response = self.sender.get("/contacts", params={"user_id": user_id})
+        if response is None:
+            return None
+        contact = response.json().get("contact")
+        return contact if isinstance(contact, dict) else None
+
+    def read_contacts(self, per_page: int = 50) -> Iterator[dict[str, Any]]:
+        """Every contact Gist holds, a page at a time (``GET /contacts?page=&per_page=``)."""
+        page = 1
+        while True:
+            response = self.sender.get("/contacts", params={"page": page, "per_page": per_page})
+            body = response.json() if response is not None else {}
+            contacts = body.get("contacts") or []
+            yield from (c for c in contacts if isinstance(c, dict))
+            total = (body.get("pages") or {}).get("total_pages")
+            if not contacts or (isinstance(total, int) and page >= total):
+                return
+            page += 1
 
     def close(self) -> None:
         self.sender.close()

@@ -380,6 +380,33 @@ class HttpSender:
                 self.stop(exc)
             raise
 
+    def get(self, path: str, *, params: dict[str, Any] | None = None) -> httpx.Response | None:
+        """GET ``path`` with the same retries, rate limit and 429 / ``Retry-After`` handling as :meth:`post`: the
+        2xx response (read whole), None for a 404 (the thing is not there), or the error its failure maps to."""
+
+        def attempt() -> httpx.Response:
+            try:
+                return self.client.get(path, params=params)
+            except httpx.TimeoutException as exc:
+                raise TransientDestinationError(
+                    f"destination {self.destination!r}: no answer within the {self.timeout:g} s timeout "
+                    f"({type(exc).__name__})",
+                    destination=self.destination,
+                ) from None
+
+        try:
+            return call_with_retries(
+                attempt, destination=self.destination, policy=self.policy, sleep=self._sleep, before_attempt=self._ready
+            )
+        except PermanentDestinationError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+        except DestinationError as exc:
+            if exc.stops_destination:
+                self.stop(exc)
+            raise
+
     def _ready(self) -> None:
         """Before every attempt: refuse it when the destination was stopped, pace it, then the caller's check."""
         if self._stopped is not None:

@@ -91,3 +91,29 @@ def members(conn: Connection, key: str, destinations: Sequence[str]) -> list[dic
         .order_by(snapshot.c.destination, snapshot.c.user_id)
     ).mappings()
     return [{**dict(r), "value": decode(r["value"])} for r in rows]
+
+
+def user_snapshot(conn: Connection, user_id: str) -> list[dict[str, Any]]:
+    """``user_id``'s snapshot rows: per destination and key, the acknowledged value and when."""
+    rows = conn.execute(
+        select(
+            snapshot.c.destination,
+            snapshot.c.computation_key,
+            snapshot.c.value,
+            snapshot.c.email,
+            snapshot.c.run_id,
+            snapshot.c.updated_at,
+            snapshot.c.in_doubt,
+        )
+        .where(snapshot.c.user_id == user_id)
+        .order_by(snapshot.c.destination, snapshot.c.computation_key)
+    ).mappings()
+    return [{**dict(r), "value": decode(r["value"])} for r in rows]
+
+
+def user_diffs(conn: Connection, user_id: str) -> list[dict[str, Any]]:
+    """Every diff row of ``user_id`` still kept (any status), oldest first."""
+    rows = conn.execute(
+        select(diffs.c.id, *(diffs.c[f] for f in DIFF_FIELDS)).where(diffs.c.user_id == user_id).order_by(diffs.c.id)
+    ).mappings()
+    return [dict(r) for r in rows]

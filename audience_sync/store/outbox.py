@@ -37,6 +37,7 @@ from ..destinations.messages import MessageOptions, timestamp
 from ..model import NOT_ATTEMPTED, SENT, Change, Outcome
 from ..redact import scrub
 from ..values import decode
+from . import ledger
 from .dialect import upsert
 from .messages import TIMESTAMP, message_columns
 from .schema import DiffRow, InFlightChunk, SnapshotRow, table_of, utcnow
@@ -376,6 +377,7 @@ def _advance_snapshot(conn: Connection, sent: Sequence[ColumnElement[bool]], now
         diffs.c.run_id,
         bindparam("now", now, type_=snapshot.c.updated_at.type),
     ).where(*sent)
+    ledger.record_sent(conn, sent, now)  # the same rows, in the same transaction
     stmt = stmt.from_select(
         ["destination", "computation_key", "user_id", "value", "email", "run_id", "updated_at"], source
     )

@@ -3,7 +3,9 @@
 Only rows of finished runs whose status is final (``sent``, ``failed``, ``skipped``, ``superseded``, ``held``,
 ``planned``) are deleted. The snapshot, ``pending`` and ``sending`` rows (the outbox and the crash-recovery record) and
 runs still ``running`` are never touched, so pruning is safe while a run is in progress. The newest run is
-always kept, so run ids (part of message ids) are never handed out again.
+always kept, so run ids (part of message ids) are never handed out again. The membership ledger is folded at
+the same cut-off (:func:`audience_sync.store.ledger.fold`): one baseline row per user, so ``members --at`` still
+answers every instant from the cut-off on.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Select, Table, delete, exists, func, select
 
+from . import ledger
 from .schema import DiffRow, SyncRun, table_of, utcnow
 
 diffs = table_of(DiffRow)
@@ -29,6 +32,8 @@ class PruneResult:
     cutoff: dt.datetime
     diffs: int
     runs: int
+    #: membership ledger rows folded into the per-user baseline at the cut-off (``store/ledger.py``)
+    ledger: int = 0
 
 
 def prune(engine: Engine, older_than: dt.timedelta, *, batch_size: int = 10_000, dry_run: bool = False) -> PruneResult:
@@ -53,11 +58,11 @@ def prune(engine: Engine, older_than: dt.timedelta, *, batch_size: int = 10_000,
         with engine.connect() as conn:
             n_diffs = conn.execute(select(func.count()).select_from(prunable.subquery())).scalar_one()
             n_runs = conn.execute(select(func.count()).select_from(would_be_empty.subquery())).scalar_one()
-        return PruneResult(cutoff, int(n_diffs), int(n_runs))
+        return PruneResult(cutoff, int(n_diffs), int(n_runs), ledger.fold(engine, cutoff, dry_run=True))
 
     deleted_diffs = _delete_in_batches(engine, diffs, prunable, batch_size)
     deleted_runs = _delete_in_batches(engine, runs, empty_runs, batch_size)
-    return PruneResult(cutoff, deleted_diffs, deleted_runs)
+    return PruneResult(cutoff, deleted_diffs, deleted_runs, ledger.fold(engine, cutoff))
 
 
 def _delete_in_batches(engine: Engine, table: Table, ids: Select[Any], batch_size: int) -> int:

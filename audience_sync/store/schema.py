@@ -364,3 +364,46 @@ class SizeRow(Base):
     recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_size_history_run", "run_id"),)
+
+
+class LedgerRow(Base):
+    """The membership ledger: every value a destination acknowledged, in order (migration 0012).
+
+    Written in the transaction that records a change ``sent`` (``store/outbox.py``), so it never holds a value the
+    destination did not take; also by ``adopt`` (``source = 'adopted'``) and, for a database upgraded from before
+    the ledger, from the diffs and the snapshot (``'sent'``, ``'baseline'``). A user's value of a key at a
+    destination at instant T is ``new_value`` of the user's latest row acknowledged at or before T (no row: no
+    value). ``prune`` folds old rows into one baseline row per user (``store/ledger.py``) and moves
+    :class:`LedgerHorizon` forward: from there on the ledger answers exactly.
+    """
+
+    __tablename__ = "membership_ledger"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    destination: Mapped[str] = mapped_column(Text)
+    computation_key: Mapped[str] = mapped_column(Text)
+    user_id: Mapped[str] = mapped_column(Text)
+    old_value: Mapped[str | None] = mapped_column(Text, default=None)
+    new_value: Mapped[str | None] = mapped_column(Text, default=None)
+    #: the run that delivered it (NULL: adopted from the destination)
+    run_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    #: the ``diffs`` row it was sent as (NULL: adopted, or a baseline); may outlive that row after ``prune``
+    diff_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    acknowledged_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    #: ``sent``, ``adopted`` (read from the destination by ``adopt``) or ``baseline`` (rebuilt by the upgrade)
+    source: Mapped[str] = mapped_column(Text, default="sent", server_default=text("'sent'"))
+
+    __table_args__ = (
+        Index("ix_ledger_at", "destination", "computation_key", "user_id", "acknowledged_at"),
+        Index("ix_ledger_user", "user_id"),
+    )
+
+
+class LedgerHorizon(Base):
+    """One row (``name = 'ledger'``): the instant from which the ledger answers exactly. Before it, ``prune``
+    folded the history away, or (upgraded databases) it was never kept. No row: complete since the first run."""
+
+    __tablename__ = "ledger_horizon"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    complete_since: Mapped[dt.datetime] = mapped_column(UTCDateTime)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from tests.fakes.loopback import JsonHandler, LoopbackServer
 
@@ -122,6 +123,40 @@ class FakeGist(LoopbackServer):
         fake = self
 
         class Handler(JsonHandler):
+            def do_GET(self) -> None:
+                """``GET /contacts?user_id=U`` (the contact, or 404) and ``GET /contacts?page=P&per_page=N`` (a page
+                of contacts in user id order, with ``pages``); the queued faults apply to reads too."""
+                url = urlsplit(self.path)
+                query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+                with fake.lock:
+                    fake.requests.append({"method": "GET", "path": self.path, "headers": dict(self.headers)})
+                    if self.headers.get("Authorization") != f"Bearer {fake.api_key}":
+                        return self.answer(
+                            401, {"errors": [{"code": "unauthorized", "message": "Invalid access token"}]}
+                        )
+                    if url.path != "/contacts":
+                        return self.answer(404, {"errors": [{"code": "not_found", "message": "Not found"}]})
+                    if fake.faults:
+                        fault = fake.faults.popleft()
+                        return self.answer(
+                            fault.status,
+                            fault.body or {"errors": [{"code": "error", "message": "injected"}]},
+                            fault.headers,
+                        )
+                    if "user_id" in query:
+                        contact = fake.contacts.get(query["user_id"])
+                        if contact is None:
+                            return self.answer(404, {"errors": [{"code": "not_found", "message": "Contact not found"}]})
+                        return self.answer(200, {"contact": contact})
+                    page, per_page = int(query.get("page", "1")), min(int(query.get("per_page", "50")), 60)
+                    ordered = [fake.contacts[u] for u in sorted(fake.contacts)]
+                    total_pages = max(1, -(-len(ordered) // per_page))
+                    body = {
+                        "contacts": ordered[(page - 1) * per_page : page * per_page],
+                        "pages": {"page": page, "per_page": per_page, "total_pages": total_pages},
+                    }
+                    return self.answer(200, body)
+
             def do_POST(self) -> None:
                 raw = self.read_body()
                 with fake.lock:
