@@ -31,7 +31,7 @@ def diff(
     fmt: str,
 ) -> None:
     """The changes of a run: who entered, exited or changed, and what became of each."""
-    config = load_config(config_path)
+    config = load_config(config_path, secrets_for=())
     rid, rows = commands.list_diffs(
         config, run_id=run_id, computation=computation, status=status, destination=destination
     )
@@ -50,7 +50,7 @@ def diff(
 @format_option
 def runs(config_path: str | None, limit: int, fmt: str) -> None:
     """Run history, newest first."""
-    config = load_config(config_path)
+    config = load_config(config_path, secrets_for=())
     rows = commands.list_runs(config, limit=limit)
     if fmt == "json":
         click.echo(render.to_json(rows))
@@ -81,7 +81,7 @@ def audiences(
     """
     from ..inspection import history as sizes
 
-    config = load_config(config_path)
+    config = load_config(config_path, secrets_for=())
     if revive:
         commands.revive(config, revive)
         stderr.print(escape(f"key {revive!r} is active again; the next run continues from its snapshot"))
@@ -110,7 +110,7 @@ def audiences(
 @format_option
 def members(config_path: str | None, key: str, destination: str | None, fmt: str) -> None:
     """Users a destination holds KEY for (audience members, or users with a trait value)."""
-    config = load_config(config_path)
+    config = load_config(config_path, secrets_for=())
     rows = commands.members(config, key, destination=destination)
     emit(
         rows,
@@ -152,7 +152,7 @@ def report_command(
         when = inspect.parse_since(since) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
-    config = load_config(config_path)
+    config = load_config(config_path, secrets_for=())
     data = inspect.build_report(config, destination=destination, since=when, limit=limit, audiences=audiences)
     page = html.render(data)
     try:
@@ -178,5 +178,5 @@ def explain(config_path: str | None, key: str, as_of: dt.datetime | None, fmt: s
     from ..sources.builder.explain import explain as explain_key
     from ..sources.builder.explain import explain_text
 
-    result = explain_key(load_config(config_path), key, as_of)
+    result = explain_key(load_config(config_path, secrets_for=()), key, as_of)
     click.echo(render.to_json(result) if fmt == "json" else explain_text(result), nl=fmt == "json")

@@ -17,7 +17,7 @@ import click
 from rich.markup import escape
 
 from .. import commands
-from ..config import Config, load_config
+from ..config import ALERTS, Config, load_config
 from ..errors import AudienceSyncError
 from ..ops.attempts import attempt_of
 from ..ops.postrun import after_run
@@ -66,6 +66,12 @@ def _graceful_stop() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
+def _config_for(config_path: str | None, destinations: tuple[str, ...]) -> Config:
+    """The config with the secrets of the destinations this run uses (and the alerts webhook's) read and checked;
+    those of the others are not needed."""
+    return load_config(config_path, secrets_for=(*destinations, ALERTS) if destinations else None)
+
+
 def _run(config: Config, as_json: bool, metrics_file: Path | None, **kwargs: Any) -> None:
     scope = attempt_of(config, kwargs.get("destinations"), kwargs.get("audiences"), dry_run=bool(kwargs.get("dry_run")))
     progress = _progress()
@@ -104,7 +110,7 @@ def run(
     as_of: dt.datetime | None,
 ) -> None:
     """One incremental run: send only the users whose membership or value changed."""
-    config = load_config(config_path)
+    config = _config_for(config_path, destinations)
     _run(
         config,
         as_json,
@@ -139,7 +145,7 @@ def resync(
     as_of: dt.datetime | None,
 ) -> None:
     """Full resync: every current member gets its current value again; users who left get false/null."""
-    config = load_config(config_path)
+    config = _config_for(config_path, destinations)
     if not yes and not dry_run:
         if not sys.stdin.isatty():
             raise click.UsageError("resync re-sends every current member's value: pass --yes to confirm")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -288,8 +288,18 @@ def _builder_references(
     ]
 
 
-def parse_config(text: str, *, path: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:
+def parse_config(
+    text: str,
+    *,
+    path: str = "<config>",
+    environ: Mapping[str, str] | None = None,
+    secrets_for: Collection[str] | None = None,
+) -> Config:
     """Validate TOML text into a :class:`Config`; ConfigError listing every problem with its key path.
+
+    ``secrets_for``: None reads and checks every secret; otherwise only those of the destinations it names (and
+    the ``[alerts]`` webhook's when it holds :data:`audience_sync.config.ALERTS`): a command that uses no
+    destination needs no key. The others stay empty.
 
     The config's secrets are remembered (:func:`audience_sync.redact.remember`), so that no text from outside
     shows them from then on."""
@@ -303,7 +313,8 @@ def parse_config(text: str, *, path: str = "<config>", environ: Mapping[str, str
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems), path=path, problems=problems)
     env = os.environ if environ is None else environ
     try:
-        raw = _RawConfig.model_validate(data, context={"environ": env})
+        wanted = None if secrets_for is None else frozenset(secrets_for)
+        raw = _RawConfig.model_validate(data, context={"environ": env, "secrets_for": wanted})
     except ValidationError as exc:
         problems = _format_errors(path, exc, data)
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems), path=path, problems=problems) from None
@@ -312,11 +323,17 @@ def parse_config(text: str, *, path: str = "<config>", environ: Mapping[str, str
     return config
 
 
-def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    secrets_for: Collection[str] | None = None,
+) -> Config:
     """Read and validate the config file at ``path`` (default: :func:`default_config_path`).
 
-    Guarantees: either a fully valid config whose secrets were all found in the environment, or a
-    :class:`ConfigError` (exit code 2) listing every problem with the file and key path.
+    Guarantees: either a fully valid config whose secrets (those ``secrets_for`` names, see
+    :func:`parse_config`; all by default) were all found in the environment, or a :class:`ConfigError` (exit
+    code 2) listing every problem with the file and key path.
     """
     file = str(path) if path is not None else default_config_path(environ)
     try:
@@ -327,4 +344,4 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file}: cannot read config file: {exc}", path=file) from None
-    return parse_config(text, path=file, environ=environ)
+    return parse_config(text, path=file, environ=environ, secrets_for=secrets_for)

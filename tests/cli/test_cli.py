@@ -261,3 +261,22 @@ def test_markup_in_ids_names_and_errors_is_shown_literally(tmp_path: Path, wareh
             assert "VIP [/]" in shown
         if args[0] == "runs" or "pending" in args:
             assert "(HTTP 401: bad token [/] [bold])" in flat, (args, shown)
+
+
+def test_secrets_are_needed_only_by_the_destinations_a_command_uses(project: Path) -> None:
+    """Read-only commands need no API key; `run --destination X` needs X's secrets only."""
+    (project / "two.toml").write_text(
+        (project / "audience_sync.toml").read_text() + "\n[[destinations]]\n"
+        'name = "g"\ntype = "gist"\napi_key_env = "NO_SUCH_VAR_FOR_TEST"\n'
+    )
+    proc = cli("run", "--destination", "file", "--json", "--config", "two.toml", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["counts"]["sent"] == 3
+    for args in (("runs",), ("diff",), ("audiences",), ("members", "vip"), ("report", "--out", "r.html")):
+        proc = cli(*args, "--config", "two.toml", cwd=project)
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert "NO_SUCH_VAR_FOR_TEST" not in proc.stderr
+    for args in (("run",), ("run", "--destination", "g"), ("resync", "--destination", "g", "--yes")):
+        proc = cli(*args, "--config", "two.toml", cwd=project)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "environment variable NO_SUCH_VAR_FOR_TEST (named by `api_key_env`) is not set" in proc.stderr
