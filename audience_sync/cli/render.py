@@ -133,4 +133,10 @@ def print_run_summary(console: Console, result: dict[str, Any]) -> None:
         console.print(Text(f"  {key}: {st['members']} users from {st['rows']} source rows{extra}"))
     if result.get("error"):
         console.print(Text(str(result["error"]), style="red"))
+    for name, c in sorted(counts.get("destinations", {}).items()):
+        last = (result.get("destinations") or {}).get(name, {}).get("last_error")
+        undelivered = {k: c.get(k, 0) for k in ("pending", "failed") if c.get(k)}
+        if last and undelivered:
+            owed = ", ".join(f"{n} {k}" for k, n in undelivered.items())
+            console.print(Text(f"  {name}: {owed}; last error: {last}", style="yellow"))
     console.print(f"[dim]details: audience-sync diff --run {result['run_id']}[/dim]")

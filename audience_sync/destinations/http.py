@@ -179,7 +179,14 @@ def call_with_retries(
             ) from None
         attempt += 1
         if attempt > policy.max_retries:
-            raise failure
+            if not policy.max_retries:
+                raise failure
+            raise TransientDestinationError(  # the reason a change stays pending says how hard we tried
+                f"{failure} (after {policy.max_retries} retries)",
+                destination=destination,
+                status_code=failure.status_code,
+                retry_after=failure.retry_after,
+            ) from None
         sleep(policy.delay(attempt, failure.retry_after, rng))
 
 

@@ -148,6 +148,10 @@ def _locked_run(
     except BaseException as exc:  # whatever escapes, ours or not: the run row says it failed, and why
         _close_failed(engine, config, run_id, exc, [] if plan.mode == "dry_run" else plan.pairs())
         raise
+    last_errors: dict[str, str] = {}
+    if counts.get("pending") or counts.get("failed"):
+        with engine.connect() as conn:
+            last_errors = runs.last_errors(conn, run_id, after_id=before)
     result = RunResult(
         run_id=run_id,
         mode=mode,
@@ -155,7 +159,10 @@ def _locked_run(
         counts=counts,
         error=error,
         duration_seconds=time.monotonic() - started,
-        destinations={n: {"error": r.error, "changes_attempted": r.attempted} for n, r in reports.items()},
+        destinations={
+            n: {"error": r.error, "last_error": r.error or last_errors.get(n), "changes_attempted": r.attempted}
+            for n, r in reports.items()
+        },
         as_of=plan.as_of.isoformat() if plan.as_of else None,
     )
     totals = {k: counts[k] for k in runs.COUNT_KEYS}

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -280,3 +281,39 @@ def test_secrets_are_needed_only_by_the_destinations_a_command_uses(project: Pat
         proc = cli(*args, "--config", "two.toml", cwd=project)
         assert proc.returncode == 2, (args, proc.stderr)
         assert "environment variable NO_SUCH_VAR_FOR_TEST (named by `api_key_env`) is not set" in proc.stderr
+
+
+def test_pending_changes_say_why_per_destination(tmp_path: Path, warehouse: Warehouse, gist: Any) -> None:
+    """Changes left pending come with each destination's last error, in the summary and in --json."""
+    from tests.fakes.gist import Fault
+
+    warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    gone = socket.socket()
+    gone.bind(("127.0.0.1", 0))
+    closed_port = gone.getsockname()[1]
+    gone.close()  # nothing listens there: every call is refused
+    (tmp_path / "audience_sync.toml").write_text(
+        f'[state]\nurl = "{state}"\n[source]\nurl = "{warehouse.url}"\n'
+        f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "K"\nendpoint = "{gist.url}"\n'
+        "max_retries = 2\n"
+        f'[[destinations]]\nname = "down"\ntype = "gist"\napi_key_env = "K"\n'
+        f'endpoint = "http://127.0.0.1:{closed_port}"\nmax_retries = 0\n' + Harness.audience("VIP")
+    )
+    gist.user_faults["u2"] = Fault(429, headers={"Retry-After": "0"})
+    env = {"K": gist.api_key}
+    proc = cli("run", "--json", "--config", "audience_sync.toml", cwd=tmp_path, env=env)
+    assert proc.returncode == 3, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["counts"]["destinations"]["gist"]["pending"] == 1
+    gist_error = summary["destinations"]["gist"]["last_error"]
+    assert "HTTP 429" in gist_error and "(after 2 retries)" in gist_error, gist_error
+    assert "ConnectError" in summary["destinations"]["down"]["last_error"]
+
+    gist.user_faults.clear()
+    gist.user_faults["u2"] = Fault(429, headers={"Retry-After": "0"})
+    proc = cli("run", "--config", "audience_sync.toml", cwd=tmp_path, env=env)
+    assert proc.returncode == 3, proc.stderr
+    flat = " ".join(proc.stdout.split())
+    assert "gist: 1 pending; last error: " in flat and "(after 2 retries)" in flat, proc.stdout
+    assert "down: 2 pending; last error: " in flat and "ConnectError" in flat, proc.stdout
