@@ -34,6 +34,7 @@ from .app import (
     stdout,
     with_filters,
 )
+from .logs import log_format
 from .progress import RichProgress
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def _config_for(config_path: str | None, destinations: tuple[str, ...]) -> Confi
     return load_config(config_path, secrets_for=(*destinations, ALERTS) if destinations else None)
 
 
-def _run(config: Config, as_json: bool, metrics_file: Path | None, **kwargs: Any) -> None:
+def _run(config: Config, as_json: bool, metrics_file: Path | None, *, quiet: bool = False, **kwargs: Any) -> None:
     scope = attempt_of(config, kwargs.get("destinations"), kwargs.get("audiences"), dry_run=bool(kwargs.get("dry_run")))
     progress = _progress()
     try:
@@ -82,15 +83,22 @@ def _run(config: Config, as_json: bool, metrics_file: Path | None, **kwargs: Any
         after_run(config, scope(error=exc), metrics_file=metrics_file)
         raise
     after_run(config, scope(result=result), metrics_file=metrics_file)
-    _finish(result, as_json)
+    _finish(result, as_json, quiet)
 
 
-def _finish(result: RunResult, as_json: bool) -> None:
+def _finish(result: RunResult, as_json: bool, quiet: bool = False) -> None:
+    """Print the run's summary: JSON with ``--json``; else the table, unless ``--quiet``, or JSON logs (which carry
+    the summary as a record of their own) go where no terminal is, as from cron or a timer."""
     if as_json:
         click.echo(render.to_json(result.to_dict()))
-    else:
+    elif not quiet and (log_format() != "json" or stdout.is_terminal):
         render.print_run_summary(stdout, result.to_dict())
     sys.exit(result.exit_code)
+
+
+quiet_option = click.option(
+    "--quiet", is_flag=True, help="Print no summary table (JSON logs still carry the summary; --json still prints it)."
+)
 
 
 @cli.command()
@@ -98,6 +106,7 @@ def _finish(result: RunResult, as_json: bool) -> None:
 @with_filters
 @metrics_option
 @as_of_option
+@quiet_option
 def run(
     config_path: str | None,
     destinations: tuple[str, ...],
@@ -108,6 +117,7 @@ def run(
     wait: float | None,
     metrics_file: Path | None,
     as_of: dt.datetime | None,
+    quiet: bool,
 ) -> None:
     """One incremental run: send only the users whose membership or value changed."""
     config = _config_for(config_path, destinations)
@@ -121,6 +131,7 @@ def run(
         force=force,
         wait=wait or 0.0,
         as_of=as_of,
+        quiet=quiet,
     )
 
 
@@ -131,6 +142,7 @@ def run(
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @metrics_option
 @as_of_option
+@quiet_option
 def resync(
     config_path: str | None,
     destinations: tuple[str, ...],
@@ -143,6 +155,7 @@ def resync(
     yes: bool,
     metrics_file: Path | None,
     as_of: dt.datetime | None,
+    quiet: bool,
 ) -> None:
     """Full resync: every current member gets its current value again; users who left get false/null."""
     config = _config_for(config_path, destinations)
@@ -163,6 +176,7 @@ def resync(
         force=force,
         wait=wait or 0.0,
         as_of=as_of,
+        quiet=quiet,
     )
 
 

@@ -39,6 +39,8 @@ from .stage import stage, use_pushdown
 __all__ = ["Mode", "RunPlan", "RunResult", "failure_text", "run_sync", "select_targets", "use_pushdown"]
 
 log = logging.getLogger(__name__)
+#: the run's closing record, its summary: a logger of its own, which JSON logs write at every level
+summary_log = logging.getLogger("audience_sync.run.summary")
 
 #: refresh the snapshot's planner statistics after a run that delivered at least this many changes
 ANALYZE_AFTER = 10_000
@@ -166,7 +168,7 @@ def _locked_run(
         as_of=plan.as_of.isoformat() if plan.as_of else None,
     )
     totals = {k: counts[k] for k in runs.COUNT_KEYS}
-    log.log(
+    summary_log.log(
         logging.INFO if status == "succeeded" else logging.WARNING,
         "run %d %s in %.1fs: %s%s",
         run_id,
@@ -182,6 +184,14 @@ def _locked_run(
             "destinations": dest_names,
             "duration_seconds": round(result.duration_seconds, 3),
             "error": error,
+            "exit_code": result.exit_code,
+            "per_destination": {
+                name: {
+                    **{k: c.get(k, 0) for k in runs.COUNT_KEYS},
+                    "last_error": result.destinations.get(name, {}).get("last_error"),
+                }
+                for name, c in sorted(counts.get("destinations", {}).items())
+            },
         },
     )
     return result

@@ -317,3 +317,23 @@ def test_pending_changes_say_why_per_destination(tmp_path: Path, warehouse: Ware
     flat = " ".join(proc.stdout.split())
     assert "gist: 1 pending; last error: " in flat and "(after 2 retries)" in flat, proc.stdout
     assert "down: 2 pending; last error: " in flat and "ConnectError" in flat, proc.stdout
+
+
+def test_json_logs_carry_the_summary_and_leave_stdout_to_terminals(project: Path) -> None:
+    """The cron recipe (`--log-format json`, output appended to a file) writes JSON lines only: the run's summary
+    is a record at the default level, and no table."""
+    proc = cli("run", "--log-format", "json", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    records = [json.loads(line) for line in proc.stderr.splitlines()]  # every line is JSON
+    (summary,) = [r for r in records if r["logger"] == "audience_sync.run.summary"]
+    assert summary["level"] == "INFO" and summary["status"] == "succeeded" and summary["exit_code"] == 0
+    assert summary["counts"]["sent"] == 3 and summary["per_destination"]["file"]["sent"] == 3
+    assert summary["run_id"] == 1
+
+    proc = cli("run", "--quiet", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stdout + proc.stderr
+    proc = cli("run", "--config", "audience_sync.toml", cwd=project)
+    assert "run 3 (incremental): succeeded" in proc.stdout
+    proc = cli("run", "--json", "--log-format", "json", "--config", "audience_sync.toml", cwd=project)
+    assert json.loads(proc.stdout)["run_id"] == 4
