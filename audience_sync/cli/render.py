@@ -120,7 +120,7 @@ def print_run_summary(console: Console, result: dict[str, Any]) -> None:
     error (which may quote a destination's answer) are shown literally."""
     counts = result["counts"]
     table = Table(title=Text(f"run {result['run_id']} ({result['mode']}): {result['status']}"), header_style="bold")
-    keys = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending")
+    keys = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending", "held")
     table.add_column("destination")
     for key in keys:
         table.add_column(key, justify="right")

@@ -11,7 +11,7 @@ from ..store import registry
 from ..store.dialect import analyze
 from ..store.diff import note_missing, skip_unreachable, supersede_pending, write_changes
 from .deliver import Fence
-from .guard import Hold, find_mass_exits, hold
+from .guard import Hold, find_mass_exits, hold, hold_messages
 from .plan import RunPlan
 
 
@@ -46,8 +46,8 @@ def diff(
                 )
             if not force and written["exited"]:  # the guard has nothing to weigh without exits
                 holds += find_mass_exits(conn, run_id, name, targeted, staged, min_size=config.guard.min_size)
-        for held in holds:
-            hold(conn, run_id, held.comp.key, held.message())
+        for key, message in hold_messages(holds).items():
+            hold(conn, run_id, key, message)
         if not dry_run:
             registry.register(conn, comps)
         analyze(conn, "diffs")

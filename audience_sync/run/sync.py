@@ -31,6 +31,7 @@ from ..store.lock import HeldLock, run_lock
 from ..store.migrate import upgrade
 from .deliver import DeliveryReport, deliver_all
 from .diff import diff
+from .guard import hold_messages
 from .outcome import RunResult, decide_status, failure_text
 from .plan import Mode, RunPlan, select_targets
 from .progress import NoProgress, Progress
@@ -230,7 +231,7 @@ def _steps(
         if plan.as_of is not None and any(c.builder is not None for c in comps):
             counts["as_of"] = plan.as_of.isoformat()  # kept with the run: the instant its builder computations saw
         status = decide_status(holds, reports, counts, dry_run=dry_run)
-        errors = [h.message() for h in holds] + [f"{r.destination}: {r.error}" for r in reports.values() if r.error]
+        errors = [*hold_messages(holds).values()] + [f"{r.destination}: {r.error}" for r in reports.values() if r.error]
         error = "; ".join(errors) or None
         runs.close_run(conn, run_id, status=status, counts=counts, error=error)
         if not dry_run:  # the size each destination holds after the run, for `audiences --history`

@@ -337,3 +337,32 @@ def test_json_logs_carry_the_summary_and_leave_stdout_to_terminals(project: Path
     assert "run 3 (incremental): succeeded" in proc.stdout
     proc = cli("run", "--json", "--log-format", "json", "--config", "audience_sync.toml", cwd=project)
     assert json.loads(proc.stdout)["run_id"] == 4
+
+
+def test_a_hold_shows_in_the_held_column_and_its_message_once(tmp_path: Path, warehouse: Warehouse) -> None:
+    """The guard holds an audience at two destinations: the summary has a `held` column, and the reason is said
+    once, naming both destinations."""
+    big = {f"u{i:03d}": f"{i}@x.io" for i in range(200)}
+    warehouse.set_members("VIP", big)
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    harness = Harness(tmp_path, state, warehouse)
+    (tmp_path / "audience_sync.toml").write_text(
+        f'[state]\nurl = "{state}"\n[source]\nurl = "{warehouse.url}"\n'
+        + harness.jsonl_destination("a")
+        + harness.jsonl_destination("b")
+        + Harness.audience("VIP")
+    )
+    assert cli("run", "--config", "audience_sync.toml", cwd=tmp_path).returncode == 0
+    warehouse.set_members("VIP", dict(list(big.items())[:50]))
+    proc = cli("run", "--config", "audience_sync.toml", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    header = next(line for line in proc.stdout.splitlines() if "destination" in line)
+    assert header.split("┃")[-2].strip() == "held", header
+    cells = [line.split("│") for line in proc.stdout.splitlines() if line.count("│") > 2]
+    rows = {c[1].strip(): c[-2].strip() for c in cells}
+    assert rows.get("a") == rows.get("b") == "150" and "300" in proc.stdout, proc.stdout
+    flat = " ".join(proc.stdout.split())
+    assert flat.count("nothing of it was sent") == 1 and flat.count("--force") == 1, proc.stdout
+    assert "at destination 'a'" in flat and "at destination 'b'" in flat
+    code, diffs = run_json(tmp_path, "diff", "--status", "held", "--format", "json")
+    assert code == 0 and len(diffs) == 300 and len({d["error"] for d in diffs}) == 1
