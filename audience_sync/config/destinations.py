@@ -61,6 +61,9 @@ class GistDestination(_DestinationBase):
     type: Literal["gist"]
     api_key_env: str = Field(min_length=1)
     endpoint: str = "https://api.getgist.com"
+    #: how a list value is sent as a custom property (Gist's take text, numbers, booleans and dates, not lists):
+    #: ``join`` its items as text joined with ", " (segments can filter with "contains"), ``json`` its JSON text
+    list_values: Literal["join", "json"] = "join"
     _api_key: SecretStr = PrivateAttr(default=SecretStr(""))
 
     @field_validator("api_key_env")
