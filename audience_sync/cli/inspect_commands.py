@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from .. import commands
 from ..config import load_config
-from ..store.schema import STATUSES
+from ..store.schema import CHANGES, STATUSES
 from . import render
 from .app import as_of_option, cli, common_options, emit, format_option, stderr, stdout
 
@@ -21,6 +21,15 @@ from .app import as_of_option, cli, common_options, emit, format_option, stderr,
 @click.option("--audience", "computation", metavar="KEY", default=None, help="Only this audience or trait key.")
 @click.option("--destination", default=None, metavar="NAME", help="Only this destination.")
 @click.option("--status", type=click.Choice(STATUSES), default=None, help="Only changes with this status.")
+@click.option("--user", "users", multiple=True, metavar="ID", help="Only this user id (repeatable).")
+@click.option(
+    "--change",
+    "changes",
+    multiple=True,
+    type=click.Choice(CHANGES),
+    help="Only changes of this kind (repeatable).",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows.")
 @format_option
 def diff(
     config_path: str | None,
@@ -28,12 +37,22 @@ def diff(
     computation: str | None,
     destination: str | None,
     status: str | None,
+    users: tuple[str, ...],
+    changes: tuple[str, ...],
+    limit: int | None,
     fmt: str,
 ) -> None:
     """The changes of a run: who entered, exited or changed, and what became of each."""
     config = load_config(config_path, secrets_for=())
     rid, rows = commands.list_diffs(
-        config, run_id=run_id, computation=computation, status=status, destination=destination
+        config,
+        run_id=run_id,
+        computation=computation,
+        status=status,
+        destination=destination,
+        users=users,
+        changes=changes,
+        limit=limit,
     )
     emit(
         rows,

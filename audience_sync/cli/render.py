@@ -50,9 +50,14 @@ DIFF_COLUMNS = (
 )
 
 
+def utc(value: dt.datetime) -> dt.datetime:
+    """``value`` with its UTC offset shown: the state database keeps times in UTC, some without a zone."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
 def _default(value: Any) -> Any:
     if isinstance(value, dt.datetime):
-        return value.isoformat()
+        return utc(value).isoformat()
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
@@ -65,7 +70,8 @@ def _cell(value: Any, *, json_values: bool) -> str:
     if value is None:
         return "" if not json_values else "null"
     if isinstance(value, dt.datetime):
-        return value.isoformat(timespec="seconds") if json_values else f"{value:%Y-%m-%d %H:%M:%S}"
+        shown = utc(value)
+        return shown.isoformat(timespec="seconds") if json_values else shown.isoformat(" ", timespec="seconds")
     if json_values or isinstance(value, bool | list | dict):
         return json.dumps(value, ensure_ascii=False, default=_default)
     return str(value)

@@ -7,6 +7,7 @@ Every problem in a file is reported at once, each with the file and the key path
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Collection, Iterator, Mapping
@@ -27,6 +28,7 @@ from .destinations import (
     AnyDestination,
     DestinationConfig,
     GistDestination,
+    JsonlDestination,
     SegmentDestination,
     WebhookDestination,
 )
@@ -156,12 +158,37 @@ def _location(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
     return "".join(parts) or "(top level)"
 
 
+_DESTINATION_MODELS = (GistDestination, SegmentDestination, WebhookDestination, JsonlDestination)
+
+
+def _known_keys() -> list[str]:
+    """Every key a config file may hold, in any table (for suggesting the nearest to an unknown one)."""
+    models: list[type[Any]] = [_RawConfig, AudienceConfig, TraitConfig, *_DESTINATION_MODELS]
+    seen: set[type[Any]] = set()
+    keys: set[str] = set()
+    while models:
+        model = models.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            keys.add(name)
+            annotation = info.annotation
+            for arg in (annotation, *getattr(annotation, "__args__", ())):
+                if isinstance(arg, type) and issubclass(arg, _Section):
+                    models.append(arg)
+    return sorted(keys)
+
+
 def _format_errors(path: str, error: ValidationError, data: Mapping[str, Any]) -> list[str]:
     problems = []
     for err in error.errors():
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling against the config reference)"
+            near = difflib.get_close_matches(str(err["loc"][-1]), _known_keys(), n=1, cutoff=0.7)
+            if near:
+                msg = f"unknown key (did you mean `{near[0]}`?)"
         elif err["type"] == "union_tag_invalid":
             msg = f"unknown destination type {err['ctx']['tag']!r} (expected {err['ctx']['expected_tags']})"
         elif err["type"] == "union_tag_not_found":

@@ -366,3 +366,38 @@ def test_a_hold_shows_in_the_held_column_and_its_message_once(tmp_path: Path, wa
     assert "at destination 'a'" in flat and "at destination 'b'" in flat
     code, diffs = run_json(tmp_path, "diff", "--status", "held", "--format", "json")
     assert code == 0 and len(diffs) == 300 and len({d["error"] for d in diffs}) == 1
+
+
+def test_shared_options_before_the_command_and_the_small_inspection_fixes(project: Path, warehouse: Warehouse) -> None:
+    """`--config`/log options before the command; `diff --user/--change/--limit`; numeric ids in numeric order;
+    times with their UTC offset; `members` of an unknown key exits 2; top-level help lines whole."""
+    warehouse.set_members("VIP", {"10": "a@x.io", "9": "b@x.io", "100": "c@x.io", "x": "d@x.io"})
+    proc = cli("--config", "audience_sync.toml", "--log-format", "json", "run", "--json", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert all(json.loads(line) for line in proc.stderr.splitlines())  # the group's --log-format applied
+    proc = cli("--config", "nope.toml", "runs", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 0, proc.stderr  # the command's own value wins
+
+    code, rows = run_json(project, "diff", "--audience", "vip", "--format", "json")
+    assert [r["user_id"] for r in rows] == ["9", "10", "100", "x"]
+    assert rows[0]["created_at"].endswith("+00:00")
+    code, rows = run_json(project, "diff", "--user", "10", "--user", "x", "--change", "entered", "--format", "json")
+    assert code == 0 and sorted((r["user_id"], r["computation_key"]) for r in rows) == [("10", "vip"), ("x", "vip")]
+    code, rows = run_json(project, "diff", "--limit", "2", "--format", "json")
+    assert len(rows) == 2
+    code, rows = run_json(project, "members", "vip", "--format", "json")
+    assert [r["user_id"] for r in rows] == ["9", "10", "100", "x"]
+    proc = cli("members", "vip", "--config", "audience_sync.toml", cwd=project)
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00", proc.stdout), proc.stdout
+
+    proc = cli("members", "nope", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 2 and "no audience or trait with key 'nope'" in proc.stderr, proc.stderr
+
+    (project / "typo.toml").write_text((project / "audience_sync.toml").read_text() + "max_retrys = 3\n")
+    proc = cli("runs", "--config", "typo.toml", cwd=project)
+    assert proc.returncode == 2 and "unknown key (did you mean `max_retries`?)" in proc.stderr, proc.stderr
+
+    proc = cli("--help", cwd=project, env={"COLUMNS": "80"})
+    flat = " ".join(proc.stdout.split())
+    assert "the latest failures, the pending outbox and the guard's holds." in flat, proc.stdout
+    assert "..." not in proc.stdout.split("Commands:")[1]
