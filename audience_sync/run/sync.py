@@ -125,6 +125,7 @@ def _locked_run(
         run_id = runs.open_run(
             conn, mode=mode, trigger=plan.trigger, destinations=dest_names, computations=[c.key for c in comps]
         )
+        held.note_run(conn, run_id)  # the lock names its run from now on
         if not dry_run:
             in_doubt = outbox.recover_in_flight(conn, run_id, dest_names, held.destination_tokens())
             if in_doubt:

@@ -401,3 +401,33 @@ def test_shared_options_before_the_command_and_the_small_inspection_fixes(projec
     flat = " ".join(proc.stdout.split())
     assert "the latest failures, the pending outbox and the guard's holds." in flat, proc.stdout
     assert "..." not in proc.stdout.split("Commands:")[1]
+
+
+def test_the_lock_names_its_run_from_the_moment_it_is_acquired(
+    tmp_path: Path, state_url: str, warehouse: Warehouse, gist: Any
+) -> None:
+    """While run 1 waits on its first request (long before its lease is renewed), a second run is refused naming
+    run 1."""
+    import threading
+
+    from audience_sync.config import parse_config
+    from audience_sync.run.sync import run_sync
+
+    warehouse.set_members("VIP", {"u1": "a@x.io"})
+    text = (
+        f'[state]\nurl = "{state_url}"\n[source]\nurl = "{warehouse.url}"\n'
+        f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "K"\nendpoint = "{gist.url}"\n'
+        + Harness.audience("VIP")
+    )
+    (tmp_path / "audience_sync.toml").write_text(text)
+    trap = gist.trap(lambda _path, _body: True, hold=True)
+    first = threading.Thread(target=run_sync, args=(parse_config(text, environ={"K": gist.api_key}),))
+    first.start()
+    try:
+        trap.wait()
+        proc = cli("run", "--config", "audience_sync.toml", cwd=tmp_path, env={"K": gist.api_key})
+    finally:
+        gist.release_all()
+        first.join(60)
+    assert proc.returncode == 1, proc.stderr
+    assert "another run holds the lock for destination:gist" in proc.stderr and "run 1, pid" in proc.stderr
