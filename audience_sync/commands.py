@@ -8,7 +8,7 @@ rendering is :mod:`audience_sync.cli.main.render`'s job.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -66,15 +66,28 @@ def list_diffs(
     computation: str | None = None,
     status: str | None = None,
     destination: str | None = None,
+    users: Sequence[str] = (),
+    changes: Sequence[str] = (),
+    limit: int | None = None,
 ) -> tuple[int | None, list[dict[str, Any]]]:
-    """The diff rows of ``run_id`` (default: the latest run) and the run id they belong to."""
+    """The diff rows of ``run_id`` (default: the latest run) and the run id they belong to; only ``users``' and
+    ``changes``' when given, the first ``limit``."""
     with state_engine(config) as engine, engine.connect() as conn:
         rid = run_id if run_id is not None else runs.latest_run_id(conn)
         if rid is None:
             return None, []
         if run_id is not None and not runs.run_exists(conn, run_id):
             raise ConfigError(f"there is no run {run_id} in the state database (see `audience-sync runs`)")
-        rows = history.list_diffs(conn, rid, computation=computation, status=status, destination=destination)
+        rows = history.list_diffs(
+            conn,
+            rid,
+            computation=computation,
+            status=status,
+            destination=destination,
+            users=users,
+            changes=changes,
+            limit=limit,
+        )
         return rid, _scrubbed(rows)
 
 
@@ -133,6 +146,12 @@ def members(config: Config, key: str, *, destination: str | None = None) -> list
     comp_key = comp.key if comp is not None else key
     dests = [config.destination(destination).name] if destination else [d.name for d in config.destinations]
     with state_engine(config) as engine, engine.connect() as conn:
+        if comp is None and comp_key not in {r["key"] for r in registry.list_computations(conn)}:
+            known = ", ".join(c.key for c in config.computations) or "none"
+            raise ConfigError(
+                f"{config.path}: no audience or trait with key {key!r}, configured or retired (configured: {known})",
+                path=config.path,
+            )
         return history.members(conn, comp_key, dests)
 
 

@@ -163,3 +163,25 @@ def test_secrets_never_reach_output_logs_or_the_state_database(project: Path, wa
         dump += wal.read_bytes().decode("latin-1")
     assert "zz-secret-api-key-zz" not in dump and "zz-wrong-key-zz" not in dump
     assert set(gist.contacts) == {"u1", "u2"}
+
+
+def test_sql_errors_drop_the_drivers_cursor_names(pg_url: str) -> None:
+    """A query streamed through psycopg's server-side cursor fails with the database's reason, not the cursor's
+    ``DECLARE "c_7f…_1" CURSOR FOR`` wrapper."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from audience_sync.sources.sql import _reason
+    from audience_sync.store.engine import store_error
+
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(stream_results=True).execute(text("SELECT nope FROM pg_class")).fetchall()
+    except SQLAlchemyError as exc:
+        reason, stored = _reason(exc), str(store_error(exc, pg_url))
+    finally:
+        engine.dispose()
+    for said in (reason, stored):
+        assert 'column "nope" does not exist LINE 1: SELECT nope FROM pg_' in said, said
+        assert "DECLARE" not in said and "CURSOR" not in said and "c_" not in said.split("LINE")[1], said

@@ -81,7 +81,7 @@ def adopt(config_path: str | None, destination: str) -> None:
     so that the first run sends only the real differences. Exit 4 when it cannot be read back."""
     from ..inspection import verify as readback
 
-    config = load_config(config_path)
+    config = load_config(config_path, secrets_for=(destination,))
     result = readback.adopt(config, destination)
     stdout.print(
         f"{result.destination}: read {result.contacts:,} contacts, adopted {result.adopted:,} values into the snapshot",

@@ -39,37 +39,61 @@ stderr = console(to_stderr=True)
 EXIT_USAGE = 2
 
 
-def command_options(default_level: str = "warning") -> Callable[[F], F]:
-    """``--config``, ``--log-level`` (default ``default_level``) and ``--log-format``, taken by every command."""
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
-    def decorate(func: F) -> F:
-        @click.option(
+
+def _shared_options(default_level: str | None, *, default_format: str | None) -> list[Callable[[F], F]]:
+    """``--config``, ``--log-level`` and ``--log-format``: on the group (before the command) and on every command
+    (after it); None defaults let a command tell a value given to it from one given to the group."""
+    return [
+        click.option(
             "--config",
             "config_path",
             type=click.Path(dir_okay=False),
             default=None,
             help="Config file (default: $AUDIENCE_SYNC_CONFIG, else config/audience_sync.toml).",
-        )
-        @click.option(
+        ),
+        click.option(
             "--log-level",
-            type=click.Choice(["debug", "info", "warning", "error"]),
-            default=default_level,
-            show_default=True,
-            help="Log detail on stderr.",
-        )
-        @click.option(
+            type=click.Choice(LOG_LEVELS),
+            default=None,
+            help=f"Log detail on stderr (default: {default_level or 'warning'}).",
+        ),
+        click.option(
             "--log-format",
             type=click.Choice(LOG_FORMATS),
-            default="text",
-            show_default=True,
-            help="Log lines for people (text) or one JSON object per line (json) for log collectors.",
-        )
-        @functools.wraps(func)
-        def wrapper(*args: Any, config_path: str | None, log_level: str, log_format: LogFormat, **kwargs: Any) -> Any:
-            configure_logging(log_level, log_format)
-            return func(*args, config_path=config_path, **kwargs)
+            default=None,
+            help=f"Log lines for people (text) or one JSON object per line (json) for log collectors "
+            f"(default: {default_format or 'text'}).",
+        ),
+    ]
 
-        return wrapper  # type: ignore[return-value]
+
+def command_options(default_level: str = "warning") -> Callable[[F], F]:
+    """``--config``, ``--log-level`` (default ``default_level``) and ``--log-format``, taken by every command, after
+    its name or before it (on the group): a value given after the command wins."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(
+            *args: Any,
+            config_path: str | None,
+            log_level: str | None,
+            log_format: LogFormat | None,
+            **kwargs: Any,
+        ) -> Any:
+            ctx = click.get_current_context(silent=True)
+            shared: dict[str, Any] = (ctx.find_root().obj or {}) if ctx is not None else {}
+            configure_logging(
+                log_level or shared.get("log_level") or default_level,
+                log_format or shared.get("log_format") or "text",
+            )
+            return func(*args, config_path=config_path or shared.get("config_path"), **kwargs)
+
+        decorated: Callable[..., Any] = wrapper
+        for option in reversed(_shared_options(default_level, default_format="text")):
+            decorated = option(decorated)
+        return decorated  # type: ignore[return-value]
 
     return decorate
 
@@ -93,14 +117,38 @@ def format_option(func: F) -> F:
     )(func)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class _Group(click.Group):
+    """The command group, listing each command's whole first help line (click cuts them to the width)."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _group_options(func: F) -> F:
+    for option in reversed(_shared_options(None, default_format=None)):
+        func = option(func)
+    return func
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="audience-sync")
-def cli() -> None:
+@_group_options
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, log_level: str | None, log_format: str | None) -> None:
     """Sync audiences and computed traits from your warehouse to user-property destinations.
 
     Each run computes every audience's members and every trait's values, compares them with what each
-    destination last acknowledged, and sends only the changes.
+    destination last acknowledged, and sends only the changes. --config, --log-level and --log-format may come
+    before the command or after it.
     """
+    ctx.obj = {"config_path": config_path, "log_level": log_level, "log_format": log_format}
 
 
 filters = [

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from .. import commands
 from ..config import load_config
-from ..store.schema import STATUSES
+from ..store.schema import CHANGES, STATUSES
 from . import render
 from .app import _instant, as_of_option, cli, common_options, emit, format_option, stderr, stdout
 
@@ -22,6 +22,15 @@ from .app import _instant, as_of_option, cli, common_options, emit, format_optio
 @click.option("--audience", "computation", metavar="KEY", default=None, help="Only this audience or trait key.")
 @click.option("--destination", default=None, metavar="NAME", help="Only this destination.")
 @click.option("--status", type=click.Choice(STATUSES), default=None, help="Only changes with this status.")
+@click.option("--user", "users", multiple=True, metavar="ID", help="Only this user id (repeatable).")
+@click.option(
+    "--change",
+    "changes",
+    multiple=True,
+    type=click.Choice(CHANGES),
+    help="Only changes of this kind (repeatable).",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows.")
 @format_option
 def diff(
     config_path: str | None,
@@ -29,12 +38,22 @@ def diff(
     computation: str | None,
     destination: str | None,
     status: str | None,
+    users: tuple[str, ...],
+    changes: tuple[str, ...],
+    limit: int | None,
     fmt: str,
 ) -> None:
     """The changes of a run: who entered, exited or changed, and what became of each."""
-    config = load_config(config_path)
+    config = load_config(config_path, secrets_for=())
     rid, rows = commands.list_diffs(
-        config, run_id=run_id, computation=computation, status=status, destination=destination
+        config,
+        run_id=run_id,
+        computation=computation,
+        status=status,
+        destination=destination,
+        users=users,
+        changes=changes,
+        limit=limit,
     )
     emit(
         rows,
@@ -51,7 +70,7 @@ def diff(
 @format_option
 def runs(config_path: str | None, limit: int, fmt: str) -> None:
     """Run history, newest first."""
-    config = load_config(config_path)
+    config = load_config(config_path, secrets_for=())
     rows = commands.list_runs(config, limit=limit)
     if fmt == "json":
         click.echo(render.to_json(rows))
@@ -82,7 +101,7 @@ def audiences(
     """
     from ..inspection import history as sizes
 
-    config = load_config(config_path)
+    config = load_config(config_path, secrets_for=())
     if revive:
         commands.revive(config, revive)
         stderr.print(escape(f"key {revive!r} is active again; the next run continues from its snapshot"))
@@ -121,7 +140,7 @@ def members(config_path: str | None, key: str, destination: str | None, at: dt.d
     """Users a destination holds KEY for (audience members, or users with a trait value), now or --at an instant."""
     from ..inspection import ledger
 
-    config = load_config(config_path)
+    config = load_config(config_path, secrets_for=())
     rows = ledger.members(config, key, at=at, destination=destination)
     when = f" at {at.isoformat(timespec='seconds')}" if at else ""
     emit(
@@ -142,7 +161,7 @@ def user(config_path: str | None, user_id: str, fmt: str) -> None:
     (sent, pending, failed, skipped, held, superseded, adopted) and reason."""
     from ..inspection import ledger
 
-    config = load_config(config_path)
+    config = load_config(config_path, secrets_for=())
     story = ledger.user(config, user_id)
     if fmt == "json":
         click.echo(render.to_json(story))
@@ -210,7 +229,7 @@ def report_command(
         when = inspect.parse_since(since) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
-    config = load_config(config_path)
+    config = load_config(config_path, secrets_for=())
     data = inspect.build_report(config, destination=destination, since=when, limit=limit, audiences=audiences)
     page = html.render(data)
     try:
@@ -236,7 +255,7 @@ def explain(config_path: str | None, key: str, as_of: dt.datetime | None, fmt: s
     from ..sources.builder.explain import explain as explain_key
     from ..sources.builder.explain import explain_text
 
-    result = explain_key(load_config(config_path), key, as_of)
+    result = explain_key(load_config(config_path, secrets_for=()), key, as_of)
     click.echo(render.to_json(result) if fmt == "json" else explain_text(result), nl=fmt == "json")
 
 
@@ -256,7 +275,7 @@ def verify(config_path: str | None, destination: str | None, sample: int | None,
     from ..errors import NotReadable
     from ..inspection import verify as readback
 
-    config = load_config(config_path)
+    config = load_config(config_path, secrets_for=(destination,) if destination else None)
     readable, unreadable = readback.readable_destinations(config, destination)
     for name in unreadable:
         stderr.print(escape(f"destination {name!r} cannot be read back (only Gist can): not verified"))

@@ -50,9 +50,14 @@ DIFF_COLUMNS = (
 )
 
 
+def utc(value: dt.datetime) -> dt.datetime:
+    """``value`` with its UTC offset shown: the state database keeps times in UTC, some without a zone."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
 def _default(value: Any) -> Any:
     if isinstance(value, dt.datetime):
-        return value.isoformat()
+        return utc(value).isoformat()
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
@@ -65,7 +70,8 @@ def _cell(value: Any, *, json_values: bool) -> str:
     if value is None:
         return "" if not json_values else "null"
     if isinstance(value, dt.datetime):
-        return value.isoformat(timespec="seconds") if json_values else f"{value:%Y-%m-%d %H:%M:%S}"
+        shown = utc(value)
+        return shown.isoformat(timespec="seconds") if json_values else shown.isoformat(" ", timespec="seconds")
     if json_values or isinstance(value, bool | list | dict):
         return json.dumps(value, ensure_ascii=False, default=_default)
     return str(value)
@@ -120,7 +126,7 @@ def print_run_summary(console: Console, result: dict[str, Any]) -> None:
     error (which may quote a destination's answer) are shown literally."""
     counts = result["counts"]
     table = Table(title=Text(f"run {result['run_id']} ({result['mode']}): {result['status']}"), header_style="bold")
-    keys: tuple[str, ...] = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending")
+    keys: tuple[str, ...] = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending", "held")
     if result["mode"] == "dry_run":  # what the run would send
         keys = (*keys, "planned")
     if counts.get("identifiers"):  # emails that changed or appeared, sent again with the current values
@@ -137,4 +143,10 @@ def print_run_summary(console: Console, result: dict[str, Any]) -> None:
         console.print(Text(f"  {key}: {st['members']} users from {st['rows']} source rows{extra}"))
     if result.get("error"):
         console.print(Text(str(result["error"]), style="red"))
+    for name, c in sorted(counts.get("destinations", {}).items()):
+        last = (result.get("destinations") or {}).get(name, {}).get("last_error")
+        undelivered = {k: c.get(k, 0) for k in ("pending", "failed") if c.get(k)}
+        if last and undelivered:
+            owed = ", ".join(f"{n} {k}" for k, n in undelivered.items())
+            console.print(Text(f"  {name}: {owed}; last error: {last}", style="yellow"))
     console.print(f"[dim]details: audience-sync diff --run {result['run_id']}[/dim]")

@@ -17,7 +17,7 @@ import click
 from rich.markup import escape
 
 from .. import commands
-from ..config import Config, load_config
+from ..config import ALERTS, Config, load_config
 from ..errors import AudienceSyncError
 from ..ops.attempts import attempt_of
 from ..ops.postrun import after_run
@@ -34,6 +34,7 @@ from .app import (
     stdout,
     with_filters,
 )
+from .logs import log_format
 from .progress import RichProgress
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,13 @@ def _graceful_stop() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def _run(config: Config, as_json: bool, metrics_file: Path | None, **kwargs: Any) -> None:
+def _config_for(config_path: str | None, destinations: tuple[str, ...]) -> Config:
+    """The config with the secrets of the destinations this run uses (and the alerts webhook's) read and checked;
+    those of the others are not needed."""
+    return load_config(config_path, secrets_for=(*destinations, ALERTS) if destinations else None)
+
+
+def _run(config: Config, as_json: bool, metrics_file: Path | None, *, quiet: bool = False, **kwargs: Any) -> None:
     scope = attempt_of(config, kwargs.get("destinations"), kwargs.get("audiences"), dry_run=bool(kwargs.get("dry_run")))
     progress = _progress()
     try:
@@ -76,15 +83,22 @@ def _run(config: Config, as_json: bool, metrics_file: Path | None, **kwargs: Any
         after_run(config, scope(error=exc), metrics_file=metrics_file)
         raise
     after_run(config, scope(result=result), metrics_file=metrics_file)
-    _finish(result, as_json)
+    _finish(result, as_json, quiet)
 
 
-def _finish(result: RunResult, as_json: bool) -> None:
+def _finish(result: RunResult, as_json: bool, quiet: bool = False) -> None:
+    """Print the run's summary: JSON with ``--json``; else the table, unless ``--quiet``, or JSON logs (which carry
+    the summary as a record of their own) go where no terminal is, as from cron or a timer."""
     if as_json:
         click.echo(render.to_json(result.to_dict()))
-    else:
+    elif not quiet and (log_format() != "json" or stdout.is_terminal):
         render.print_run_summary(stdout, result.to_dict())
     sys.exit(result.exit_code)
+
+
+quiet_option = click.option(
+    "--quiet", is_flag=True, help="Print no summary table (JSON logs still carry the summary; --json still prints it)."
+)
 
 
 @cli.command()
@@ -92,6 +106,7 @@ def _finish(result: RunResult, as_json: bool) -> None:
 @with_filters
 @metrics_option
 @as_of_option
+@quiet_option
 def run(
     config_path: str | None,
     destinations: tuple[str, ...],
@@ -102,9 +117,10 @@ def run(
     wait: float | None,
     metrics_file: Path | None,
     as_of: dt.datetime | None,
+    quiet: bool,
 ) -> None:
     """One incremental run: send only the users whose membership or value changed."""
-    config = load_config(config_path)
+    config = _config_for(config_path, destinations)
     _run(
         config,
         as_json,
@@ -115,6 +131,7 @@ def run(
         force=force,
         wait=wait or 0.0,
         as_of=as_of,
+        quiet=quiet,
     )
 
 
@@ -125,6 +142,7 @@ def run(
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @metrics_option
 @as_of_option
+@quiet_option
 def resync(
     config_path: str | None,
     destinations: tuple[str, ...],
@@ -137,12 +155,13 @@ def resync(
     yes: bool,
     metrics_file: Path | None,
     as_of: dt.datetime | None,
+    quiet: bool,
 ) -> None:
     """Full resync: every current member gets its current value again; users who left get false/null.
 
     With --user, every key the destination holds for those users is sent again, false and null included; an
     unknown user id (in no audience or trait, never sent) stops the run before anything is sent (exit 2)."""
-    config = load_config(config_path)
+    config = _config_for(config_path, destinations)
     if not yes and not dry_run:
         scope = ", ".join(audiences) or "every audience and trait"
         who = f" of user(s) {', '.join(users)}" if users else " of every current member"
@@ -162,6 +181,7 @@ def resync(
         force=force,
         wait=wait or 0.0,
         as_of=as_of,
+        quiet=quiet,
     )
 
 

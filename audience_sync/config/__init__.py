@@ -18,6 +18,7 @@ from .destinations import (
 )
 from .load import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, Config, default_config_path, load_config, parse_config
 from .sections import (
+    ALERTS,
     DEFAULT_STATE_URL,
     AlertsConfig,
     EventsConfig,
@@ -31,6 +32,7 @@ from .sections import (
 )
 
 __all__ = [
+    "ALERTS",
     "CONFIG_ENV_VAR",
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_STATE_URL",

@@ -61,17 +61,20 @@ class GistDestination(_DestinationBase):
     type: Literal["gist"]
     api_key_env: str = Field(min_length=1)
     endpoint: str = "https://api.getgist.com"
+    #: how a list value is sent as a custom property (Gist's take text, numbers, booleans and dates, not lists):
+    #: ``join`` its items as text joined with ", " (segments can filter with "contains"), ``json`` its JSON text
+    list_values: Literal["join", "json"] = "join"
     _api_key: SecretStr = PrivateAttr(default=SecretStr(""))
 
     @field_validator("api_key_env")
     @classmethod
     def _env_var_is_set(cls, var: str, info: ValidationInfo) -> str:
-        _secret_from_env(var, "api_key_env", info, header=True)
+        _secret_from_env(var, "api_key_env", info, header=True, owner=info.data.get("name"))
         return var
 
     @model_validator(mode="after")
     def _resolve_secret(self, info: ValidationInfo) -> GistDestination:
-        self._api_key = _secret_from_env(self.api_key_env, "api_key_env", info, header=True)
+        self._api_key = _secret_from_env(self.api_key_env, "api_key_env", info, header=True, owner=self.name)
         return self
 
     @property
@@ -107,12 +110,12 @@ class SegmentDestination(_DestinationBase):
     @field_validator("write_key_env")
     @classmethod
     def _env_var_is_set(cls, var: str, info: ValidationInfo) -> str:
-        _secret_from_env(var, "write_key_env", info, header=True)
+        _secret_from_env(var, "write_key_env", info, header=True, owner=info.data.get("name"))
         return var
 
     @model_validator(mode="after")
     def _resolve_secret(self, info: ValidationInfo) -> SegmentDestination:
-        self._write_key = _secret_from_env(self.write_key_env, "write_key_env", info, header=True)
+        self._write_key = _secret_from_env(self.write_key_env, "write_key_env", info, header=True, owner=self.name)
         return self
 
     @property
@@ -138,21 +141,24 @@ class WebhookDestination(_DestinationBase):
     @classmethod
     def _header_vars_are_set(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         for var in value.values():
-            _secret_from_env(var, "headers_env", info, header=True)
+            _secret_from_env(var, "headers_env", info, header=True, owner=info.data.get("name"))
         return value
 
     @field_validator("signing_secret_env")
     @classmethod
     def _signing_var_is_set(cls, var: str | None, info: ValidationInfo) -> str | None:
         if var is not None:
-            _secret_from_env(var, "signing_secret_env", info)
+            _secret_from_env(var, "signing_secret_env", info, owner=info.data.get("name"))
         return var
 
     @model_validator(mode="after")
     def _resolve_secrets(self, info: ValidationInfo) -> WebhookDestination:
-        self._secrets = {h: _secret_from_env(v, "headers_env", info, header=True) for h, v in self.headers_env.items()}
+        self._secrets = {
+            h: _secret_from_env(v, "headers_env", info, header=True, owner=self.name)
+            for h, v in self.headers_env.items()
+        }
         if self.signing_secret_env:
-            self._secrets[""] = _secret_from_env(self.signing_secret_env, "signing_secret_env", info)
+            self._secrets[""] = _secret_from_env(self.signing_secret_env, "signing_secret_env", info, owner=self.name)
         return self
 
     @property

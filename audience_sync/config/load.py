@@ -7,9 +7,10 @@ Every problem in a file is reported at once, each with the file and the key path
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from .destinations import (
     AnyDestination,
     DestinationConfig,
     GistDestination,
+    JsonlDestination,
     SegmentDestination,
     WebhookDestination,
 )
@@ -156,12 +158,37 @@ def _location(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
     return "".join(parts) or "(top level)"
 
 
+_DESTINATION_MODELS = (GistDestination, SegmentDestination, WebhookDestination, JsonlDestination)
+
+
+def _known_keys() -> list[str]:
+    """Every key a config file may hold, in any table (for suggesting the nearest to an unknown one)."""
+    models: list[type[Any]] = [_RawConfig, AudienceConfig, TraitConfig, *_DESTINATION_MODELS]
+    seen: set[type[Any]] = set()
+    keys: set[str] = set()
+    while models:
+        model = models.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            keys.add(name)
+            annotation = info.annotation
+            for arg in (annotation, *getattr(annotation, "__args__", ())):
+                if isinstance(arg, type) and issubclass(arg, _Section):
+                    models.append(arg)
+    return sorted(keys)
+
+
 def _format_errors(path: str, error: ValidationError, data: Mapping[str, Any]) -> list[str]:
     problems = []
     for err in error.errors():
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling against the config reference)"
+            near = difflib.get_close_matches(str(err["loc"][-1]), _known_keys(), n=1, cutoff=0.7)
+            if near:
+                msg = f"unknown key (did you mean `{near[0]}`?)"
         elif err["type"] == "union_tag_invalid":
             msg = f"unknown destination type {err['ctx']['tag']!r} (expected {err['ctx']['expected_tags']})"
         elif err["type"] == "union_tag_not_found":
@@ -288,8 +315,18 @@ def _builder_references(
     ]
 
 
-def parse_config(text: str, *, path: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:
+def parse_config(
+    text: str,
+    *,
+    path: str = "<config>",
+    environ: Mapping[str, str] | None = None,
+    secrets_for: Collection[str] | None = None,
+) -> Config:
     """Validate TOML text into a :class:`Config`; ConfigError listing every problem with its key path.
+
+    ``secrets_for``: None reads and checks every secret; otherwise only those of the destinations it names (and
+    the ``[alerts]`` webhook's when it holds :data:`audience_sync.config.ALERTS`): a command that uses no
+    destination needs no key. The others stay empty.
 
     The config's secrets are remembered (:func:`audience_sync.redact.remember`), so that no text from outside
     shows them from then on."""
@@ -303,7 +340,8 @@ def parse_config(text: str, *, path: str = "<config>", environ: Mapping[str, str
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems), path=path, problems=problems)
     env = os.environ if environ is None else environ
     try:
-        raw = _RawConfig.model_validate(data, context={"environ": env})
+        wanted = None if secrets_for is None else frozenset(secrets_for)
+        raw = _RawConfig.model_validate(data, context={"environ": env, "secrets_for": wanted})
     except ValidationError as exc:
         problems = _format_errors(path, exc, data)
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems), path=path, problems=problems) from None
@@ -312,11 +350,17 @@ def parse_config(text: str, *, path: str = "<config>", environ: Mapping[str, str
     return config
 
 
-def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    secrets_for: Collection[str] | None = None,
+) -> Config:
     """Read and validate the config file at ``path`` (default: :func:`default_config_path`).
 
-    Guarantees: either a fully valid config whose secrets were all found in the environment, or a
-    :class:`ConfigError` (exit code 2) listing every problem with the file and key path.
+    Guarantees: either a fully valid config whose secrets (those ``secrets_for`` names, see
+    :func:`parse_config`; all by default) were all found in the environment, or a :class:`ConfigError` (exit
+    code 2) listing every problem with the file and key path.
     """
     file = str(path) if path is not None else default_config_path(environ)
     try:
@@ -327,4 +371,4 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file}: cannot read config file: {exc}", path=file) from None
-    return parse_config(text, path=file, environ=environ)
+    return parse_config(text, path=file, environ=environ, secrets_for=secrets_for)

@@ -195,10 +195,24 @@ class ProfilesConfig(_Section):
     email: str = "email"
 
 
-def _secret_from_env(var: str, field: str, info: ValidationInfo, *, header: bool = False) -> SecretStr:
+#: in ``secrets_for`` (see :func:`audience_sync.config.load_config`): the ``[alerts]`` webhook's URL is needed
+ALERTS = "[alerts]"
+
+
+def _secret_from_env(
+    var: str, field: str, info: ValidationInfo, *, header: bool = False, owner: str | None = ALERTS
+) -> SecretStr:
     """The secret in environment variable ``var``; ValueError naming it (never its value) when it is unset or
-    empty, or, for a secret sent in an HTTP header (``header``), holds a character a header cannot carry."""
-    environ: Mapping[str, str] = (info.context or {}).get("environ", {})
+    empty, or, for a secret sent in an HTTP header (``header``), holds a character a header cannot carry.
+
+    ``owner`` is the destination the secret belongs to (or :data:`ALERTS`). When the validation context's
+    ``secrets_for`` is a set that does not name it, the command does not use this secret: it is not checked, and
+    an empty secret stands for it."""
+    context = info.context or {}
+    wanted = context.get("secrets_for")
+    if wanted is not None and owner not in wanted:
+        return SecretStr("")
+    environ: Mapping[str, str] = context.get("environ", {})
     value = environ.get(var)
     if not value:
         raise ValueError(f"environment variable {var} (named by `{field}`) is not set")

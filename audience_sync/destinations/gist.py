@@ -6,6 +6,8 @@ Bearer auth. Users without ``user_id`` and ``email`` never reach this module: th
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from itertools import groupby
 from typing import Any
@@ -22,6 +24,21 @@ from .messages import MessageOptions, event_name, track_properties
 
 #: one HTTP call: its path, its JSON body, and the changes it carries
 Call = tuple[str, dict[str, Any], list[Change]]
+
+
+def answer_errors(response: httpx.Response) -> str | None:
+    """What a 2xx answer's ``errors`` list says (Gist can answer 200 with errors for what it did not take), or
+    None when it has none: only then is the call acknowledged."""
+    try:
+        body = response.json() if response.content else None
+    except ValueError:
+        return None  # not JSON: nothing says it was refused
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not errors:
+        return None
+    items = errors if isinstance(errors, list) else [errors]
+    texts = [str(e.get("message") or e.get("code") or e) if isinstance(e, dict) else str(e) for e in items]
+    return f"HTTP {response.status_code} with errors: " + "; ".join(texts)[:500]
 
 
 class GistContacts(Destination):
@@ -45,10 +62,22 @@ class GistContacts(Destination):
             before_attempt=self.check_fence,
             headers={"Authorization": f"Bearer {config.api_key.get_secret_value()}", "Accept": "application/json"},
         )
+        self.sender.keep_answers = True  # a 2xx can still carry `errors`: read it
+
+    def property_value(self, value: Any) -> Any:
+        """A value as a Gist custom property takes it: strings, numbers, booleans and null as they are; a list as
+        ``list_values`` says (``join``: its items as text joined with ", ", ``json``: its JSON text); an object
+        as its JSON text."""
+        if isinstance(value, list) and self.config.list_values == "join":
+            return ", ".join(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in value)
+        if isinstance(value, list | dict):
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return value
 
     def calls(self, changes: Sequence[Change]) -> list[Call]:
         """The HTTP calls for a chunk: a contact per user (identify), an event per change (track)."""
         out: list[Call] = []
+        occurred_at = int(time.time())  # when the changes are sent: Gist takes Unix seconds
         for user_id, group in groupby(changes, key=lambda c: c.user_id):
             user_changes = list(group)
             email = next((c.email for c in user_changes if c.email), None)
@@ -56,7 +85,7 @@ class GistContacts(Destination):
                 contact = {
                     "user_id": user_id,
                     "email": email,
-                    "custom_properties": {c.computation_key: c.new_value for c in user_changes},
+                    "custom_properties": {c.computation_key: self.property_value(c.new_value) for c in user_changes},
                 }
                 out.append(("/contacts", contact, user_changes))
             if "track" in self.config.send:
@@ -66,6 +95,7 @@ class GistContacts(Destination):
                         "email": c.email or email,
                         "user_id": user_id,
                         "properties": track_properties(c),
+                        "occurred_at": occurred_at,
                     }
                     out.append(("/events", event, [c]))
         return out
@@ -73,8 +103,9 @@ class GistContacts(Destination):
     def _call(self, call: Call) -> list[tuple[int, Outcome]]:
         path, payload, changes = call
         try:
-            self.sender.post(path, content=encode(payload))
-            outcome = SENT
+            response = self.sender.post(path, content=encode(payload))
+            refused = answer_errors(response)
+            outcome = SENT if refused is None else Outcome("failed", f"destination {self.name!r}: {refused}")
         except DestinationError as exc:
             if exc.stops_destination:
                 raise  # credentials refused, or asked to wait too long: settled by the sender

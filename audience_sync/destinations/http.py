@@ -179,13 +179,30 @@ def call_with_retries(
             ) from None
         attempt += 1
         if attempt > policy.max_retries:
-            raise failure
+            if not policy.max_retries:
+                raise failure
+            raise TransientDestinationError(  # the reason a change stays pending says how hard we tried
+                f"{failure} (after {policy.max_retries} retries)",
+                destination=destination,
+                status_code=failure.status_code,
+                retry_after=failure.retry_after,
+            ) from None
         sleep(policy.delay(attempt, failure.retry_after, rng))
 
 
 def _drain(chunks: Iterator[bytes]) -> None:
     for _ in chunks:
         pass
+
+
+def _whole_body(chunks: Iterator[bytes]) -> bytes:
+    """Read an answer to its end (an error on the way is raised, as :func:`_drain` does) and keep its first
+    :data:`MAX_ERROR_BODY` bytes."""
+    body = b""
+    for chunk in chunks:
+        if len(body) < MAX_ERROR_BODY:
+            body += chunk
+    return body[:MAX_ERROR_BODY]
 
 
 def _refusal_body(response: httpx.Response) -> tuple[bytes, str]:
@@ -203,7 +220,7 @@ def _refusal_body(response: httpx.Response) -> tuple[bytes, str]:
 
 def _answer(status: int, headers: httpx.Headers, body: bytes, note: str) -> httpx.Response:
     """The answer as a read response: a refusal's body decoded when it can be (as sent otherwise, with a note)."""
-    if 200 <= status < 300:  # acknowledged: the body is not needed, so it is not decoded
+    if 200 <= status < 300 and not body:  # acknowledged: the body is not needed, so it is not decoded
         kept = [(k, v) for k, v in headers.multi_items() if k.lower() != "content-encoding"]
         return httpx.Response(status, headers=kept)
     try:
@@ -284,6 +301,9 @@ class HttpSender:
         self.timeout = timeout
         self.bucket = TokenBucket(rate_limit, burst=1.0, sleep=sleep) if rate_limit else None
         self.before_attempt = before_attempt
+        #: keep (up to MAX_ERROR_BODY bytes of) a 2xx answer's body, for a destination whose 2xx can still carry
+        #: ``errors`` (Gist); others only need it to have arrived whole
+        self.keep_answers = False
         self._sleep = sleep
         self._stopped: DestinationError | None = None
         base = base_url.rstrip("/")
@@ -430,7 +450,9 @@ class HttpSender:
                     return response
                 try:
                     phase = "reading the answer's body"
-                    if 200 <= response.status_code < 300:
+                    if 200 <= response.status_code < 300 and self.keep_answers:
+                        refusal, note = _whole_body(response.iter_raw()), ""  # arrived whole: acknowledged
+                    elif 200 <= response.status_code < 300:
                         _drain(response.iter_raw())  # arrived whole: acknowledged
                         refusal, note = b"", ""
                     else:

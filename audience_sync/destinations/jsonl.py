@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -37,6 +38,19 @@ def cut_partial_line(fd: int) -> tuple[int, int]:
     os.ftruncate(fd, keep)
     os.fsync(fd)
     return keep, size - keep
+
+
+#: a JSON string (kept whole), or whitespace between tokens (dropped)
+_TOKEN_OR_SPACE = re.compile(rb'("(?:[^"\\]|\\.)*")|[ \t\r\n]+')
+
+
+def compact(message: bytes) -> bytes:
+    """``message`` (one JSON value) with no whitespace between its tokens, as ``json.dumps(..., separators=(",",
+    ":"))`` writes it; strings and numbers are kept byte for byte. SQLite's JSON is compact already; PostgreSQL's
+    ``json_build_object`` writes ``" : "`` and ``", "`` between items."""
+    if b'" : ' not in message and b", " not in message:
+        return message
+    return _TOKEN_OR_SPACE.sub(lambda m: m.group(1) or b"", message)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -98,7 +112,7 @@ class JsonlSink(MessageDestination):
                 extra={"destination": self.name, "path": str(self.path), "bytes_cut": cut},
             )
         try:
-            _write_all(fd, b"".join(message + b"\n" for _, message in messages))
+            _write_all(fd, b"".join(compact(message) + b"\n" for _, message in messages))
             os.fsync(fd)
         except OSError as exc:
             taken_back = self._take_back(fd, start)

@@ -19,6 +19,12 @@ class MessageOptions:
     trait_event: str = "Trait Computed"
     integrations: dict[str, bool] | None = None
 
+    @property
+    def space(self) -> str:
+        """The space id as Engage sends it in both ``context.personas.space_id`` and ``namespace``: ``spa_`` and
+        the configured ``space_id`` (kept as it is when it already starts with ``spa_``)."""
+        return self.space_id if self.space_id.startswith("spa_") else f"spa_{self.space_id}"
+
     @classmethod
     def of(cls, config: Any) -> MessageOptions:
         """Options from a destination config (any object with those attributes)."""
@@ -41,8 +47,8 @@ def personas_context(change: Change, options: MessageOptions = DEFAULT) -> dict[
         "computation_class": change.computation_class,
         "computation_id": f"{prefix}_{change.computation_key}",
         "computation_key": change.computation_key,
-        "namespace": f"spa_{options.space_id}",
-        "space_id": options.space_id,
+        "namespace": options.space,
+        "space_id": options.space,
     }
 
 

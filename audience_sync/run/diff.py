@@ -12,7 +12,7 @@ from ..store import registry
 from ..store.dialect import analyze
 from ..store.diff import mark_planned, note_missing, skip_unreachable, supersede_pending, unknown_users, write_changes
 from .deliver import Fence
-from .guard import Hold, find_mass_exits, hold
+from .guard import Hold, find_mass_exits, hold, hold_messages
 from .plan import RunPlan
 
 
@@ -54,8 +54,8 @@ def diff(
                 )
             if not force and written["exited"]:  # the guard has nothing to weigh without exits
                 holds += find_mass_exits(conn, run_id, name, targeted, staged, min_size=config.guard.min_size)
-        for held in holds:
-            hold(conn, run_id, held.comp.key, held.message())
+        for key, message in hold_messages(holds).items():
+            hold(conn, run_id, key, message)
         if dry_run:
             mark_planned(conn, run_id)
         else:

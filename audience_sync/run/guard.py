@@ -37,24 +37,42 @@ class Hold:
         """The share of the destination's members that would exit."""
         return self.exits / self.size if self.size else 0.0
 
-    def message(self) -> str:
-        """What was seen, that nothing was sent, and how to proceed."""
-        what = f"{self.comp.computation_class} {self.comp.name!r} ({self.comp.key})"
+    def seen(self) -> str:
+        """What was seen at this destination."""
         members = "members" if self.comp.computation_class == "audience" else "users with a value"
         if self.staged == 0:
-            seen = (
-                f"{what}: the source returned no rows, but destination {self.destination!r} holds "
-                f"{self.size} {members} (an empty upstream table?)"
-            )
-        else:
-            seen = (
-                f"{what} would lose {self.exits} of {self.size} {members} ({self.share:.0%}) at destination "
-                f"{self.destination!r}, over its max_exit_share of {self.comp.max_exit_share:.0%}"
+            return (
+                f"the source returned no rows, but destination {self.destination!r} holds {self.size} {members} "
+                f"(an empty upstream table?)"
             )
         return (
-            f"{seen}; nothing of it was sent. If this is real churn, run again with --force, or raise "
-            f"`max_exit_share` for it"
+            f"would lose {self.exits} of {self.size} {members} ({self.share:.0%}) at destination "
+            f"{self.destination!r}, over its max_exit_share of {self.comp.max_exit_share:.0%}"
         )
+
+    def message(self) -> str:
+        """What was seen, that nothing was sent, and how to proceed."""
+        return hold_message([self])
+
+
+def hold_message(holds: Sequence[Hold]) -> str:
+    """One message for the holds of one computation (at one or more destinations): what was seen at each, that
+    nothing of it was sent, and how to proceed, said once."""
+    comp = holds[0].comp
+    what = f"{comp.computation_class} {comp.name!r} ({comp.key})"
+    seen = "; and ".join(h.seen() for h in holds)
+    return (
+        f"{what}{':' if holds[0].staged == 0 else ''} {seen}; nothing of it was sent. If this is real churn, run "
+        f"again with --force, or raise `max_exit_share` for it"
+    )
+
+
+def hold_messages(holds: Sequence[Hold]) -> dict[str, str]:
+    """Per held computation key, its one message (:func:`hold_message`), in the order the holds came."""
+    by_key: dict[str, list[Hold]] = {}
+    for held in holds:
+        by_key.setdefault(held.comp.key, []).append(held)
+    return {key: hold_message(group) for key, group in by_key.items()}
 
 
 def _exits(conn: Connection, run_id: int, dest: str) -> dict[str, int]:

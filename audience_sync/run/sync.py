@@ -31,6 +31,7 @@ from ..store.lock import HeldLock, run_lock
 from ..store.migrate import upgrade
 from .deliver import DeliveryReport, deliver_all
 from .diff import diff
+from .guard import hold_messages
 from .outcome import RunResult, decide_status, failure_text
 from .plan import Mode, RunPlan, select_targets
 from .progress import NoProgress, Progress
@@ -39,6 +40,8 @@ from .stage import stage, use_pushdown
 __all__ = ["Mode", "RunPlan", "RunResult", "failure_text", "run_sync", "select_targets", "use_pushdown"]
 
 log = logging.getLogger(__name__)
+#: the run's closing record, its summary: a logger of its own, which JSON logs write at every level
+summary_log = logging.getLogger("audience_sync.run.summary")
 
 #: refresh the snapshot's planner statistics after a run that delivered at least this many changes
 ANALYZE_AFTER = 10_000
@@ -122,6 +125,7 @@ def _locked_run(
         run_id = runs.open_run(
             conn, mode=mode, trigger=plan.trigger, destinations=dest_names, computations=[c.key for c in comps]
         )
+        held.note_run(conn, run_id)  # the lock names its run from now on
         if not dry_run:
             in_doubt = outbox.recover_in_flight(conn, run_id, dest_names, held.destination_tokens())
             if in_doubt:
@@ -148,6 +152,10 @@ def _locked_run(
     except BaseException as exc:  # whatever escapes, ours or not: the run row says it failed, and why
         _close_failed(engine, config, run_id, exc, [] if plan.mode == "dry_run" else plan.pairs())
         raise
+    last_errors: dict[str, str] = {}
+    if counts.get("pending") or counts.get("failed"):
+        with engine.connect() as conn:
+            last_errors = runs.last_errors(conn, run_id, after_id=before)
     result = RunResult(
         run_id=run_id,
         mode=mode,
@@ -155,11 +163,14 @@ def _locked_run(
         counts=counts,
         error=error,
         duration_seconds=time.monotonic() - started,
-        destinations={n: {"error": r.error, "changes_attempted": r.attempted} for n, r in reports.items()},
+        destinations={
+            n: {"error": r.error, "last_error": r.error or last_errors.get(n), "changes_attempted": r.attempted}
+            for n, r in reports.items()
+        },
         as_of=plan.as_of.isoformat() if plan.as_of else None,
     )
     totals = {k: counts[k] for k in runs.COUNT_KEYS}
-    log.log(
+    summary_log.log(
         logging.INFO if status == "succeeded" else logging.WARNING,
         "run %d %s in %.1fs: %s%s",
         run_id,
@@ -175,6 +186,14 @@ def _locked_run(
             "destinations": dest_names,
             "duration_seconds": round(result.duration_seconds, 3),
             "error": error,
+            "exit_code": result.exit_code,
+            "per_destination": {
+                name: {
+                    **{k: c.get(k, 0) for k in runs.COUNT_KEYS},
+                    "last_error": result.destinations.get(name, {}).get("last_error"),
+                }
+                for name, c in sorted(counts.get("destinations", {}).items())
+            },
         },
     )
     return result
@@ -213,7 +232,7 @@ def _steps(
         if plan.as_of is not None and any(c.builder is not None for c in comps):
             counts["as_of"] = plan.as_of.isoformat()  # kept with the run: the instant its builder computations saw
         status = decide_status(holds, reports, counts, dry_run=dry_run)
-        errors = [h.message() for h in holds] + [f"{r.destination}: {r.error}" for r in reports.values() if r.error]
+        errors = [*hold_messages(holds).values()] + [f"{r.destination}: {r.error}" for r in reports.values() if r.error]
         error = "; ".join(errors) or None
         runs.close_run(conn, run_id, status=status, counts=counts, error=error)
         if not dry_run:  # the size each destination holds after the run, for `audiences --history`

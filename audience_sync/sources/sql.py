@@ -11,13 +11,15 @@ from ..config import Computation
 from ..errors import SourceError
 from ..redact import scrub
 from ..store.dialect import literal_sql
+from ..store.engine import without_cursor_names
 from .columns import locate
 from .rows import RawRow
 
 
 def _reason(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)
-    return scrub(" ".join(str(orig if orig is not None else exc).split()))  # a driver may quote its connection
+    # a driver may quote its connection (scrubbed), and its own cursor's name (dropped)
+    return without_cursor_names(scrub(" ".join(str(orig if orig is not None else exc).split())))
 
 
 def read_sql(engine: Engine, comp: Computation, chunk_size: int) -> Iterator[list[RawRow]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -72,9 +73,21 @@ def create_state_engine(url: str, *, what: str = "state database") -> Engine:
     return engine
 
 
+#: how psycopg quotes a query streamed through a server-side cursor: the cursor's name is the driver's own
+_DECLARE = re.compile(r'DECLARE "[^"]*" (?:(?:NO )?SCROLL |BINARY )*CURSOR (?:WITH(?:OUT)? HOLD )?FOR ')
+
+
+def without_cursor_names(reason: str) -> str:
+    """A database's reason without the driver's server-side cursor (``DECLARE "c_7f…_1" CURSOR FOR``), which
+    names nothing of ours; the caret under the quoted line then points at nothing either, and goes too."""
+    if not _DECLARE.search(reason):
+        return reason
+    return re.sub(r"\s+\^\s*$", "", _DECLARE.sub("", reason))
+
+
 def store_error(exc: SQLAlchemyError, url: str, doing: str = "using") -> StoreError:
     """A StoreError naming the (redacted) state database and the database's own reason, one line."""
-    reason = scrub(" ".join(str(getattr(exc, "orig", None) or exc).split()))
+    reason = without_cursor_names(scrub(" ".join(str(getattr(exc, "orig", None) or exc).split())))
     return StoreError(f"{doing} the state database {redact_url(url)} failed: {type(exc).__name__}: {reason[:500]}")
 
 

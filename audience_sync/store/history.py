@@ -52,9 +52,17 @@ def list_diffs(
     status: str | None = None,
     destination: str | None = None,
     limit: int | None = None,
+    users: Sequence[str] = (),
+    changes: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """The diff rows of a run in delivery order, values decoded from JSON (``null`` stays None)."""
+    """The diff rows of a run by destination, key and user id (numeric ids in numeric order, :func:`id_order`),
+    values decoded from JSON (``null`` stays None); only ``users``' and ``changes``' when given, the first
+    ``limit``."""
     stmt = select(*(diffs.c[f] for f in DIFF_FIELDS)).where(diffs.c.run_id == run_id)
+    if users:
+        stmt = stmt.where(diffs.c.user_id.in_(list(users)))
+    if changes:
+        stmt = stmt.where(diffs.c.change.in_(list(changes)))
     if computation is not None:
         stmt = stmt.where(diffs.c.computation_key == computation)
     if status is not None:
@@ -62,15 +70,21 @@ def list_diffs(
     if destination is not None:
         stmt = stmt.where(diffs.c.destination == destination)
     stmt = stmt.order_by(diffs.c.destination, diffs.c.computation_key, diffs.c.user_id, diffs.c.id)
-    if limit is not None:
-        stmt = stmt.limit(limit)
     out = []
     for row in conn.execute(stmt).mappings():
         item = dict(row)
         item["old_value"] = decode(item["old_value"])
         item["new_value"] = decode(item["new_value"])
         out.append(item)
-    return out
+    out.sort(key=lambda r: (r["destination"], r["computation_key"], id_order(r["user_id"])))
+    return out if limit is None else out[:limit]
+
+
+def id_order(user_id: str) -> tuple[int, int, str]:
+    """A sort key putting numeric ids first, in numeric order (``2`` before ``10``), then the others as text."""
+    if user_id.isascii() and user_id.isdigit():
+        return (0, int(user_id), user_id)
+    return (1, 0, user_id)
 
 
 def snapshot_sizes(conn: Connection, *, destination: str | None = None) -> dict[tuple[str, str], int]:
@@ -90,7 +104,8 @@ def members(conn: Connection, key: str, destinations: Sequence[str]) -> list[dic
         .where(snapshot.c.computation_key == key, snapshot.c.destination.in_(list(destinations)), _holds_value())
         .order_by(snapshot.c.destination, snapshot.c.user_id)
     ).mappings()
-    return [{**dict(r), "value": decode(r["value"])} for r in rows]
+    out = [{**dict(r), "value": decode(r["value"])} for r in rows]
+    return sorted(out, key=lambda r: (r["destination"], id_order(r["user_id"])))
 
 
 def user_snapshot(conn: Connection, user_id: str) -> list[dict[str, Any]]:

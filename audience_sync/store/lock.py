@@ -364,6 +364,17 @@ class HeldLock:
         self._prove()
         self._valid_until = started + self.window
 
+    def note_run(self, conn: Connection, run_id: int) -> None:
+        """Record ``run_id`` as this holder's run in its lock rows, in ``conn``'s transaction (the one that opens the
+        run), so that a run refused the lock is told which run holds it from then on, not only after a renewal."""
+        self.run_id = run_id
+        for name in self.names:
+            conn.execute(
+                update(locks)
+                .where(locks.c.name == name, locks.c.holder == self.holder, locks.c.token == self.tokens[name])
+                .values(run_id=run_id)
+            )
+
     def confirm(self, conn: Connection, destinations: Sequence[str]) -> None:
         """Prove, inside ``conn``'s transaction, that this holder still holds the locks of ``destinations``: a
         compare-and-set on holder and token (renewing the leases), which raises LockLost (rolling the transaction

@@ -71,9 +71,9 @@ def _personas(sql: _Sql, options: MessageOptions) -> ColumnElement[Any]:
         sql.key("computation_key"),
         diffs.c.computation_key,
         sql.key("namespace"),
-        sql.param("personas_namespace", f"spa_{options.space_id}"),
+        sql.param("personas_namespace", options.space),
         sql.key("space_id"),
-        sql.param("personas_space_id", options.space_id),
+        sql.param("personas_space_id", options.space),
     )
 
 

@@ -88,6 +88,22 @@ def count_changes(conn: Connection, run_id: int, *, after_id: int | None = None)
     return {**totals, "destinations": per_destination, "computations": per_computation}
 
 
+def last_errors(conn: Connection, run_id: int, *, after_id: int | None = None) -> dict[str, str]:
+    """Per destination, the error of the newest of run ``run_id``'s changes that stayed pending or failed with one
+    (why they were not delivered: "connection refused", "429 ... after 5 retries"); destinations without any are
+    left out. ``after_id`` as in :func:`count_changes`."""
+    mine = [diffs.c.run_id == run_id]
+    if after_id is not None:
+        mine = [diffs.c.id > after_id, (diffs.c.run_id + 0) == run_id]
+    newest = (
+        select(func.max(diffs.c.id))
+        .where(*mine, diffs.c.status.in_(("pending", "failed")), diffs.c.error.is_not(None))
+        .group_by(diffs.c.destination)
+    )
+    rows = conn.execute(select(diffs.c.destination, diffs.c.error).where(diffs.c.id.in_(newest))).all()
+    return {str(destination): str(error) for destination, error in rows}
+
+
 def list_runs(conn: Connection, *, limit: int = 20) -> list[dict[str, Any]]:
     """The newest ``limit`` runs, newest first, as plain dicts (``run_id`` instead of ``id``)."""
     result = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).mappings().all()

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -271,3 +272,179 @@ def test_resync_names_its_filters_and_reports_unknown_users(project: Path) -> No
     assert proc.returncode == 2 and "every audience and trait of user(s) u1 to file" in proc.stderr
     proc = cli("resync", "--config", "audience_sync.toml", "--user", "ghost", "--yes", cwd=project)
     assert proc.returncode == 2 and "unknown user id(s) 'ghost'" in proc.stderr
+
+
+def test_secrets_are_needed_only_by_the_destinations_a_command_uses(project: Path) -> None:
+    """Read-only commands need no API key; `run --destination X` needs X's secrets only."""
+    (project / "two.toml").write_text(
+        (project / "audience_sync.toml").read_text() + "\n[[destinations]]\n"
+        'name = "g"\ntype = "gist"\napi_key_env = "NO_SUCH_VAR_FOR_TEST"\n'
+    )
+    proc = cli("run", "--destination", "file", "--json", "--config", "two.toml", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["counts"]["sent"] == 3
+    for args in (
+        ("runs",),
+        ("diff",),
+        ("audiences",),
+        ("members", "vip"),
+        ("user", "u1"),
+        ("report", "--out", "r.html"),
+    ):
+        proc = cli(*args, "--config", "two.toml", cwd=project)
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert "NO_SUCH_VAR_FOR_TEST" not in proc.stderr
+    for args in (("run",), ("run", "--destination", "g"), ("resync", "--destination", "g", "--yes")):
+        proc = cli(*args, "--config", "two.toml", cwd=project)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "environment variable NO_SUCH_VAR_FOR_TEST (named by `api_key_env`) is not set" in proc.stderr
+
+
+def test_pending_changes_say_why_per_destination(tmp_path: Path, warehouse: Warehouse, gist: Any) -> None:
+    """Changes left pending come with each destination's last error, in the summary and in --json."""
+    from tests.fakes.gist import Fault
+
+    warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    gone = socket.socket()
+    gone.bind(("127.0.0.1", 0))
+    closed_port = gone.getsockname()[1]
+    gone.close()  # nothing listens there: every call is refused
+    (tmp_path / "audience_sync.toml").write_text(
+        f'[state]\nurl = "{state}"\n[source]\nurl = "{warehouse.url}"\n'
+        f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "K"\nendpoint = "{gist.url}"\n'
+        "max_retries = 2\n"
+        f'[[destinations]]\nname = "down"\ntype = "gist"\napi_key_env = "K"\n'
+        f'endpoint = "http://127.0.0.1:{closed_port}"\nmax_retries = 0\n' + Harness.audience("VIP")
+    )
+    gist.user_faults["u2"] = Fault(429, headers={"Retry-After": "0"})
+    env = {"K": gist.api_key}
+    proc = cli("run", "--json", "--config", "audience_sync.toml", cwd=tmp_path, env=env)
+    assert proc.returncode == 3, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["counts"]["destinations"]["gist"]["pending"] == 1
+    gist_error = summary["destinations"]["gist"]["last_error"]
+    assert "HTTP 429" in gist_error and "(after 2 retries)" in gist_error, gist_error
+    assert "ConnectError" in summary["destinations"]["down"]["last_error"]
+
+    gist.user_faults.clear()
+    gist.user_faults["u2"] = Fault(429, headers={"Retry-After": "0"})
+    proc = cli("run", "--config", "audience_sync.toml", cwd=tmp_path, env=env)
+    assert proc.returncode == 3, proc.stderr
+    flat = " ".join(proc.stdout.split())
+    assert "gist: 1 pending; last error: " in flat and "(after 2 retries)" in flat, proc.stdout
+    assert "down: 2 pending; last error: " in flat and "ConnectError" in flat, proc.stdout
+
+
+def test_json_logs_carry_the_summary_and_leave_stdout_to_terminals(project: Path) -> None:
+    """The cron recipe (`--log-format json`, output appended to a file) writes JSON lines only: the run's summary
+    is a record at the default level, and no table."""
+    proc = cli("run", "--log-format", "json", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    records = [json.loads(line) for line in proc.stderr.splitlines()]  # every line is JSON
+    (summary,) = [r for r in records if r["logger"] == "audience_sync.run.summary"]
+    assert summary["level"] == "INFO" and summary["status"] == "succeeded" and summary["exit_code"] == 0
+    assert summary["counts"]["sent"] == 3 and summary["per_destination"]["file"]["sent"] == 3
+    assert summary["run_id"] == 1
+
+    proc = cli("run", "--quiet", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stdout + proc.stderr
+    proc = cli("run", "--config", "audience_sync.toml", cwd=project)
+    assert "run 3 (incremental): succeeded" in proc.stdout
+    proc = cli("run", "--json", "--log-format", "json", "--config", "audience_sync.toml", cwd=project)
+    assert json.loads(proc.stdout)["run_id"] == 4
+
+
+def test_a_hold_shows_in_the_held_column_and_its_message_once(tmp_path: Path, warehouse: Warehouse) -> None:
+    """The guard holds an audience at two destinations: the summary has a `held` column, and the reason is said
+    once, naming both destinations."""
+    big = {f"u{i:03d}": f"{i}@x.io" for i in range(200)}
+    warehouse.set_members("VIP", big)
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    harness = Harness(tmp_path, state, warehouse)
+    (tmp_path / "audience_sync.toml").write_text(
+        f'[state]\nurl = "{state}"\n[source]\nurl = "{warehouse.url}"\n'
+        + harness.jsonl_destination("a")
+        + harness.jsonl_destination("b")
+        + Harness.audience("VIP")
+    )
+    assert cli("run", "--config", "audience_sync.toml", cwd=tmp_path).returncode == 0
+    warehouse.set_members("VIP", dict(list(big.items())[:50]))
+    proc = cli("run", "--config", "audience_sync.toml", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    header = next(line for line in proc.stdout.splitlines() if "destination" in line)
+    assert header.split("┃")[-2].strip() == "held", header
+    cells = [line.split("│") for line in proc.stdout.splitlines() if line.count("│") > 2]
+    rows = {c[1].strip(): c[-2].strip() for c in cells}
+    assert rows.get("a") == rows.get("b") == "150" and "300" in proc.stdout, proc.stdout
+    flat = " ".join(proc.stdout.split())
+    assert flat.count("nothing of it was sent") == 1 and flat.count("--force") == 1, proc.stdout
+    assert "at destination 'a'" in flat and "at destination 'b'" in flat
+    code, diffs = run_json(tmp_path, "diff", "--status", "held", "--format", "json")
+    assert code == 0 and len(diffs) == 300 and len({d["error"] for d in diffs}) == 1
+
+
+def test_shared_options_before_the_command_and_the_small_inspection_fixes(project: Path, warehouse: Warehouse) -> None:
+    """`--config`/log options before the command; `diff --user/--change/--limit`; numeric ids in numeric order;
+    times with their UTC offset; `members` of an unknown key exits 2; top-level help lines whole."""
+    warehouse.set_members("VIP", {"10": "a@x.io", "9": "b@x.io", "100": "c@x.io", "x": "d@x.io"})
+    proc = cli("--config", "audience_sync.toml", "--log-format", "json", "run", "--json", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert all(json.loads(line) for line in proc.stderr.splitlines())  # the group's --log-format applied
+    proc = cli("--config", "nope.toml", "runs", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 0, proc.stderr  # the command's own value wins
+
+    code, rows = run_json(project, "diff", "--audience", "vip", "--format", "json")
+    assert [r["user_id"] for r in rows] == ["9", "10", "100", "x"]
+    assert rows[0]["created_at"].endswith("+00:00")
+    code, rows = run_json(project, "diff", "--user", "10", "--user", "x", "--change", "entered", "--format", "json")
+    assert code == 0 and sorted((r["user_id"], r["computation_key"]) for r in rows) == [("10", "vip"), ("x", "vip")]
+    code, rows = run_json(project, "diff", "--limit", "2", "--format", "json")
+    assert len(rows) == 2
+    code, rows = run_json(project, "members", "vip", "--format", "json")
+    assert [r["user_id"] for r in rows] == ["9", "10", "100", "x"]
+    proc = cli("members", "vip", "--config", "audience_sync.toml", cwd=project)
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00", proc.stdout), proc.stdout
+
+    proc = cli("members", "nope", "--config", "audience_sync.toml", cwd=project)
+    assert proc.returncode == 2 and "no audience or trait with key 'nope'" in proc.stderr, proc.stderr
+
+    (project / "typo.toml").write_text((project / "audience_sync.toml").read_text() + "max_retrys = 3\n")
+    proc = cli("runs", "--config", "typo.toml", cwd=project)
+    assert proc.returncode == 2 and "unknown key (did you mean `max_retries`?)" in proc.stderr, proc.stderr
+
+    proc = cli("--help", cwd=project, env={"COLUMNS": "80"})
+    flat = " ".join(proc.stdout.split())
+    assert "the latest failures, the pending outbox and the guard's holds." in flat, proc.stdout
+    assert "..." not in proc.stdout.split("Commands:")[1]
+
+
+def test_the_lock_names_its_run_from_the_moment_it_is_acquired(
+    tmp_path: Path, state_url: str, warehouse: Warehouse, gist: Any
+) -> None:
+    """While run 1 waits on its first request (long before its lease is renewed), a second run is refused naming
+    run 1."""
+    import threading
+
+    from audience_sync.config import parse_config
+    from audience_sync.run.sync import run_sync
+
+    warehouse.set_members("VIP", {"u1": "a@x.io"})
+    text = (
+        f'[state]\nurl = "{state_url}"\n[source]\nurl = "{warehouse.url}"\n'
+        f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "K"\nendpoint = "{gist.url}"\n'
+        + Harness.audience("VIP")
+    )
+    (tmp_path / "audience_sync.toml").write_text(text)
+    trap = gist.trap(lambda _path, _body: True, hold=True)
+    first = threading.Thread(target=run_sync, args=(parse_config(text, environ={"K": gist.api_key}),))
+    first.start()
+    try:
+        trap.wait()
+        proc = cli("run", "--config", "audience_sync.toml", cwd=tmp_path, env={"K": gist.api_key})
+    finally:
+        gist.release_all()
+        first.join(60)
+    assert proc.returncode == 1, proc.stderr
+    assert "another run holds the lock for destination:gist" in proc.stderr and "run 1, pid" in proc.stderr

@@ -141,6 +141,7 @@ def test_track_mode_posts_events(harness: Harness, gist: FakeGist) -> None:
     assert harness.run(config).exit_code == 0
     events = sorted((json.loads(r["body"]) for r in gist.requests), key=lambda b: b["event_name"])
     assert [r["path"] for r in gist.requests] == ["/events", "/events"]
+    assert all(isinstance(e.pop("occurred_at"), int) for e in events)
     assert events == [
         {
             "event_name": "Joined VIP",
@@ -155,7 +156,9 @@ def test_track_mode_posts_events(harness: Harness, gist: FakeGist) -> None:
             "properties": {"trait_key": "score", "score": 7},
         },
     ]
-    assert sorted(gist.events, key=lambda b: b["event_name"]) == events
+    assert sorted(({k: v for k, v in e.items() if k != "occurred_at"} for e in gist.events), key=str) == sorted(
+        events, key=str
+    )
 
 
 def test_a_failing_destination_does_not_hold_up_another(harness: Harness, gist: FakeGist) -> None:
@@ -221,3 +224,54 @@ def test_repeated_runs_converge_under_random_faults(harness: Harness, gist: Fake
         for (user, key), value in snapshot.items():
             # nothing recorded as sent that Gist did not apply
             assert gist.properties(user).get(key) == (json.loads(value) if value is not None else None)
+
+
+def test_a_2xx_carrying_errors_is_not_an_acknowledgement(harness: Harness, gist: FakeGist) -> None:
+    """Gist may answer 200 with an ``errors`` list: that call's changes are failed with its messages, not sent."""
+    from tests.fakes.gist import Fault
+
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
+    config = harness.config(gist_destination(gist) + harness.audience("VIP"), environ=KEY_ENV)
+    gist.user_faults["u2"] = Fault(200, {"errors": [{"code": "parameter_invalid", "message": "email is invalid"}]})
+    result = harness.run(config)
+    assert result.status == "partial" and result.counts["sent"] == 1 and result.counts["failed"] == 1
+    _, rows = list_diffs(config, run_id=result.run_id)
+    failed = next(r for r in rows if r["user_id"] == "u2")
+    assert failed["status"] == "failed" and "HTTP 200 with errors: email is invalid" in failed["error"]
+    assert result.destinations["gist"]["last_error"] == failed["error"]
+    gist.user_faults.clear()
+    assert harness.run(config).status == "succeeded"  # not in the snapshot: the next run sends it again
+    assert gist.properties("u2") == {"vip": True}
+
+
+def test_track_events_carry_occurred_at_and_list_values_take_a_form_gist_takes() -> None:
+    import time
+
+    from audience_sync.config import parse_config
+    from audience_sync.destinations.gist import GistContacts
+    from audience_sync.model import Change
+
+    def destination(list_values: str) -> GistContacts:
+        config = parse_config(
+            '[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "GIST_API_KEY"\n'
+            f'send = ["identify", "track"]\nlist_values = "{list_values}"\n',
+            environ=KEY_ENV,
+        )
+        return GistContacts(config.destinations[0])  # type: ignore[arg-type]
+
+    changes = [
+        Change(1, 1, "gist", "categories", "trait", "u1", "a@x.io", "changed", None, ["tea", "B", 5], "m1"),
+        Change(2, 1, "gist", "last_order", "trait", "u1", "a@x.io", "changed", None, {"id": 3}, "m2"),
+    ]
+    before = int(time.time())
+    joined, json_text = destination("join"), destination("json")
+    try:
+        (_, contact, _), *events = joined.calls(changes)
+        assert contact["custom_properties"] == {"categories": "tea, B, 5", "last_order": '{"id":3}'}
+        assert [path for path, _, _ in events] == ["/events", "/events"]
+        assert all(before <= body["occurred_at"] <= int(time.time()) for _, body, _ in events)
+        (_, contact, _), *_ = json_text.calls(changes)
+        assert contact["custom_properties"]["categories"] == '["tea","B",5]'
+    finally:
+        joined.close()
+        json_text.close()

@@ -57,3 +57,34 @@ def test_a_death_after_writing_a_chunk_is_repaired(
         assert conn.execute(text("SELECT count(*) FROM snapshot WHERE in_doubt")).scalar_one() == 0
     engine.dispose()
     assert snapshot == {u: ("false" if u == "u025" else "true") for u in members}
+
+
+def test_lines_are_compact_json_on_either_state_database(harness: Harness, warehouse: Warehouse) -> None:
+    """Each line is written as ``json.dumps(..., separators=(",", ":"))`` would write it, PostgreSQL state too
+    (whose JSON builders put spaces around ``:`` and after ``,``); strings keep their spaces and escapes."""
+    import json
+
+    warehouse.set_members("VIP", {"u 1": 'a, "b" : c@x.io', "u2": "b@x.io"})
+    warehouse.set_trait("Score", {"u2": ("b@x.io", 12.5)})
+    config = harness.config(
+        harness.jsonl_destination().rstrip("\n")
+        + '\nsend = ["identify", "track"]\n'
+        + harness.audience("VIP")
+        + harness.trait("Score")
+    )
+    assert harness.run(config).status == "succeeded"
+    lines = (harness.tmp_path / "file.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    for line in lines:
+        assert line == json.dumps(json.loads(line), separators=(",", ":"), ensure_ascii=False), line
+    assert any('"email":"a, \\"b\\" : c@x.io"' in line for line in lines)
+    assert any('"score":12.5' in line for line in lines)
+
+
+def test_compact_keeps_strings_and_numbers_byte_for_byte() -> None:
+    from audience_sync.destinations.jsonl import compact
+
+    assert compact(b'{"a" : "x , y : \\" z", "b" : [1, 2.50], "c" : {"d" : null}}') == (
+        b'{"a":"x , y : \\" z","b":[1,2.50],"c":{"d":null}}'
+    )
+    assert compact(b'{"a":"b"}') == b'{"a":"b"}'

@@ -56,7 +56,7 @@ def test_identify_messages_are_engage_shaped(harness: Harness, segment: FakeSegm
         "computation_class": "audience",
         "computation_id": "aud_cafe_vips",
         "computation_key": "cafe_vips",
-        "namespace": "spa_spa_demo",
+        "namespace": "spa_demo",  # both carry the same spa_ value, as Engage sends them
         "space_id": "spa_demo",
     }
     assert vip["integrations"] == {"All": False, "Gist": True}
@@ -149,3 +149,15 @@ def test_bad_write_key_stops_with_exit_1(harness: Harness, segment: FakeSegment)
     result = harness.run(config)
     assert result.exit_code == 1 and "refused our credentials" in (result.error or "")
     assert "not-the-key" not in json.dumps(result.to_dict())
+
+
+def test_space_id_and_namespace_carry_the_same_spa_value() -> None:
+    """Engage sends ``context.personas.space_id`` and ``namespace`` as one ``spa_…`` value; the Python builder and
+    the database's agree."""
+    from audience_sync.destinations.messages import MessageOptions, personas_context
+    from audience_sync.model import Change
+
+    change = Change(1, 1, "s", "vip", "audience", "u1", None, "entered", None, True, "m")
+    for configured, sent in (("audience-sync", "spa_audience-sync"), ("spa_x1", "spa_x1")):
+        personas = personas_context(change, MessageOptions(space_id=configured))
+        assert personas["space_id"] == personas["namespace"] == sent
