@@ -204,7 +204,9 @@ def test_thousands_of_runs_and_hundreds_of_keys_are_capped_and_the_page_says_so(
             ],
         )
         db.executemany(
-            "INSERT INTO size_history VALUES ('file', ?, ?, 'audience', ?, ?, ?, 0, 0, 0, 0, 0, 0, ?)",
+            "INSERT INTO size_history (destination, computation_key, run_id, computation_class, size, entered, "
+            "exited, changed, sent, failed, skipped, pending, held, recorded_at) "
+            "VALUES ('file', ?, ?, 'audience', ?, ?, ?, 0, 0, 0, 0, 0, 0, ?)",
             (
                 (f"k{k:03}", r, 1000 + (r * k) % 50, (r + k) % 7, (r * k) % 5, str(start + dt.timedelta(hours=3 * r)))
                 for r in range(1, runs + 1)
