@@ -1,7 +1,7 @@
 """Retention: deleting old diff rows and runs, in batches, without touching what a run still needs.
 
 Only rows of finished runs whose status is final (``sent``, ``failed``, ``skipped``, ``superseded``, ``held``)
-are deleted. The snapshot, ``pending`` and ``sending`` rows (the outbox and the crash-recovery record) and
+are deleted. The snapshot, ``pending`` rows (the outbox), ``delivery_in_flight`` rows (the crash-recovery record) and
 runs still ``running`` are never touched, so pruning is safe while a run is in progress. The newest run is
 always kept, so run ids (part of message ids) are never handed out again.
 """

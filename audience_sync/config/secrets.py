@@ -1,0 +1,59 @@
+"""Secrets named in the config file by an environment variable: one type, one validator.
+
+A ``*_env`` key holds the *name* of an environment variable; the loader reads the variable's value once, while it
+validates the file (the mapping it reads is passed in the validation context as ``environ``, so tests give their
+own). The field's value stays the variable's name (a ``str``, dumped and compared as before); the secret rides
+beside it as :attr:`EnvSecret.secret`, a :class:`pydantic.SecretStr` that is never printed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from pydantic import GetCoreSchemaHandler, SecretStr, ValidationInfo
+from pydantic_core import core_schema
+
+
+class EnvSecret(str):
+    """The name of an environment variable that holds a secret, and the secret it held when the file was loaded.
+
+    Validation fails, naming the variable and the key (never the value), when the variable is unset or empty.
+    """
+
+    #: a secret sent in an HTTP header must be printable ASCII (see :class:`HeaderSecret`)
+    header: ClassVar[bool] = False
+    secret: SecretStr
+
+    def __new__(cls, var: str, secret: SecretStr | None = None) -> EnvSecret:
+        made = super().__new__(cls, var)
+        made.secret = secret if secret is not None else SecretStr("")
+        return made
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.with_info_after_validator_function(
+            cls._from_env,
+            core_schema.str_schema(min_length=1),
+            serialization=core_schema.plain_serializer_function_ser_schema(str),
+        )
+
+    @classmethod
+    def _from_env(cls, var: str, info: ValidationInfo) -> EnvSecret:
+        field = info.field_name or "?"
+        environ: Mapping[str, str] = (info.context or {}).get("environ", {})
+        value = environ.get(var)
+        if not value:
+            raise ValueError(f"environment variable {var} (named by `{field}`) is not set")
+        if cls.header and not (value.isascii() and value.isprintable()):
+            raise ValueError(
+                f"environment variable {var} (named by `{field}`) holds a character an HTTP header cannot carry "
+                f"(only printable ASCII can: check it for accents, a line break or a stray control character)"
+            )
+        return cls(var, SecretStr(value))
+
+
+class HeaderSecret(EnvSecret):
+    """An :class:`EnvSecret` sent in an HTTP header: its value must also be printable ASCII."""
+
+    header = True
