@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..model import COUNT_KEYS
+
 FORMATS = ("table", "json", "csv")
 
 RUN_COLUMNS = (
@@ -75,7 +77,7 @@ def _flatten_run(run: dict[str, Any]) -> dict[str, Any]:
     counts = run.get("counts") or {}
     return {
         **run,
-        **{k: counts.get(k, 0) for k in ("entered", "exited", "changed", "sent", "failed", "skipped", "pending")},
+        **{k: counts.get(k, 0) for k in COUNT_KEYS},
     }
 
 
@@ -120,7 +122,7 @@ def print_run_summary(console: Console, result: dict[str, Any]) -> None:
     error (which may quote a destination's answer) are shown literally."""
     counts = result["counts"]
     table = Table(title=Text(f"run {result['run_id']} ({result['mode']}): {result['status']}"), header_style="bold")
-    keys = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending")
+    keys = COUNT_KEYS
     table.add_column("destination")
     for key in keys:
         table.add_column(key, justify="right")

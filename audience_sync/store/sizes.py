@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, case, func, literal_column, select, tuple_
 
+from ..model import COUNT_KEYS
 from ..values import TRUE
 from .schema import DiffRow, SizeRow, SnapshotRow, SyncRun, table_of, utcnow
 
@@ -36,7 +37,7 @@ snapshot = table_of(SnapshotRow)
 runs = table_of(SyncRun)
 
 #: the change kinds and statuses a size row counts, besides ``size``
-TALLIES = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending", "held")
+TALLIES = COUNT_KEYS
 
 
 @dataclass(frozen=True)
