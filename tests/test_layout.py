@@ -20,7 +20,6 @@ MAX_LINES = 400
 LONG_MODULES = {
     "store/lock.py": "the lock, its heartbeat and the fence proofs share one state machine",
     "destinations/http.py": "one request's phases, deadlines and retries read top to bottom",
-    "store/outbox.py": "reading chunks, noting them in flight and recording outcomes share the key-range logic",
     "sources/builder/definitions.py": "the builder's definition models, one pydantic class per condition",
 }
 #: store modules that still import from sources/ or destinations/ (types only, or at connect time)
@@ -133,6 +132,15 @@ def test_dialect_checks_stay_where_they_are() -> None:
     found = {name for name, path in modules() if name != "store/dialect.py" and _DIALECT_CHECK.search(path.read_text())}
     assert found <= DIALECT_CHECKS, f"a new dialect check outside store/dialect.py: {sorted(found - DIALECT_CHECKS)}"
     assert found >= DIALECT_CHECKS, f"no longer needed: {sorted(DIALECT_CHECKS - found)}"
+
+
+#: modules that still take ``table_of(...)`` themselves rather than the handles exported by store/schema.py
+TABLE_OF_USERS = {"store/diff.py", "run/guard.py"}
+
+
+def test_table_handles_are_exported_once_from_the_schema() -> None:
+    found = {name for name, path in modules() if name != "store/schema.py" and "table_of(" in path.read_text()}
+    assert found == TABLE_OF_USERS
 
 
 def test_the_version_is_written_once_and_the_package_is_typed() -> None:

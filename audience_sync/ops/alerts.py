@@ -28,13 +28,10 @@ from ..destinations.deadline import deadline_client, within
 from ..errors import LockHeld, RunStopped
 from ..run.deliver import STOPPED
 from ..store.dialect import upsert
-from ..store.schema import AlertIncident, DiffRow, table_of, utcnow
+from ..store.schema import diffs, incidents, utcnow
 from .attempts import Attempt
 
 log = logging.getLogger(__name__)
-
-incidents = table_of(AlertIncident)
-diffs = table_of(DiffRow)
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,8 @@ from sqlalchemy import Connection, Engine, Row, func, select
 from ..config import Config
 from ..store.history import snapshot_sizes
 from ..store.runs import COUNT_KEYS
-from ..store.schema import DiffRow, SyncRun, table_of
+from ..store.schema import diffs, runs
 from .attempts import Attempt
-
-runs = table_of(SyncRun)
-diffs = table_of(DiffRow)
 
 #: how many recent runs are searched for each pair's latest and latest successful run
 RECENT_RUNS = 2_000

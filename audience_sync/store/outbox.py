@@ -39,13 +39,10 @@ from ..redact import scrub
 from ..values import decode
 from .dialect import upsert
 from .messages import TIMESTAMP, message_columns
-from .schema import DiffRow, InFlightChunk, SnapshotRow, table_of, utcnow
+from .schema import diffs, in_flight, snapshot, utcnow
 
 T = TypeVar("T")
 
-diffs = table_of(DiffRow)
-snapshot = table_of(SnapshotRow)
-in_flight = table_of(InFlightChunk)
 
 #: what a Change needs besides ``id`` and ``user_id``, which every chunk query selects first
 _FIELDS = (

@@ -14,10 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Select, Table, delete, exists, func, select
 
-from .schema import DiffRow, SyncRun, table_of, utcnow
-
-diffs = table_of(DiffRow)
-runs = table_of(SyncRun)
+from .schema import diffs, runs, utcnow
 
 FINAL_STATUSES = ("sent", "failed", "skipped", "superseded", "held")
 

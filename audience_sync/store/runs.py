@@ -11,10 +11,7 @@ from sqlalchemy import Connection, func, literal_column, select, update
 
 from ..model import COUNT_KEYS
 from ..redact import scrub
-from .schema import DiffRow, SyncRun, table_of, utcnow
-
-runs = table_of(SyncRun)
-diffs = table_of(DiffRow)
+from .schema import diffs, runs, utcnow
 
 __all__ = ["COUNT_KEYS"]  # re-exported: counted here, named in model.py
 

@@ -29,12 +29,7 @@ from sqlalchemy import ColumnElement, Connection, and_, case, func, literal_colu
 
 from ..model import COUNT_KEYS
 from ..values import TRUE
-from .schema import DiffRow, SizeRow, SnapshotRow, SyncRun, table_of, utcnow
-
-sizes = table_of(SizeRow)
-diffs = table_of(DiffRow)
-snapshot = table_of(SnapshotRow)
-runs = table_of(SyncRun)
+from .schema import diffs, runs, sizes, snapshot, utcnow
 
 #: the change kinds and statuses a size row counts, besides ``size``
 TALLIES = COUNT_KEYS
