@@ -134,6 +134,19 @@ def test_dialect_checks_stay_where_they_are() -> None:
     assert found >= DIALECT_CHECKS, f"no longer needed: {sorted(DIALECT_CHECKS - found)}"
 
 
+_STATEMENTS = ("select", "insert", "update", "delete", "func", "text", "literal_column")
+
+
+def test_the_shells_write_no_sql_of_their_own() -> None:
+    """ops/ and cli/ use the store's functions; they may name an Engine or a Row, not build a statement."""
+    found = {
+        name: sorted(m for m in imported(path) if m.startswith("sqlalchemy.") and m.split(".")[-1] in _STATEMENTS)
+        for name, path in modules()
+        if name.startswith(("ops/", "cli/"))
+    }
+    assert {n: m for n, m in found.items() if m} == {}
+
+
 #: modules that still take ``table_of(...)`` themselves rather than the handles exported by store/schema.py
 TABLE_OF_USERS = {"store/diff.py", "run/guard.py"}
 
