@@ -2,7 +2,7 @@
 ``prune``).
 
 Each opens the state database named by the config, applies pending migrations, and returns plain data;
-rendering is :mod:`audience_sync.cli.main.render`'s job.
+rendering is :mod:`audience_sync.cli.render`'s job.
 """
 
 from __future__ import annotations

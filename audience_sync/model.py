@@ -12,6 +12,11 @@ from .values import JsonValue
 ChangeKind = Literal["entered", "exited", "changed", "identifiers"]
 OutcomeStatus = Literal["sent", "failed", "skipped", "pending"]
 
+#: the tallies of a run, per destination and computation and in total, in the order they are shown: the change
+#: kinds, then what became of the changes (``held``: kept back by the mass-exit guard). Stored in
+#: ``sync_runs.counts`` and ``size_history``, shown by ``run`` and ``runs``, exported as metrics.
+COUNT_KEYS = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending", "held", "planned", "identifiers")
+
 
 @dataclass(frozen=True, slots=True)
 class Change:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from audience_sync.config import load_config, parse_config
+from audience_sync.config import GistDestination, JsonlDestination, load_config, parse_config
 from audience_sync.errors import ConfigError, KeyCollisionError
 
 GOOD = """
@@ -31,6 +31,7 @@ def test_valid_config_resolves_keys_targets_and_secret() -> None:
     assert config.computations[0].destinations == ("gist",)
     assert config.source_url == "sqlite:///s.db"  # defaults to the state database
     gist = config.destination("gist")
+    assert isinstance(gist, GistDestination)
     assert gist.api_key.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(gist) and "s3cret" not in repr(config)
 
@@ -119,7 +120,8 @@ def test_missing_config_file_and_default_path(tmp_path: Path) -> None:
     path.write_text('[[destinations]]\nname = "d"\ntype = "jsonl"\n')
     config = load_config(environ={"AUDIENCE_SYNC_CONFIG": str(path)})
     assert config.path == str(path)
-    assert config.destination("d").output_path == Path("out/d.jsonl")
+    sink = config.destination("d")
+    assert isinstance(sink, JsonlDestination) and sink.output_path == Path("out/d.jsonl")
 
 
 def test_schedule_durations_are_validated() -> None:

@@ -55,7 +55,8 @@ def test_equal_text_means_equal_value_with_type(a: object, b: object) -> None:
 
 
 def test_falsy_values_are_values_and_distinct() -> None:
-    assert [encode(v) for v in (0, False, "", [], 0.0)] == ["0", "false", '""', "[]", "0.0"]
+    falsy: tuple[object, ...] = (0, False, "", [], 0.0)
+    assert [encode(v) for v in falsy] == ["0", "false", '""', "[]", "0.0"]
     assert encode(None) is None
     assert encode(decimal.Decimal("12.50")) == "12.5" and encode(decimal.Decimal("3")) == "3"
     with pytest.raises(TypeError):

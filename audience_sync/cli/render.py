@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..model import COUNT_KEYS
+
 FORMATS = ("table", "json", "csv")
 
 RUN_COLUMNS = (
@@ -81,7 +83,7 @@ def _flatten_run(run: dict[str, Any]) -> dict[str, Any]:
     counts = run.get("counts") or {}
     return {
         **run,
-        **{k: counts.get(k, 0) for k in ("entered", "exited", "changed", "sent", "failed", "skipped", "pending")},
+        **{k: counts.get(k, 0) for k in COUNT_KEYS},
     }
 
 

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import (
-    Field,
-    PrivateAttr,
-    SecretStr,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SecretStr, field_validator
 
-from .sections import ScheduleConfig, _schedule_with_trigger, _secret_from_env, _Section
+from .secrets import EnvSecret, HeaderSecret
+from .sections import ScheduleConfig, _schedule_with_trigger, _Section
 
 #: the longest destination name: it is part of the state's keys (indexed on PostgreSQL together with a key and a
 #: user id, ``sources/rows.MAX_USER_ID_BYTES``), of lock names and of the JSONL sink's default file name
@@ -53,38 +47,25 @@ class _DestinationBase(_Section):
 
     @property
     def required_identifiers(self) -> tuple[str, ...]:
-        """Identifiers a change needs before this destination can take it (``user_id`` always exists)."""
-        return ()
+        """Identifiers a change needs before this destination can take it (``user_id`` always exists), as the
+        destination registry records them for this type."""
+        from ..destinations.registry import destination_type  # the registry imports this module
+
+        return destination_type(getattr(self, "type", "")).required_identifiers
 
 
 class GistDestination(_DestinationBase):
     type: Literal["gist"]
-    api_key_env: str = Field(min_length=1)
+    api_key_env: HeaderSecret
     endpoint: str = "https://api.getgist.com"
     #: how a list value is sent as a custom property (Gist's take text, numbers, booleans and dates, not lists):
     #: ``join`` its items as text joined with ", " (segments can filter with "contains"), ``json`` its JSON text
     list_values: Literal["join", "json"] = "join"
-    _api_key: SecretStr = PrivateAttr(default=SecretStr(""))
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _env_var_is_set(cls, var: str, info: ValidationInfo) -> str:
-        _secret_from_env(var, "api_key_env", info, header=True, owner=info.data.get("name"))
-        return var
-
-    @model_validator(mode="after")
-    def _resolve_secret(self, info: ValidationInfo) -> GistDestination:
-        self._api_key = _secret_from_env(self.api_key_env, "api_key_env", info, header=True, owner=self.name)
-        return self
 
     @property
     def api_key(self) -> SecretStr:
         """The API key read from the environment; print it only through ``get_secret_value``."""
-        return self._api_key
-
-    @property
-    def required_identifiers(self) -> tuple[str, ...]:
-        return ("email",)
+        return self.api_key_env.secret
 
 
 class JsonlDestination(_DestinationBase):
@@ -99,83 +80,37 @@ class JsonlDestination(_DestinationBase):
 
 class SegmentDestination(_DestinationBase):
     type: Literal["segment"]
-    write_key_env: str = Field(min_length=1)
+    write_key_env: HeaderSecret
     endpoint: str = "https://api.segment.io"
     integrations: dict[str, bool] | None = None
     max_batch_messages: int = Field(default=2_500, ge=1, le=2_500)
     max_batch_bytes: int = Field(default=475_000, ge=1_000, le=500_000)
     chunk_size: int = Field(default=10_000, ge=1, le=100_000)
-    _write_key: SecretStr = PrivateAttr(default=SecretStr(""))
-
-    @field_validator("write_key_env")
-    @classmethod
-    def _env_var_is_set(cls, var: str, info: ValidationInfo) -> str:
-        _secret_from_env(var, "write_key_env", info, header=True, owner=info.data.get("name"))
-        return var
-
-    @model_validator(mode="after")
-    def _resolve_secret(self, info: ValidationInfo) -> SegmentDestination:
-        self._write_key = _secret_from_env(self.write_key_env, "write_key_env", info, header=True, owner=self.name)
-        return self
 
     @property
     def write_key(self) -> SecretStr:
         """The write key read from the environment."""
-        return self._write_key
+        return self.write_key_env.secret
 
 
 class WebhookDestination(_DestinationBase):
     type: Literal["webhook"]
     url: str = Field(min_length=1)
     #: header name -> environment variable holding its value (for tokens)
-    headers_env: dict[str, str] = Field(default_factory=dict)
+    headers_env: dict[str, HeaderSecret] = Field(default_factory=dict)
     #: environment variable holding the HMAC-SHA256 key; the signature goes in ``signature_header``
-    signing_secret_env: str | None = None
+    signing_secret_env: EnvSecret | None = None
     signature_header: str = "X-Signature-256"
     #: 0 posts one message per request; N posts ``{"batch": [...]}`` with up to N messages
     batch_size: int = Field(default=0, ge=0, le=10_000)
     integrations: dict[str, bool] | None = None
-    _secrets: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
-
-    @field_validator("headers_env")
-    @classmethod
-    def _header_vars_are_set(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        for var in value.values():
-            _secret_from_env(var, "headers_env", info, header=True, owner=info.data.get("name"))
-        return value
-
-    @field_validator("signing_secret_env")
-    @classmethod
-    def _signing_var_is_set(cls, var: str | None, info: ValidationInfo) -> str | None:
-        if var is not None:
-            _secret_from_env(var, "signing_secret_env", info, owner=info.data.get("name"))
-        return var
-
-    @model_validator(mode="after")
-    def _resolve_secrets(self, info: ValidationInfo) -> WebhookDestination:
-        self._secrets = {
-            h: _secret_from_env(v, "headers_env", info, header=True, owner=self.name)
-            for h, v in self.headers_env.items()
-        }
-        if self.signing_secret_env:
-            self._secrets[""] = _secret_from_env(self.signing_secret_env, "signing_secret_env", info, owner=self.name)
-        return self
 
     @property
     def secret_headers(self) -> dict[str, SecretStr]:
         """Header name -> value, read from the environment."""
-        return {h: v for h, v in self._secrets.items() if h}
+        return {h: v.secret for h, v in self.headers_env.items()}
 
     @property
     def signing_secret(self) -> SecretStr | None:
         """The HMAC key, when signing is configured."""
-        return self._secrets.get("")
-
-
-AnyDestination = GistDestination | SegmentDestination | WebhookDestination | JsonlDestination
-
-
-_DESTINATION_TYPES = "'gist', 'segment', 'webhook' or 'jsonl'"
-
-
-DestinationConfig = Annotated[AnyDestination, Field(discriminator="type")]
+        return self.signing_secret_env.secret if self.signing_secret_env is not None else None

@@ -19,14 +19,12 @@ from pydantic import (
     ValidationError,
 )
 
+from ..destinations.registry import TYPE_NAMES, AnyDestination, DestinationConfig
 from ..errors import ConfigError, KeyCollisionError
 from ..keys import trait_key
 from ..redact import remember, url_secrets
 from .computations import AudienceConfig, Computation, ComputationClass, TraitConfig, _ComputationBase
 from .destinations import (
-    _DESTINATION_TYPES,
-    AnyDestination,
-    DestinationConfig,
     GistDestination,
     JsonlDestination,
     SegmentDestination,
@@ -192,7 +190,7 @@ def _format_errors(path: str, error: ValidationError, data: Mapping[str, Any]) -
         elif err["type"] == "union_tag_invalid":
             msg = f"unknown destination type {err['ctx']['tag']!r} (expected {err['ctx']['expected_tags']})"
         elif err["type"] == "union_tag_not_found":
-            msg = f"missing `type` (expected {_DESTINATION_TYPES})"
+            msg = f"missing `type` (expected {TYPE_NAMES})"
         problems.append(f"{path}: {_location(err['loc'], data)}: {msg}")
     return problems
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zoneinfo
-from collections.abc import Mapping
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     SecretStr,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from .secrets import EnvSecret
 
 DEFAULT_STATE_URL = "sqlite:///audience_sync.db"
 
@@ -123,28 +122,14 @@ def _schedule_with_trigger(value: ScheduleConfig | None) -> ScheduleConfig | Non
 class AlertsConfig(_Section):
     """Where and when to post incident alerts (Slack-compatible incoming webhook)."""
 
-    webhook_url_env: str | None = None
+    webhook_url_env: EnvSecret | None = None
     #: alert when more than this share of a destination's changes in a run failed or stayed pending
     max_failed_share: float = Field(default=0.1, ge=0, le=1)
-    _webhook_url: SecretStr | None = PrivateAttr(default=None)
-
-    @field_validator("webhook_url_env")
-    @classmethod
-    def _env_var_is_set(cls, var: str | None, info: ValidationInfo) -> str | None:
-        if var is not None:
-            _secret_from_env(var, "webhook_url_env", info)
-        return var
-
-    @model_validator(mode="after")
-    def _resolve_secret(self, info: ValidationInfo) -> AlertsConfig:
-        if self.webhook_url_env is not None:
-            self._webhook_url = _secret_from_env(self.webhook_url_env, "webhook_url_env", info)
-        return self
 
     @property
     def webhook_url(self) -> SecretStr | None:
         """The alert webhook's URL (a secret: it authorises posting), or None when alerts are off."""
-        return self._webhook_url
+        return self.webhook_url_env.secret if self.webhook_url_env is not None else None
 
 
 class RetentionConfig(_Section):
@@ -193,32 +178,3 @@ class ProfilesConfig(_Section):
     user_id: str = Field(default="id", min_length=1)
     #: "" when the table has no email column
     email: str = "email"
-
-
-#: in ``secrets_for`` (see :func:`audience_sync.config.load_config`): the ``[alerts]`` webhook's URL is needed
-ALERTS = "[alerts]"
-
-
-def _secret_from_env(
-    var: str, field: str, info: ValidationInfo, *, header: bool = False, owner: str | None = ALERTS
-) -> SecretStr:
-    """The secret in environment variable ``var``; ValueError naming it (never its value) when it is unset or
-    empty, or, for a secret sent in an HTTP header (``header``), holds a character a header cannot carry.
-
-    ``owner`` is the destination the secret belongs to (or :data:`ALERTS`). When the validation context's
-    ``secrets_for`` is a set that does not name it, the command does not use this secret: it is not checked, and
-    an empty secret stands for it."""
-    context = info.context or {}
-    wanted = context.get("secrets_for")
-    if wanted is not None and owner not in wanted:
-        return SecretStr("")
-    environ: Mapping[str, str] = context.get("environ", {})
-    value = environ.get(var)
-    if not value:
-        raise ValueError(f"environment variable {var} (named by `{field}`) is not set")
-    if header and not (value.isascii() and value.isprintable()):
-        raise ValueError(
-            f"environment variable {var} (named by `{field}`) holds a character an HTTP header cannot carry "
-            f"(only printable ASCII can: check it for accents, a line break or a stray control character)"
-        )
-    return SecretStr(value)

@@ -21,20 +21,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import Connection, Engine, Row, delete, func, select, update
+from sqlalchemy import Connection, Engine, Row
 
 from ..config import AlertsConfig
 from ..destinations.deadline import deadline_client, within
 from ..errors import LockHeld, RunStopped
 from ..run.deliver import STOPPED
-from ..store.dialect import upsert
-from ..store.schema import AlertIncident, DiffRow, table_of, utcnow
+from ..store import incidents as store_incidents
+from ..store.schema import utcnow
 from .attempts import Attempt
 
 log = logging.getLogger(__name__)
-
-incidents = table_of(AlertIncident)
-diffs = table_of(DiffRow)
 
 
 @dataclass(frozen=True)
@@ -78,12 +75,7 @@ def detect(conn: Connection, attempt: Attempt, max_failed_share: float) -> list[
         return [_incident("run_failed", d, f"run failed: {reason}", scope) for d in attempt.destinations]
     result = attempt.result
     found: list[Incident] = []
-    held = conn.execute(
-        select(diffs.c.destination, diffs.c.computation_key, func.count(), func.max(diffs.c.error))
-        .where(diffs.c.run_id == result.run_id, diffs.c.status == "held")
-        .group_by(diffs.c.destination, diffs.c.computation_key)
-    ).all()
-    for dest, key, n, error in held:
+    for dest, key, n, error in store_incidents.held_changes(conn, result.run_id):
         found.append(_incident("guard", dest, f"{key} held back for {dest} ({n} changes): {error}", [key]))
     per_destination = result.counts.get("destinations", {})
     for dest in attempt.destinations:
@@ -155,45 +147,36 @@ def notify(engine: Engine, config: AlertsConfig, attempt: Attempt, *, timeout: f
     now = utcnow()
     with engine.begin() as conn:
         active = {i.incident: i for i in detect(conn, attempt, config.max_failed_share)}
-        open_rows = conn.execute(select(incidents)).all()
+        open_rows = store_incidents.open_incidents(conn)
         known = {r.incident for r in open_rows}
         opened = [i for key, i in active.items() if key not in known]
-        if opened:
-            insert = upsert(conn, incidents).on_conflict_do_nothing(index_elements=["incident"])
-            conn.execute(
-                insert,
-                [
-                    {
-                        "incident": i.incident,
-                        "kind": i.kind,
-                        "destination": i.destination,
-                        "computations": list(i.computations),
-                        "message": i.message,
-                        "run_id": run_id,
-                        "opened_at": now,
-                        "notified_at": None,
-                    }
-                    for i in opened
-                ],
-            )
+        store_incidents.add(
+            conn,
+            (
+                {
+                    "incident": i.incident,
+                    "kind": i.kind,
+                    "destination": i.destination,
+                    "computations": list(i.computations),
+                    "message": i.message,
+                    "run_id": run_id,
+                    "opened_at": now,
+                    "notified_at": None,
+                }
+                for i in opened
+            ),
+        )
         recovered = [
             r.incident
             for r in open_rows
             if r.incident not in active and _recoverable(r.destination, r.computations, attempt)
         ]
         # never alerted: nothing to announce
-        conn.execute(delete(incidents).where(incidents.c.incident.in_(recovered), incidents.c.notified_at.is_(None)))
+        store_incidents.drop_unannounced(conn, recovered)
         # claim the unposted alerts (another process may be doing the same)
-        claimed = conn.execute(
-            update(incidents)
-            .where(incidents.c.notified_at.is_(None))
-            .values(notified_at=now)
-            .returning(incidents.c.incident, incidents.c.message, incidents.c.opened_at)
-        ).all()
+        claimed = store_incidents.claim_unposted(conn, now)
         # claim the recoveries to announce by deleting them
-        announce = conn.execute(
-            delete(incidents).where(incidents.c.incident.in_(recovered)).returning(*incidents.c)
-        ).all()
+        announce = store_incidents.claim_recoveries(conn, recovered)
     posted = 0
     host = socket.gethostname()
     secret = url.get_secret_value()
@@ -204,11 +187,7 @@ def notify(engine: Engine, config: AlertsConfig, attempt: Attempt, *, timeout: f
             posted += 1
         else:
             with engine.begin() as conn:  # give the claim back: the next run posts it
-                conn.execute(
-                    update(incidents)
-                    .where(incidents.c.incident.in_([r.incident for r in claimed]), incidents.c.notified_at == now)
-                    .values(notified_at=None)
-                )
+                store_incidents.release_claim(conn, [r.incident for r in claimed], now)
     if announce:
         what = f"run {run_id}" if run_id is not None else "the latest run"
         text = f"audience-sync on {host}: recovered in {what}\n" + _lines(_describe(r) for r in announce)
@@ -216,8 +195,5 @@ def notify(engine: Engine, config: AlertsConfig, attempt: Attempt, *, timeout: f
             posted += 1
         else:
             with engine.begin() as conn:  # put them back: the recovery is announced after the next run
-                conn.execute(
-                    upsert(conn, incidents).on_conflict_do_nothing(index_elements=["incident"]),
-                    [dict(r._mapping) for r in announce],
-                )
+                store_incidents.add(conn, (r._mapping for r in announce))
     return AlertReport(opened=tuple(i.incident for i in opened), recovered=tuple(recovered), posted=posted)

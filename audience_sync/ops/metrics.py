@@ -10,73 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
-from sqlalchemy import Connection, Engine, Row, func, select
+from sqlalchemy import Engine
 
 from ..config import Config
+from ..model import COUNT_KEYS
 from ..store.history import snapshot_sizes
-from ..store.runs import COUNT_KEYS
-from ..store.schema import DiffRow, SyncRun, table_of
+from ..store.latest import Pair, change_counts, latest_runs, pending_by_destination
 from .attempts import Attempt
-
-runs = table_of(SyncRun)
-diffs = table_of(DiffRow)
 
 #: how many recent runs are searched for each pair's latest and latest successful run
 RECENT_RUNS = 2_000
-
-Pair = tuple[str, str]  # (destination, computation key)
 
 
 def configured_pairs(config: Config) -> set[Pair]:
     """Every (destination, computation key) the config syncs."""
     return {(d, c.key) for c in config.computations for d in c.destinations}
-
-
-def _latest_runs(conn: Connection, pairs: set[Pair]) -> tuple[dict[Pair, Row[Any]], dict[Pair, float]]:
-    """Per pair: its latest finished run, and when its latest successful run finished (epoch seconds)."""
-    rows = conn.execute(
-        select(runs)
-        .where(runs.c.status != "running", runs.c.mode != "dry_run")
-        .order_by(runs.c.id.desc())
-        .limit(RECENT_RUNS)
-    ).all()
-    latest: dict[Pair, Row[Any]] = {}
-    succeeded: dict[Pair, float] = {}
-    for row in rows:
-        for dest in row.destinations or []:
-            for key in row.computations or []:
-                pair = (dest, key)
-                if pair not in pairs:
-                    continue
-                latest.setdefault(pair, row)
-                if row.status == "succeeded" and row.finished_at is not None:
-                    succeeded.setdefault(pair, row.finished_at.timestamp())
-    return latest, succeeded
-
-
-def _change_counts(conn: Connection, latest: dict[Pair, Row[Any]]) -> dict[tuple[str, str, str], int]:
-    """Per (destination, computation, kind): the changes of the pair's latest run (kinds as in ``COUNT_KEYS``)."""
-    counted: dict[tuple[str, str, str], int] = {}
-    run_ids = {r.id for r in latest.values()}
-    if not run_ids:
-        return counted
-    stmt = (
-        select(
-            diffs.c.run_id, diffs.c.destination, diffs.c.computation_key, diffs.c.change, diffs.c.status, func.count()
-        )
-        .where(diffs.c.run_id.in_(run_ids))
-        .group_by(diffs.c.run_id, diffs.c.destination, diffs.c.computation_key, diffs.c.change, diffs.c.status)
-    )
-    for run_id, dest, key, change, status, n in conn.execute(stmt).all():
-        row = latest.get((dest, key))
-        if row is None or row.id != run_id:
-            continue
-        for kind in (status,) if status == "skipped" else (change, status):  # as runs.count_changes counts
-            counted[(dest, key, kind)] = counted.get((dest, key, kind), 0) + n
-    return counted
 
 
 def build_registry(engine: Engine, pairs: Iterable[Pair], attempt: Attempt | None) -> CollectorRegistry:
@@ -115,8 +65,8 @@ def build_registry(engine: Engine, pairs: Iterable[Pair], attempt: Attempt | Non
     size = gauge("audience_size", "Users the destination holds the audience (or a trait value) for.", pair_labels)
 
     with engine.connect() as conn:
-        latest, succeeded = _latest_runs(conn, wanted)
-        counted = _change_counts(conn, latest)
+        latest, succeeded = latest_runs(conn, wanted, RECENT_RUNS)
+        counted = change_counts(conn, latest)
         for (dest, key), row in latest.items():
             if row.finished_at is not None:
                 last_ts.labels(dest, key).set(row.finished_at.timestamp())
@@ -127,17 +77,7 @@ def build_registry(engine: Engine, pairs: Iterable[Pair], attempt: Attempt | Non
                 changes.labels(dest, key, kind).set(counted.get((dest, key, kind), 0))
         for (dest, key), ts in succeeded.items():
             last_success.labels(dest, key).set(ts)
-        waiting = conn.execute(
-            select(diffs.c.destination, func.count())
-            .select_from(diffs.join(runs, runs.c.id == diffs.c.run_id))
-            .where(
-                diffs.c.status == "pending",
-                runs.c.mode != "dry_run",
-                diffs.c.destination.in_(destinations),
-            )
-            .group_by(diffs.c.destination)
-        ).all()
-        counts: dict[str, int] = {str(d): int(n) for d, n in waiting}
+        counts = pending_by_destination(conn, destinations)
         for dest in destinations:
             pending.labels(dest).set(counts.get(dest, 0))
         for pair, n in snapshot_sizes(conn).items():

@@ -8,11 +8,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, func, or_, select
 
 from ..values import TRUE, decode
-from .schema import ComputationRow, DiffRow, SnapshotRow, table_of
-
-diffs = table_of(DiffRow)
-snapshot = table_of(SnapshotRow)
-computations = table_of(ComputationRow)
+from .schema import computations, diffs, snapshot
 
 
 def _holds_value() -> ColumnElement[bool]:

@@ -7,9 +7,7 @@ import datetime as dt
 from sqlalchemy import Connection, delete, select
 
 from ..errors import StoreError
-from .schema import Install, table_of
-
-install = table_of(Install)
+from .schema import install
 
 
 def install_id(conn: Connection) -> str:

@@ -47,11 +47,9 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..errors import LockHeld, LockLost
 from .dialect import upsert
-from .schema import RunLock, RunLockToken, table_of, utcnow
+from .schema import lock_tokens, locks, utcnow
 
 log = logging.getLogger(__name__)
-locks = table_of(RunLock)
-lock_tokens = table_of(RunLockToken)
 #: the columns :func:`_describe` names
 _DESCRIBED = (locks.c.run_id, locks.c.pid, locks.c.host, locks.c.acquired_at)
 

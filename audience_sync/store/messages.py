@@ -21,9 +21,7 @@ from sqlalchemy import JSON, LargeBinary, String, Text, bindparam, case, cast, f
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..destinations.messages import MessageOptions
-from .schema import DiffRow, table_of
-
-diffs = table_of(DiffRow)
+from .schema import diffs
 
 #: the bind parameter carrying the messages' ``timestamp`` (one per chunk, as the Python builders use)
 TIMESTAMP = "message_timestamp"

@@ -40,13 +40,11 @@ from ..values import decode
 from . import ledger
 from .dialect import upsert
 from .messages import TIMESTAMP, message_columns
-from .schema import DiffRow, InFlightChunk, SnapshotRow, table_of, utcnow
+from .schema import diffs, in_flight, snapshot, utcnow
+from .snapshot import upsert_snapshot
 
 T = TypeVar("T")
 
-diffs = table_of(DiffRow)
-snapshot = table_of(SnapshotRow)
-in_flight = table_of(InFlightChunk)
 
 #: what a Change needs besides ``id`` and ``user_id``, which every chunk query selects first
 _FIELDS = (
@@ -333,28 +331,21 @@ def _put_in_doubt(
 ) -> int:
     """Mark the snapshot rows of the changes selected by ``rows`` in doubt and the changes superseded. The snapshot
     rows' ``run_id`` (the base of the re-send's message id) becomes ``base``, by default the changes' run."""
-    stmt = upsert(conn, snapshot)
-    source = select(
-        diffs.c.destination,
-        diffs.c.computation_key,
-        diffs.c.user_id,
-        diffs.c.email,
-        diffs.c.run_id if base is None else literal(base, BigInteger),
-        bindparam("now", utcnow(), type_=snapshot.c.updated_at.type),
-        true(),
-    ).where(*rows)
-    stmt = stmt.from_select(
-        ["destination", "computation_key", "user_id", "email", "run_id", "updated_at", "in_doubt"], source
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[snapshot.c.destination, snapshot.c.computation_key, snapshot.c.user_id],
-        set_={
+    upsert_snapshot(
+        conn,
+        {
+            "email": diffs.c.email,
+            "run_id": diffs.c.run_id if base is None else literal(base, BigInteger),
+            "updated_at": bindparam("now", utcnow(), type_=snapshot.c.updated_at.type),
             "in_doubt": true(),
-            "run_id": stmt.excluded.run_id,
-            "email": func.coalesce(snapshot.c.email, stmt.excluded.email),
+        },
+        rows,
+        lambda excluded: {
+            "in_doubt": true(),
+            "run_id": excluded.run_id,
+            "email": func.coalesce(snapshot.c.email, excluded.email),
         },
     )
-    conn.execute(stmt)
     result = conn.execute(
         update(diffs)
         .where(*rows)
@@ -367,32 +358,25 @@ def _put_in_doubt(
 
 def _advance_snapshot(conn: Connection, sent: Sequence[ColumnElement[bool]], now: Any) -> None:
     """Copy the sent rows selected by ``sent`` into the snapshot: one INSERT ... SELECT ... ON CONFLICT."""
-    stmt = upsert(conn, snapshot)
-    source = select(
-        diffs.c.destination,
-        diffs.c.computation_key,
-        diffs.c.user_id,
-        diffs.c.new_value,
-        diffs.c.email,
-        diffs.c.run_id,
-        bindparam("now", now, type_=snapshot.c.updated_at.type),
-    ).where(*sent)
     ledger.record_sent(conn, sent, now)  # the same rows, in the same transaction
-    stmt = stmt.from_select(
-        ["destination", "computation_key", "user_id", "value", "email", "run_id", "updated_at"], source
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[snapshot.c.destination, snapshot.c.computation_key, snapshot.c.user_id],
-        set_={
-            "value": stmt.excluded.value,
-            "email": stmt.excluded.email,
-            "run_id": stmt.excluded.run_id,
-            "updated_at": stmt.excluded.updated_at,
+    upsert_snapshot(
+        conn,
+        {
+            "value": diffs.c.new_value,
+            "email": diffs.c.email,
+            "run_id": diffs.c.run_id,
+            "updated_at": bindparam("now", now, type_=snapshot.c.updated_at.type),
+        },
+        sent,
+        lambda excluded: {
+            "value": excluded.value,
+            "email": excluded.email,
+            "run_id": excluded.run_id,
+            "updated_at": excluded.updated_at,
             "in_doubt": false(),
             "missing_since": None,
         },
     )
-    conn.execute(stmt)
 
 
 def keep_pending(conn: Connection, run_id: int, destination: str, reason: str) -> int:

@@ -9,9 +9,7 @@ from sqlalchemy import Connection, select, update
 
 from ..config import Computation
 from ..errors import KeyCollisionError
-from .schema import ComputationRow, table_of, utcnow
-
-computations = table_of(ComputationRow)
+from .schema import computations, utcnow
 
 
 def check_keys(conn: Connection, wanted: Iterable[Computation]) -> None:

@@ -11,10 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from ..values import decode
-from .schema import DiffRow, SyncRun, status_is, table_of
-
-runs = table_of(SyncRun)
-diffs = table_of(DiffRow)
+from .schema import diffs, runs, status_is
 
 _RUN_FIELDS = (runs.c.id, runs.c.mode, runs.c.status, runs.c.started_at, runs.c.finished_at, runs.c.destinations)
 

@@ -1,7 +1,8 @@
 """Retention: deleting old diff rows and runs, in batches, without touching what a run still needs.
 
 Only rows of finished runs whose status is final (``sent``, ``failed``, ``skipped``, ``superseded``, ``held``,
-``planned``) are deleted. The snapshot, ``pending`` and ``sending`` rows (the outbox and the crash-recovery record) and
+``planned``) are deleted. The snapshot, ``pending`` rows (the outbox), ``delivery_in_flight`` rows (the
+crash-recovery record) and
 runs still ``running`` are never touched, so pruning is safe while a run is in progress. The newest run is
 always kept, so run ids (part of message ids) are never handed out again. The membership ledger is folded at
 the same cut-off (:func:`audience_sync.store.ledger.fold`): one baseline row per user, so ``members --at`` still
@@ -17,10 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, Select, Table, delete, exists, func, select
 
 from . import ledger
-from .schema import DiffRow, SyncRun, table_of, utcnow
-
-diffs = table_of(DiffRow)
-runs = table_of(SyncRun)
+from .schema import diffs, runs, utcnow
 
 FINAL_STATUSES = ("sent", "failed", "skipped", "superseded", "held", "planned")
 

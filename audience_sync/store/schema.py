@@ -407,3 +407,19 @@ class LedgerHorizon(Base):
 
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     complete_since: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+# The Core tables behind the models, exported once: every set-based statement in store/ (and the few still
+# outside it) uses these handles rather than taking ``table_of(...)`` itself.
+computations = table_of(ComputationRow)
+runs = table_of(SyncRun)
+staging = table_of(StagingRow)
+skips = table_of(SkippedRow)
+snapshot = table_of(SnapshotRow)
+diffs = table_of(DiffRow)
+in_flight = table_of(InFlightChunk)
+locks = table_of(RunLock)
+lock_tokens = table_of(RunLockToken)
+incidents = table_of(AlertIncident)
+install = table_of(Install)
+sizes = table_of(SizeRow)

@@ -27,16 +27,12 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, case, func, literal_column, select, tuple_
 
+from ..model import COUNT_KEYS
 from ..values import TRUE
-from .schema import DiffRow, SizeRow, SnapshotRow, SyncRun, table_of, utcnow
-
-sizes = table_of(SizeRow)
-diffs = table_of(DiffRow)
-snapshot = table_of(SnapshotRow)
-runs = table_of(SyncRun)
+from .schema import diffs, runs, sizes, snapshot, utcnow
 
 #: the change kinds and statuses a size row counts, besides ``size``
-TALLIES = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending", "held", "identifiers")
+TALLIES = tuple(k for k in COUNT_KEYS if k != "planned")  # a dry run records no sizes
 
 
 @dataclass(frozen=True)

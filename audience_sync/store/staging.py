@@ -9,10 +9,7 @@ from typing import NamedTuple
 from sqlalchemy import Connection, case, delete, func, select
 
 from .dialect import upsert
-from .schema import SkippedRow, StagingRow, table_of
-
-staging = table_of(StagingRow)
-skips = table_of(SkippedRow)
+from .schema import skips, staging
 
 #: (user_id, email, value as canonical JSON text)
 StagedRow = tuple[str, str | None, str]

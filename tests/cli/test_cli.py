@@ -283,18 +283,24 @@ def test_secrets_are_needed_only_by_the_destinations_a_command_uses(project: Pat
     proc = cli("run", "--destination", "file", "--json", "--config", "two.toml", cwd=project)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["counts"]["sent"] == 3
-    for args in (
+    read_only: tuple[tuple[str, ...], ...] = (
         ("runs",),
         ("diff",),
         ("audiences",),
         ("members", "vip"),
         ("user", "u1"),
         ("report", "--out", "r.html"),
-    ):
+    )
+    for args in read_only:
         proc = cli(*args, "--config", "two.toml", cwd=project)
         assert proc.returncode == 0, (args, proc.stderr)
         assert "NO_SUCH_VAR_FOR_TEST" not in proc.stderr
-    for args in (("run",), ("run", "--destination", "g"), ("resync", "--destination", "g", "--yes")):
+    using_g: tuple[tuple[str, ...], ...] = (
+        ("run",),
+        ("run", "--destination", "g"),
+        ("resync", "--destination", "g", "--yes"),
+    )
+    for args in using_g:
         proc = cli(*args, "--config", "two.toml", cwd=project)
         assert proc.returncode == 2, (args, proc.stderr)
         assert "environment variable NO_SUCH_VAR_FOR_TEST (named by `api_key_env`) is not set" in proc.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+from collections.abc import Sequence
 
 import httpx
 import pytest
@@ -224,7 +225,7 @@ def test_pack_respects_count_and_bytes() -> None:
 def test_halving_isolates_the_bad_messages() -> None:
     posted: list[int] = []
 
-    def post(items: list[tuple[int, bytes]]) -> None:
+    def post(items: Sequence[tuple[int, bytes]]) -> None:
         posted.append(len(items))
         if any(json.loads(m)["bad"] for _, m in items):
             raise PermanentDestinationError("HTTP 400: invalid", destination="d", status_code=400)

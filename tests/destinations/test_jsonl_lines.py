@@ -41,7 +41,7 @@ def test_a_death_after_writing_a_chunk_is_repaired(
     assert len(first) == 30  # three chunks written, the third never recorded
     engine = create_engine(harness.state_url)
     with engine.connect() as conn:
-        statuses = dict(conn.execute(text("SELECT status, count(*) FROM diffs GROUP BY status")).all())
+        statuses: dict[Any, Any] = dict(conn.execute(text("SELECT status, count(*) FROM diffs GROUP BY status")).all())
         in_flight = conn.execute(text("SELECT first_user_id, last_user_id FROM delivery_in_flight")).all()
     assert statuses == {"sent": 20, "pending": 30}
     assert [tuple(r) for r in in_flight] == [("u020", "u029")]  # the third chunk, noted before it was written
@@ -53,7 +53,9 @@ def test_a_death_after_writing_a_chunk_is_repaired(
     assert second[("u025", "vip")] is False
     assert {u for (u, _), v in second.items() if v is True} == {f"u{i:03}" for i in range(20, 50) if i != 25}
     with engine.connect() as conn:
-        snapshot = dict(conn.execute(text("SELECT user_id, value FROM snapshot WHERE NOT in_doubt")).all())
+        snapshot: dict[Any, Any] = dict(
+            conn.execute(text("SELECT user_id, value FROM snapshot WHERE NOT in_doubt")).all()
+        )
         assert conn.execute(text("SELECT count(*) FROM snapshot WHERE in_doubt")).scalar_one() == 0
     engine.dispose()
     assert snapshot == {u: ("false" if u == "u025" else "true") for u in members}

@@ -59,7 +59,7 @@ def test_refusing_receiver_marks_changes_failed(harness: Harness) -> None:
 
 def test_segment_peer_library_sends_the_envelope_we_send(receiver: CaptureServer, harness: Harness) -> None:
     """The official segment-analytics-python client, pointed at a capture server, against our batch request."""
-    from segment.analytics.client import Client
+    from segment.analytics.client import Client  # type: ignore[import-untyped]
 
     client = Client("segment-write-key", host=receiver.url, sync_mode=True, gzip=False)
     client.identify("u1", {"vip": True, "email": "a@x.io"})

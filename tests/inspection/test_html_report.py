@@ -133,7 +133,7 @@ def test_the_report_shows_everything_escaped_and_self_contained(harness: Harness
     assert {(h["run"], h["destination"], h["key"]) for h in holds} == {("4", "file", "vip"), ("4", "gist", "vip")}
     assert all("vip" in h["reason"] for h in holds)
     with engine.connect() as conn:
-        sizes_now = dict(
+        sizes_now: dict[Any, Any] = dict(
             conn.execute(
                 text(
                     "SELECT destination, count(*) FROM snapshot WHERE computation_key = 'vip' AND value = 'true' "

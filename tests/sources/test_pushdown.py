@@ -321,7 +321,7 @@ def test_copy_loading_stages_what_upserts_stage(pg_url: str) -> None:
     from audience_sync.store.engine import create_state_engine
     from audience_sync.store.migrate import upgrade
 
-    chunks = [
+    chunks: list[list[tuple[str, str | None, str]]] = [
         [("u1", None, "1"), ("u2", "b@x.io", "2"), ("u1", "first@x.io", "1")],
         [("u1", "second@x.io", "3"), ("u3", None, "4"), ("u1", None, "5"), ("u1", None, "1")],
         [("u4", "d@x.io", '"x"')],

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -63,7 +64,7 @@ def _bulk_layout(conn: Connection) -> dict[str, bool]:
     if conn.dialect.name == "sqlite":
         sql = {t: conn.execute(text(f"SELECT sql FROM sqlite_master WHERE name = '{t}'")).scalar_one() for t in TABLES}
         return {t: "WITHOUT ROWID" in s for t, s in sql.items()}
-    persistence = dict(
+    persistence: dict[Any, Any] = dict(
         conn.execute(
             text(
                 "SELECT relname, relpersistence FROM pg_class WHERE relname IN ('staging', 'snapshot') "
@@ -148,7 +149,7 @@ def test_migration_0005_turns_changes_left_sending_into_the_range_in_flight(stat
                 "FROM delivery_in_flight"
             )
         ).all()
-        statuses = dict(conn.execute(text("SELECT id, status FROM diffs")).all())
+        statuses: dict[Any, Any] = dict(conn.execute(text("SELECT id, status FROM diffs")).all())
     assert [tuple(r) for r in ranges] == [(7, "d", "u2", 2, "u4", 5)]
     assert statuses == {1: "sent", 2: "pending", 3: "pending", 4: "pending", 5: "pending", 6: "pending"}
     command.downgrade(cfg, "0004")

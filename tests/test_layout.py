@@ -1,0 +1,163 @@
+"""The house rules (docs/ARCHITECTURE.md, "The house"), pinned so that a change that breaks one says so here.
+
+Each rule lists its exemptions by name: an exemption that is no longer needed fails the test too, so the lists only
+shrink. Imports are read from the syntax tree, those inside functions included.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "audience_sync"
+MAX_LINES = 400
+
+#: modules over MAX_LINES, each with why it stays whole for now
+LONG_MODULES = {
+    "store/lock.py": "the lock, its heartbeat and the fence proofs share one state machine",
+    "destinations/http.py": "one request's phases, deadlines and retries read top to bottom",
+    "sources/builder/definitions.py": "the builder's definition models, one pydantic class per condition",
+}
+#: store modules that still import from sources/ or destinations/ (types only, or at connect time)
+STORE_IMPORTS_UP = {
+    "store/engine.py": {"audience_sync.sources.builder.sqlfuncs", "audience_sync.sources.pushdown"},
+    "store/loading.py": {"audience_sync.sources.pushdown"},
+    "store/messages.py": {"audience_sync.destinations.messages"},
+    "store/outbox.py": {"audience_sync.destinations.batching", "audience_sync.destinations.messages"},
+}
+#: modules outside store/dialect.py that still test the dialect's name (the builder compiles per dialect)
+DIALECT_CHECKS = {
+    "sources/builder/compile.py",
+    "sources/builder/context.py",
+    "sources/builder/filters.py",
+    "sources/builder/properties.py",
+    "sources/builder/schema.py",
+    "sources/builder/source.py",
+    "sources/builder/traits.py",
+    "sources/pushdown.py",
+    "store/engine.py",
+    "store/lock.py",
+    "store/messages.py",
+    "store/migrate.py",
+    "store/schema.py",
+    "store/sqlfuncs.py",
+    "store/staging.py",
+    "store/transfer.py",
+    "store/loading.py",
+    "run/stage.py",
+}
+_DIALECT_CHECK = re.compile(
+    r"""dialect(\.name)?\s*[!=]=|[!=]=\s*["'](sqlite|postgresql)["']|@compiles\(.*["'](sqlite|postgresql)"""
+)
+
+
+def modules() -> Iterator[tuple[str, Path]]:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path.relative_to(PACKAGE).as_posix(), path
+
+
+def imported(path: Path) -> set[str]:
+    """Every module ``path`` imports, relative imports resolved against its package."""
+    package = ["audience_sync", *path.relative_to(PACKAGE).parent.parts]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found.add(module)
+            found |= {f"{module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_rich_and_click_are_imported_only_under_cli() -> None:
+    offenders = {
+        name: sorted(m for m in imported(path) if m.split(".")[0] in ("rich", "click"))
+        for name, path in modules()
+        if not name.startswith("cli/")
+    }
+    assert {n: m for n, m in offenders.items() if m} == {}
+
+
+def test_store_imports_nothing_above_it_but_its_named_exemptions() -> None:
+    found = {}
+    for name, path in modules():
+        if name.startswith("store/"):
+            up = {
+                m
+                for m in imported(path)
+                if m.startswith(("audience_sync.sources", "audience_sync.destinations", "audience_sync.run"))
+                and not any(m.startswith(other + ".") for other in imported(path) if other != m)
+            }
+            if up:
+                found[name] = up
+    assert found == STORE_IMPORTS_UP
+
+
+#: what config/ may import from the floors above it: the registry (the destination types are config's union) and
+#: the builder's definition models (a ``definition`` table in the file is validated by them)
+CONFIG_IMPORTS_UP = ("audience_sync.destinations.registry", "audience_sync.sources.builder.definitions")
+
+
+def test_config_imports_only_the_destination_registry_from_above() -> None:
+    for name, path in modules():
+        if name.startswith("config/"):
+            above = {
+                m
+                for m in imported(path)
+                if m.startswith(
+                    ("audience_sync.sources", "audience_sync.store", "audience_sync.run", "audience_sync.destinations")
+                )
+                and not m.startswith(CONFIG_IMPORTS_UP)
+                and m != "audience_sync.sources.builder"  # `from ..sources.builder import definitions`
+            }
+            assert not above, f"{name} imports {sorted(above)}"
+    registry = imported(PACKAGE / "destinations" / "registry.py")
+    assert {
+        m for m in registry if m.startswith("audience_sync.") and m.split(".")[1] in ("store", "run", "ops")
+    } == set()
+
+
+def test_modules_stay_under_about_400_lines() -> None:
+    long = {name for name, path in modules() if len(path.read_text().splitlines()) > MAX_LINES}
+    assert long == set(LONG_MODULES)
+
+
+def test_dialect_checks_stay_where_they_are() -> None:
+    found = {name for name, path in modules() if name != "store/dialect.py" and _DIALECT_CHECK.search(path.read_text())}
+    assert found <= DIALECT_CHECKS, f"a new dialect check outside store/dialect.py: {sorted(found - DIALECT_CHECKS)}"
+    assert found >= DIALECT_CHECKS, f"no longer needed: {sorted(DIALECT_CHECKS - found)}"
+
+
+_STATEMENTS = ("select", "insert", "update", "delete", "func", "text", "literal_column")
+
+
+def test_the_shells_write_no_sql_of_their_own() -> None:
+    """ops/ and cli/ use the store's functions; they may name an Engine or a Row, not build a statement."""
+    found = {
+        name: sorted(m for m in imported(path) if m.startswith("sqlalchemy.") and m.split(".")[-1] in _STATEMENTS)
+        for name, path in modules()
+        if name.startswith(("ops/", "cli/"))
+    }
+    assert {n: m for n, m in found.items() if m} == {}
+
+
+#: modules that still take ``table_of(...)`` themselves rather than the handles exported by store/schema.py
+TABLE_OF_USERS = {"store/diff.py", "run/guard.py"}
+
+
+def test_table_handles_are_exported_once_from_the_schema() -> None:
+    found = {name for name, path in modules() if name != "store/schema.py" and "table_of(" in path.read_text()}
+    assert found == TABLE_OF_USERS
+
+
+def test_the_version_is_written_once_and_the_package_is_typed() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["hatch"]["version"]["path"] == "audience_sync/__init__.py"
+    assert (PACKAGE / "py.typed").exists()
