@@ -21,6 +21,8 @@ LONG_MODULES = {
     "store/lock.py": "the lock, its heartbeat and the fence proofs share one state machine",
     "destinations/http.py": "one request's phases, deadlines and retries read top to bottom",
     "sources/builder/definitions.py": "the builder's definition models, one pydantic class per condition",
+    "store/diff.py": "the set-based diff per class, now with the identifiers pass: to split by class next",
+    "store/schema.py": "every state table's model in one place, the ledger's included",
 }
 #: store modules that still import from sources/ or destinations/ (types only, or at connect time)
 STORE_IMPORTS_UP = {

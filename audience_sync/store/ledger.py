@@ -29,13 +29,8 @@ from sqlalchemy.orm import aliased
 
 from ..values import TRUE, decode
 from .dialect import upsert
-from .schema import ComputationRow, DiffRow, LedgerHorizon, LedgerRow, SnapshotRow, table_of
-
-ledger = table_of(LedgerRow)
-horizon = table_of(LedgerHorizon)
-diffs = table_of(DiffRow)
-snapshot = table_of(SnapshotRow)
-computations = table_of(ComputationRow)
+from .schema import computations, diffs, ledger
+from .schema import ledger_horizon as horizon
 
 
 def record_sent(conn: Connection, sent: Sequence[ColumnElement[bool]], now: Any) -> None:

@@ -9,10 +9,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import Connection, func, select, true
 
 from .dialect import upsert
-from .schema import LedgerRow, SnapshotRow, table_of, utcnow
-
-snapshot = table_of(SnapshotRow)
-ledger = table_of(LedgerRow)
+from .schema import ledger, snapshot, utcnow
 
 
 def expected(

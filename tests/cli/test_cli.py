@@ -414,7 +414,7 @@ def test_shared_options_before_the_command_and_the_small_inspection_fixes(projec
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00", proc.stdout), proc.stdout
 
     proc = cli("members", "nope", "--config", "audience_sync.toml", cwd=project)
-    assert proc.returncode == 2 and "no audience or trait with key 'nope'" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "unknown audience or trait key 'nope'" in proc.stderr, proc.stderr
 
     (project / "typo.toml").write_text((project / "audience_sync.toml").read_text() + "max_retrys = 3\n")
     proc = cli("runs", "--config", "typo.toml", cwd=project)
