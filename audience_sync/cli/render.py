@@ -35,6 +35,9 @@ RUN_COLUMNS = (
     "failed",
     "skipped",
     "pending",
+    "held",
+    "planned",
+    "identifiers",
     "error",
 )
 DIFF_COLUMNS = (

@@ -41,6 +41,31 @@ def answer_errors(response: httpx.Response) -> str | None:
     return f"HTTP {response.status_code} with errors: " + "; ".join(texts)[:500]
 
 
+def property_value(value: Any, list_values: str) -> Any:
+    """A value as a Gist custom property takes it: strings, numbers, booleans and null as they are; a list as
+    ``list_values`` says (``join``: its items as text joined with ", ", ``json``: its JSON text); an object
+    as its JSON text."""
+    if isinstance(value, list) and list_values == "join":
+        return ", ".join(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in value)
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return value
+
+
+def list_from_property(held: Any, list_values: str) -> Any:
+    """The list a custom property holds for a list-valued key, read back as :func:`property_value` wrote it
+    (``join``: split at ", "; ``json``: its JSON text); anything else as it is."""
+    if not isinstance(held, str):
+        return held
+    if list_values == "join":
+        return held.split(", ") if held else []
+    try:
+        parsed = json.loads(held)
+    except ValueError:
+        return held
+    return parsed if isinstance(parsed, list) else held
+
+
 class GistContacts(Destination):
     """Creates or updates one Gist contact per user with ``custom_properties`` set to the changed values, and
     with ``send`` including ``track`` posts an event per change. A change is sent when all its calls were."""
@@ -65,14 +90,8 @@ class GistContacts(Destination):
         self.sender.keep_answers = True  # a 2xx can still carry `errors`: read it
 
     def property_value(self, value: Any) -> Any:
-        """A value as a Gist custom property takes it: strings, numbers, booleans and null as they are; a list as
-        ``list_values`` says (``join``: its items as text joined with ", ", ``json``: its JSON text); an object
-        as its JSON text."""
-        if isinstance(value, list) and self.config.list_values == "join":
-            return ", ".join(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in value)
-        if isinstance(value, list | dict):
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        return value
+        """A value as a Gist custom property takes it (see :func:`property_value`)."""
+        return property_value(value, self.config.list_values)
 
     def calls(self, changes: Sequence[Change]) -> list[Call]:
         """The HTTP calls for a chunk: a contact per user (identify), an event per change (track)."""

@@ -15,7 +15,9 @@ from typing import Any
 
 from ..commands import state_engine
 from ..config import Config, GistDestination
+from ..destinations.gist import list_from_property, property_value
 from ..errors import NotReadable
+from ..sources.builder.definitions import TraitDefinition
 from ..store import readback, registry
 from ..store.lock import run_lock
 from ..values import decode, encode
@@ -86,13 +88,20 @@ def readable_destinations(config: Config, destination: str | None) -> tuple[list
 
 
 def _compare(
-    destination: str, user_id: str, keys: list[str], want: dict[str, str | None], contact: dict[str, Any] | None
+    destination: str,
+    user_id: str,
+    keys: list[str],
+    want: dict[str, str | None],
+    contact: dict[str, Any] | None,
+    list_values: str,
 ) -> Iterator[Difference]:
     held = (contact or {}).get("custom_properties") or {}
     for key in keys:
         expected = want.get(key)
         actual = encode(held[key]) if key in held else None
-        if expected == actual:
+        # compared as sent: a list value is held in the form `list_values` gives it
+        sent = None if expected is None else encode(property_value(decode(expected), list_values))
+        if sent == actual:
             continue
         if expected is None:
             kind = UNEXPECTED
@@ -121,7 +130,9 @@ def verify(config: Config, destination: str, *, sample: int | None = None, repai
             want = readback.expected(conn, destination, keys, users)
         if users is not None:
             for user_id in users:
-                differences += _compare(destination, user_id, keys, want.get(user_id, {}), client.read_contact(user_id))
+                differences += _compare(
+                    destination, user_id, keys, want.get(user_id, {}), client.read_contact(user_id), dest.list_values
+                )
             checked = len(users)
         else:
             seen = set()
@@ -130,9 +141,9 @@ def verify(config: Config, destination: str, *, sample: int | None = None, repai
                 if not user_id:
                     continue
                 seen.add(user_id)
-                differences += _compare(destination, user_id, keys, want.get(user_id, {}), contact)
+                differences += _compare(destination, user_id, keys, want.get(user_id, {}), contact, dest.list_values)
             for user_id in sorted(set(want) - seen):
-                differences += _compare(destination, user_id, keys, want[user_id], None)
+                differences += _compare(destination, user_id, keys, want[user_id], None, dest.list_values)
             checked = len(seen | set(want))
         repaired = 0
         if repair and differences:
@@ -158,6 +169,7 @@ def adopt(config: Config, destination: str) -> AdoptResult:
     dest = _readable(config, destination)
     comps = [c for c in config.computations if destination in c.destinations]
     keys = {c.key for c in comps}
+    lists = {c.key for c in comps if isinstance(c.builder, TraitDefinition) and c.builder.compute.form == "unique_list"}
     rows: list[tuple[str, str, str | None, str | None]] = []
     contacts = 0
     with state_engine(config) as engine, _reader(dest) as client:
@@ -169,6 +181,8 @@ def adopt(config: Config, destination: str) -> AdoptResult:
             email = contact.get("email") if isinstance(contact.get("email"), str) else None
             for key, value in (contact.get("custom_properties") or {}).items():
                 if key in keys and value is not None:
+                    if key in lists:  # held as `list_values` wrote it: the snapshot keeps the list itself
+                        value = list_from_property(value, dest.list_values)
                     rows.append((user_id, key, encode(value), email))
         with run_lock(engine, [destination]), engine.begin() as conn:
             registry.register(conn, comps)

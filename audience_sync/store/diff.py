@@ -417,6 +417,7 @@ def skip_unreachable(conn: Connection, run_id: int, dest: str, required: Sequenc
             e.c.run_id < run_id,
             e.c.run_id.not_in(dry_runs),
         )
+        .correlate(diffs)  # two levels down: without it, `diffs` joins in as a table of its own
         .scalar_subquery()
     )
     repeated = (
@@ -428,6 +429,7 @@ def skip_unreachable(conn: Connection, run_id: int, dest: str, required: Sequenc
             last.c.new_value == diffs.c.new_value,
             last.c.error == diffs.c.error,
         )
+        .correlate(diffs)
         .exists()
     )
     conn.execute(delete(diffs).where(*mine, diffs.c.status == "skipped", diffs.c.error == reason, repeated))

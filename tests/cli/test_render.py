@@ -26,3 +26,10 @@ def test_the_summary_and_the_runs_rows_count_held_changes() -> None:
     assert [c for c in COUNT_KEYS if c in header] == [c for c in COUNT_KEYS if c not in ("planned", "identifiers")]
     assert "held" in header and out.getvalue().count("120") == 4
     assert render.runs_rows([{"run_id": 7, "counts": result["counts"]}])[0]["held"] == 120
+
+
+def test_the_runs_table_shows_every_tally_a_row_adds_up_from() -> None:
+    counts = {**dict.fromkeys(COUNT_KEYS, 0), "exited": 5, "held": 3, "planned": 2}
+    row = render.runs_rows([{"run_id": 1, "counts": counts}])[0]
+    assert all(k in render.RUN_COLUMNS for k in COUNT_KEYS)
+    assert (row["held"], row["planned"], row["identifiers"]) == (3, 2, 0)

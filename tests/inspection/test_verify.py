@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.cli.test_cli import cli
 from tests.fakes.gist import FakeGist
 from tests.harness import Harness
@@ -113,3 +115,21 @@ def test_adopt_seeds_the_snapshot_so_the_first_run_sends_only_differences(harnes
 
     refused = run(path, "adopt", "--destination", "file")
     assert refused.returncode == 4 and "cannot be read back" in refused.stderr
+
+
+@pytest.mark.parametrize("list_values", ["join", "json"])
+def test_a_list_value_is_compared_and_adopted_in_the_form_gist_holds_it(list_values: str) -> None:
+    """Gist holds a list as `list_values` wrote it: verify compares in that form, adopt reads the list back."""
+    from audience_sync.destinations.gist import list_from_property, property_value
+    from audience_sync.inspection.verify import _compare
+    from audience_sync.values import encode
+
+    wanted = ["grinders", "tea"]
+    held = property_value(wanted, list_values)
+    assert list_from_property(held, list_values) == wanted
+    want = {"cats": encode(wanted)}
+    contact = {"user_id": "u1", "custom_properties": {"cats": held}}
+    assert list(_compare("gist", "u1", ["cats"], want, contact, list_values)) == []
+    edited = {"user_id": "u1", "custom_properties": {"cats": property_value(["tea"], list_values)}}
+    (difference,) = _compare("gist", "u1", ["cats"], want, edited, list_values)
+    assert difference.kind == "value differs" and difference.expected == wanted

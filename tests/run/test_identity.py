@@ -71,6 +71,27 @@ def test_a_user_gist_cannot_take_is_skipped_once_not_entered_every_run(harness: 
     assert sorted((r["user_id"], r["change"]) for r in rows) == [("u2", "entered"), ("u3", "entered")]
 
 
+def test_a_new_user_gist_cannot_take_is_recorded_beside_those_already_skipped(harness: Harness, gist: FakeGist) -> None:
+    """Each user's own latest row decides whether a skip repeats, on every key: a newcomer without an email is
+    recorded (and counted) although other users' latest rows are the same skip."""
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": None})
+    harness.warehouse.set_members("Fans", {"u1": "a@x.io", "u2": None})
+    config = gist_config(harness, gist, harness.audience("VIP") + harness.audience("Fans"))
+    assert harness.run(config).counts["skipped"] == 2
+    assert harness.run(config).counts["skipped"] == 0
+
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": None, "u9": None})
+    harness.warehouse.set_members("Fans", {"u1": "a@x.io", "u2": None, "u9": None})
+    third = harness.run(config)
+    assert third.counts["skipped"] == 2 and third.counts["entered"] == 0
+    _, rows = list_diffs(config, run_id=third.run_id)
+    assert sorted((r["user_id"], r["computation_key"], r["status"]) for r in rows) == [
+        ("u9", "fans", "skipped"),
+        ("u9", "vip", "skipped"),
+    ]
+    assert harness.run(config).counts["skipped"] == 0
+
+
 def test_a_skipped_user_whose_value_changes_is_recorded_again(harness: Harness, gist: FakeGist) -> None:
     harness.warehouse.set_trait("Score", {"u1": (None, 1)})
     config = gist_config(harness, gist, harness.trait("Score"))
