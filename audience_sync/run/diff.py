@@ -22,7 +22,7 @@ def diff(
     """Write every change of the run in one transaction, with the guard's holds; return the holds. The transaction
     begins by confirming the run lock: a run that lost it writes no change (LockLost)."""
     dest_names, comps, dry_run, force, users = plan.dest_names, plan.comps, plan.dry_run, plan.force, plan.users
-    resync = plan.mode == "resync"
+    resync = plan.resync
     holds: list[Hold] = []
     with engine.begin() as conn:
         fence.confirm(conn, dest_names)

@@ -42,6 +42,9 @@ class RunPlan:
     full: bool  # no filters: computations missing from the config are retired afterwards
     stop: threading.Event | None = None
     as_of: dt.datetime | None = None  # builder computations are evaluated at this instant
+    #: every current value again, not only the changes; also on a dry run of a resync (mode ``dry_run``), so the
+    #: preview plans what the resync would send
+    resync: bool = False
 
     @property
     def dry_run(self) -> bool:

@@ -102,6 +102,7 @@ def run_sync(
                 full=not destinations and not audiences,
                 stop=stop,
                 as_of=as_of,
+                resync=mode == "resync",
             )
             return _locked_run(engine, source, config, plan, held=lock, progress=progress, started=started)
     except SQLAlchemyError as exc:  # the state database itself; sources raise SourceError

@@ -197,6 +197,15 @@ def test_resync_of_a_user_sends_every_key_held_false_and_null_included(harness: 
     harness.run(config)  # u1 left both: the destination holds false and null for them
     harness.new_calls()
 
+    # its dry run plans what the resync sends, and sends nothing
+    preview = harness.run(config, mode="resync", users=["u1"], dry_run=True)
+    _, planned = list_diffs(config, run_id=preview.run_id)
+    assert sorted((r["user_id"], r["computation_key"], r["status"]) for r in planned) == [
+        ("u1", "score", "planned"),
+        ("u1", "vip", "planned"),
+    ]
+    assert harness.new_calls() == []
+
     result = harness.run(config, mode="resync", users=["u1"])
     calls = harness.new_calls()
     assert harness.sent(calls) == {("u1", "vip"): False, ("u1", "score"): None}
