@@ -140,21 +140,6 @@ def revive(config: Config, key: str) -> None:
             raise AudienceSyncError(f"no retired audience or trait has the key {key!r} (see `audiences --history`)")
 
 
-def members(config: Config, key: str, *, destination: str | None = None) -> list[dict[str, Any]]:
-    """Users the destinations have acknowledged ``key`` for: audience members, or users with a trait value."""
-    comp = config.find_computation(key)  # a retired key is not in the config but may still have members
-    comp_key = comp.key if comp is not None else key
-    dests = [config.destination(destination).name] if destination else [d.name for d in config.destinations]
-    with state_engine(config) as engine, engine.connect() as conn:
-        if comp is None and comp_key not in {r["key"] for r in registry.list_computations(conn)}:
-            known = ", ".join(c.key for c in config.computations) or "none"
-            raise ConfigError(
-                f"{config.path}: no audience or trait with key {key!r}, configured or retired (configured: {known})",
-                path=config.path,
-            )
-        return history.members(conn, comp_key, dests)
-
-
 def prune_history(
     config: Config, older_than: dt.timedelta, *, dry_run: bool = False, batch_size: int = 10_000
 ) -> retention.PruneResult:

@@ -25,7 +25,12 @@ def _key(config: Config, conn: Any, key: str) -> str:
     comp = config.find_computation(key)  # a retired key is not in the config but may still have members
     comp_key = comp.key if comp is not None else key
     if comp is None and not ledger.known_key(conn, comp_key):
-        raise ConfigError(f"unknown audience or trait key {key!r}: not in the config and never synced")
+        configured = ", ".join(c.key for c in config.computations) or "none"
+        raise ConfigError(
+            f"{config.path}: unknown audience or trait key {key!r}: not in the config and never synced "
+            f"(configured: {configured})",
+            path=config.path,
+        )
     return comp_key
 
 
@@ -47,7 +52,8 @@ def members(
                 f"it was pruned (or predates the ledger), so who held {comp_key!r} at "
                 f"{at.isoformat(timespec='seconds')} is not known"
             )
-        return ledger.members_at(conn, comp_key, dests, at)
+        rows = ledger.members_at(conn, comp_key, dests, at)
+    return sorted(rows, key=lambda r: (r["destination"], history.id_order(r["user_id"])))  # as `members` now
 
 
 def user(config: Config, user_id: str) -> dict[str, Any]:

@@ -415,6 +415,7 @@ def test_shared_options_before_the_command_and_the_small_inspection_fixes(projec
 
     proc = cli("members", "nope", "--config", "audience_sync.toml", cwd=project)
     assert proc.returncode == 2 and "unknown audience or trait key 'nope'" in proc.stderr, proc.stderr
+    assert "(configured: " in proc.stderr, proc.stderr  # the keys it could have meant
 
     (project / "typo.toml").write_text((project / "audience_sync.toml").read_text() + "max_retrys = 3\n")
     proc = cli("runs", "--config", "typo.toml", cwd=project)
