@@ -1,11 +1,13 @@
-"""The unit of delivery: one change of one user's value for one computation, and what became of it."""
+"""The shared nouns of delivery: one change of one user's value for one computation, what became of it, and the
+shape of the messages that carry it (used by the store and the destinations alike)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from .values import JsonValue
 
@@ -86,3 +88,40 @@ def message_id(
     base = "" if base_run_id is None else str(base_run_id)
     text = SEPARATOR.join((install_id, destination, key, user_id, new_value or "null", base, salt))
     return "as-" + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+#: (diff_id, the message as compact JSON bytes): what the outbox hands a destination that takes encoded messages
+Encoded = tuple[int, bytes]
+
+
+@dataclass(frozen=True)
+class MessageOptions:
+    """What a destination's config says about message shape: personas ids, event names, integrations."""
+
+    space_id: str = "audience-sync"
+    entered_event: str = "Audience Entered"
+    exited_event: str = "Audience Exited"
+    trait_event: str = "Trait Computed"
+    integrations: dict[str, bool] | None = None
+
+    @property
+    def space(self) -> str:
+        """The space id as Engage sends it in both ``context.personas.space_id`` and ``namespace``: ``spa_`` and
+        the configured ``space_id`` (kept as it is when it already starts with ``spa_``)."""
+        return self.space_id if self.space_id.startswith("spa_") else f"spa_{self.space_id}"
+
+    @classmethod
+    def of(cls, config: Any) -> MessageOptions:
+        """Options from a destination config (any object with those attributes)."""
+        return cls(
+            space_id=config.space_id,
+            entered_event=config.entered_event,
+            exited_event=config.exited_event,
+            trait_event=config.trait_event,
+            integrations=getattr(config, "integrations", None),
+        )
+
+
+def timestamp(now: dt.datetime | None = None) -> str:
+    """ISO-8601 UTC with milliseconds and a ``Z``, as Segment's libraries write it."""
+    return (now or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -11,7 +11,7 @@ from .secrets import EnvSecret, HeaderSecret
 from .sections import ScheduleConfig, _schedule_with_trigger, _Section
 
 #: the longest destination name: it is part of the state's keys (indexed on PostgreSQL together with a key and a
-#: user id, ``sources/rows.MAX_USER_ID_BYTES``), of lock names and of the JSONL sink's default file name
+#: user id, ``store/normalize.MAX_USER_ID_BYTES``), of lock names and of the JSONL sink's default file name
 #: (``<name>.jsonl`` must fit the 255 bytes most file systems allow)
 MAX_DESTINATION_NAME = 200
 

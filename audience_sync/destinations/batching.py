@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import DestinationError, PermanentDestinationError
-from ..model import NOT_ATTEMPTED, Outcome, merge
+from ..model import NOT_ATTEMPTED, Encoded, Outcome, merge
 
-#: (diff_id, the message as compact JSON bytes)
-Encoded = tuple[int, bytes]
+__all__ = ["Encoded", "body", "encode", "pack", "send_halving", "unacknowledged"]
+
 _ENVELOPE = len(b'{"batch":[],"sentAt":"2026-01-01T00:00:00.000Z"}') + 16
 #: a batch refused with one of these is split to find the bad message; other refusals fail the whole batch
 SPLIT_ON = frozenset({400, 413})

@@ -2,39 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import dataclass
 from typing import Any
 
-from ..model import Change
+from ..model import Change, MessageOptions, timestamp
 
-
-@dataclass(frozen=True)
-class MessageOptions:
-    """What a destination's config says about message shape: personas ids, event names, integrations."""
-
-    space_id: str = "audience-sync"
-    entered_event: str = "Audience Entered"
-    exited_event: str = "Audience Exited"
-    trait_event: str = "Trait Computed"
-    integrations: dict[str, bool] | None = None
-
-    @property
-    def space(self) -> str:
-        """The space id as Engage sends it in both ``context.personas.space_id`` and ``namespace``: ``spa_`` and
-        the configured ``space_id`` (kept as it is when it already starts with ``spa_``)."""
-        return self.space_id if self.space_id.startswith("spa_") else f"spa_{self.space_id}"
-
-    @classmethod
-    def of(cls, config: Any) -> MessageOptions:
-        """Options from a destination config (any object with those attributes)."""
-        return cls(
-            space_id=config.space_id,
-            entered_event=config.entered_event,
-            exited_event=config.exited_event,
-            trait_event=config.trait_event,
-            integrations=getattr(config, "integrations", None),
-        )
+__all__ = ["MessageOptions", "timestamp"]  # their home is model.py; destinations import them from here too
 
 
 DEFAULT = MessageOptions()
@@ -50,11 +22,6 @@ def personas_context(change: Change, options: MessageOptions = DEFAULT) -> dict[
         "namespace": options.space,
         "space_id": options.space,
     }
-
-
-def timestamp(now: dt.datetime | None = None) -> str:
-    """ISO-8601 UTC with milliseconds and a ``Z``, as Segment's libraries write it."""
-    return (now or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _finish(

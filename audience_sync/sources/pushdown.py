@@ -12,14 +12,15 @@ On PostgreSQL a column type is pushed down only when SQL renders it exactly as P
 ``text``/``varchar``, ``boolean``, ``uuid`` ids); for any other type (``float8``, ``numeric``, ``jsonb``,
 dates, ...) the computation is streamed instead, so the two paths never disagree. On SQLite, whose values are
 typed per row, integers, text and NULL are handled in SQL and the rare other values (reals, blobs) by the
-Python functions themselves, registered on the connection (:func:`register_normalizers`).
+Python functions themselves, registered on every SQLite connection
+(:func:`audience_sync.store.sqlfuncs.register_sqlite_functions`).
 
-Rows the streamed path skips (a NUL byte in a user id or email, a user id over ``rows.MAX_USER_ID_BYTES`` bytes,
-a value with no JSON form) are never staged by the pushdown: the computation is streamed instead, so that each is
-reported by the very code that reports it when streaming. On SQLite such a row makes the statement fail (the
-normalising Python functions raise for it; the check that sends text there is two cheap functions on the raw
-column). On PostgreSQL, whose text holds no NUL byte, a too-long id is left out (:attr:`Pushdown.unusable`) and
-the count that follows notices it.
+Rows the streamed path skips (a NUL byte in a user id or email, a user id over ``store.normalize.MAX_USER_ID_BYTES``
+bytes, a value with no JSON form) are never staged by the pushdown: the computation is streamed instead, so that each is
+reported by the very code that reports it when streaming. On SQLite such a row makes the statement fail (the normalising
+Python functions raise for it; the check that sends text there is two cheap functions on the raw column). On PostgreSQL,
+whose text holds no NUL byte, a too-long id is left out (:attr:`Pushdown.unusable`) and the count that follows notices
+it.
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..config import Computation
 from ..store.dialect import literal_sql
-from ..values import encode
+from ..store.normalize import MAX_USER_ID_BYTES
 from .columns import locate
-from .rows import MAX_USER_ID_BYTES, _email, _user_id, email_problem, user_id_problem
 
 #: Every character ``str.strip()`` removes (``str.isspace``): SQL trims with this set, so blank means the same on
 #: both paths. tests/test_pushdown.py checks it against Python's own definition.
@@ -96,7 +96,7 @@ class Pushdown:
     comp: Computation
     normalized: str  # SELECT u, e, v[, b] FROM (<query>) AS src
     #: true (never NULL) for a row the streamed path would skip rather than stage. PostgreSQL: column ``b``;
-    #: SQLite: never, because such a row makes the statement fail (``register_normalizers``)
+    #: SQLite: never, because such a row makes the statement fail (``store/sqlfuncs.py``)
     unusable: str = "false"
     #: a compiled statement's bound parameters: its text is then ready for the driver as it is; None for a
     #: user's query, whose text goes to the driver as written (see :meth:`driver_sql`)
@@ -306,30 +306,3 @@ def _plan(conn: Connection, comp: Computation, inner: str, params: Mapping[str, 
         params=params,
         complete=complete,
     )
-
-
-def _json_value(value: Any) -> str | None:
-    return encode(value)  # an error for values with no JSON form: the statement fails and the run streams
-
-
-def _checked_user_id(raw: Any) -> str | None:
-    """``rows._user_id``, raising for an id the streamed path skips: the statement fails and the run streams."""
-    uid = _user_id(raw)
-    if uid is not None and user_id_problem(uid) is not None:
-        raise ValueError("a user id the state database cannot take: streaming, to report it")
-    return uid
-
-
-def _checked_email(raw: Any) -> str | None:
-    """``rows._email``, raising for an email the streamed path skips: the statement fails and the run streams."""
-    email = _email(raw)
-    if email_problem(email) is not None:
-        raise ValueError("an email the state database cannot take: streaming, to report it")
-    return email
-
-
-def register_normalizers(dbapi_conn: Any) -> None:
-    """Make the streamed path's own normalising functions callable from SQL on a SQLite connection."""
-    dbapi_conn.create_function("as_user_id", 1, _checked_user_id, deterministic=True)
-    dbapi_conn.create_function("as_email", 1, _checked_email, deterministic=True)
-    dbapi_conn.create_function("as_json_value", 1, _json_value, deterministic=True)

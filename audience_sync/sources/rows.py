@@ -3,28 +3,25 @@
 A row the state database cannot take is not a reason to fail the run, nor to treat the user as gone: the user
 is *skipped*, with a reason naming them and the computation (:class:`Skip`), and keeps whatever the destinations
 hold. That is a user id or an email with a NUL byte (PostgreSQL text cannot hold one; SQLite could, but both
-backends behave the same), a user id longer than :data:`MAX_USER_ID_BYTES` (PostgreSQL indexes user ids in
+backends behave the same), a user id longer than ``MAX_USER_ID_BYTES`` (PostgreSQL indexes user ids in
 b-trees, whose entries are limited), and a value with no JSON form (NaN, an infinity). The pushdown checks the
 same in SQL (``sources/pushdown.py``) and streams a computation that has such a row, so both paths skip alike.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Computation
 from ..errors import SourceError
+from ..store.normalize import email_problem, normal_email, normal_user_id, user_id_problem
 from ..store.staging import SkippedUser, StagedRow
 from ..values import TRUE, NoJsonForm, encode
 
 RawRow = tuple[Any, Any, Any]  # (user_id, email, value); value is ignored for audiences
 
-#: the longest user id taken, in UTF-8 bytes. PostgreSQL keeps (destination, key, user id) in b-tree indexes
-#: whose entries hold at most about 2,700 bytes; destination names (200) and keys (150) take the rest.
-MAX_USER_ID_BYTES = 2000
 #: more rows than this that cannot be used fail the computation instead: that is a broken source, not a few bad
 #: users, and it bounds the memory the skipped rows take until they are written
 MAX_SKIPPED_ROWS = 10_000
@@ -94,42 +91,6 @@ def _what(comp: Computation) -> str:
     return f"{comp.computation_class} {comp.name!r} ({comp.key})"
 
 
-def _user_id(raw: Any) -> str | None:
-    if raw is None:
-        return None
-    if isinstance(raw, float):
-        if math.isnan(raw):
-            return None
-        if raw.is_integer():
-            return str(int(raw))
-    text = str(raw)
-    return text if text.strip() else None
-
-
-def _email(raw: Any) -> str | None:
-    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
-        return None
-    text = str(raw).strip()
-    return text or None
-
-
-def user_id_problem(user_id: str) -> str | None:
-    """Why the state database cannot take ``user_id`` (a normalised, non-empty id), or None when it can."""
-    if "\x00" in user_id:
-        return "its user_id contains a NUL byte, which the state database cannot store"
-    size = len(user_id.encode("utf-8", "surrogatepass"))
-    if size > MAX_USER_ID_BYTES:
-        return f"its user_id is {size} bytes long (UTF-8); the state database takes at most {MAX_USER_ID_BYTES}"
-    return None
-
-
-def email_problem(email: str | None) -> str | None:
-    """Why the state database cannot take ``email`` (normalised), or None when it can."""
-    if email is not None and "\x00" in email:
-        return "its email contains a NUL byte, which the state database cannot store"
-    return None
-
-
 def _skip(
     comp: Computation, stats: SourceStats, uid: str, email: str | None, problem: str, *, id_storable: bool = True
 ) -> None:
@@ -144,7 +105,7 @@ def normalize(comp: Computation, raw_rows: Iterable[RawRow], stats: SourceStats)
     null or empty user id are dropped and counted; audience rows carry the value ``true``; trait rows with a
     null value are dropped and counted (null means "no value"). A row the state database cannot take (a NUL
     byte in the user id, or in the email of a row that would be staged, a user id over
-    :data:`MAX_USER_ID_BYTES`, a value with no JSON form) is not staged: it is recorded in ``stats.skips`` with a
+    ``MAX_USER_ID_BYTES``, a value with no JSON form) is not staged: it is recorded in ``stats.skips`` with a
     reason naming the computation and the user. Raises SourceError naming the computation and the user when a
     value is of a type JSON has no form for, or when more than :data:`MAX_SKIPPED_ROWS` users are skipped.
     """
@@ -152,11 +113,11 @@ def normalize(comp: Computation, raw_rows: Iterable[RawRow], stats: SourceStats)
     is_trait = comp.computation_class == "trait"
     for raw_uid, raw_email, raw_value in raw_rows:
         stats.rows += 1
-        uid = _user_id(raw_uid)
+        uid = normal_user_id(raw_uid)
         if uid is None:
             stats.null_user_ids += 1
             continue
-        email = _email(raw_email)
+        email = normal_email(raw_email)
         problem = user_id_problem(uid)
         if problem is not None:
             _skip(comp, stats, uid, email, problem, id_storable=False)

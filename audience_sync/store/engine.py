@@ -43,11 +43,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
     register_sqlite_functions(dbapi_conn)
-    from ..sources.builder.sqlfuncs import register_builder_functions
-    from ..sources.pushdown import register_normalizers  # sources import the store: import when connecting
-
-    register_normalizers(dbapi_conn)
-    register_builder_functions(dbapi_conn)
 
 
 def create_state_engine(url: str, *, what: str = "state database") -> Engine:

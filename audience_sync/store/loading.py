@@ -19,12 +19,12 @@ settles the email and the conflicting value from the rows' order (:func:`_settle
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from ..sources.pushdown import Pushdown
+from ..config import Computation
 from .staging import StagedRow, insert_rows
 
 _COLUMNS = "run_id, computation_key, user_id, email, value"
@@ -61,6 +61,46 @@ def _settle_repeats(
         f"WHERE st.run_id = {_p(conn, 'run')} AND st.computation_key = {_p(conn, 'key')} AND st.user_id = c.u"
     )
     conn.exec_driver_sql(sql, {**(params or {}), "run": run_id, "key": key})
+
+
+class Pushdown(Protocol):
+    """What a pushed-down load needs of a computation's query: its statements, as ``sources/pushdown.py``
+    writes them (its ``Pushdown`` is the one implementation; the store does not import the sources)."""
+
+    @property
+    def comp(self) -> Computation:
+        """The computation whose rows the query returns."""
+
+    @property
+    def normalized(self) -> str:
+        """``SELECT u, e, v[, b]``: the query's rows normalised as the streamed path would."""
+
+    @property
+    def unusable(self) -> str:
+        """A predicate on those rows, true for a row the streamed path would skip."""
+
+    @property
+    def complete(self) -> bool:
+        """The query never returns a row without a user id or a value."""
+
+    @property
+    def bound(self) -> dict[str, Any]:
+        """The parameters to pass with every statement."""
+
+    @property
+    def staged(self) -> str:
+        """The rows to stage."""
+
+    @property
+    def ordered(self) -> str:
+        """The rows with their position in the source's order, ``u, e, v, ord``."""
+
+    @property
+    def counts(self) -> str:
+        """One row: rows returned, without a user id, without a value, to be skipped."""
+
+    def driver_sql(self, dialect: Any, text: str) -> str:
+        """``text`` (one of the statements above) as ``exec_driver_sql`` must receive it."""
 
 
 class PushedDown(NamedTuple):

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import JSON, LargeBinary, String, Text, bindparam, case, cast, func, literal_column, type_coerce
 from sqlalchemy.sql.elements import ColumnElement
 
-from ..destinations.messages import MessageOptions
+from ..model import MessageOptions
 from .schema import diffs
 
 #: the bind parameter carrying the messages' ``timestamp`` (one per chunk, as the Python builders use)

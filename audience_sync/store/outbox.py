@@ -32,9 +32,7 @@ from sqlalchemy import (
     update,
 )
 
-from ..destinations.batching import Encoded
-from ..destinations.messages import MessageOptions, timestamp
-from ..model import NOT_ATTEMPTED, SENT, Change, Outcome
+from ..model import NOT_ATTEMPTED, SENT, Change, Encoded, MessageOptions, Outcome, timestamp
 from ..redact import scrub
 from ..values import decode
 from . import ledger

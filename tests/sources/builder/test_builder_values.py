@@ -21,9 +21,9 @@ from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION
 from audience_sync.config import parse_config
 from audience_sync.sources.builder import BuilderSource
 from audience_sync.sources.builder.properties import pg_float_json
-from audience_sync.sources.builder.sqlfuncs import ExactSum, register_builder_functions
 from audience_sync.sources.builder.windows import Window, as_utc, parse_instant, parse_window, sqlite_instant
 from audience_sync.store.engine import create_state_engine
+from audience_sync.store.sqlfuncs import ExactSum, register_sqlite_functions
 from audience_sync.values import encode
 
 
@@ -67,7 +67,7 @@ def test_postgres_float_text_reads_back_as_the_same_float(pg_server: str) -> Non
 
 def _sqlite_sum(values: list[int | float]) -> object:
     db = sqlite3.connect(":memory:")
-    register_builder_functions(db)
+    register_sqlite_functions(db)
     db.execute("CREATE TABLE t (x)")
     db.executemany("INSERT INTO t VALUES (?)", [(v,) for v in values])
     return db.execute("SELECT as_exact_sum(x) FROM t").fetchone()[0]
