@@ -1,7 +1,8 @@
 """The stage step: every computation of a run read into ``staging`` under the run's id.
 
 A computation is pushed down (one ``INSERT ... SELECT`` inside the state database) when its source is the state
-database and its query allows it, and streamed in chunks otherwise. A source failure raises SourceError; the
+database, or a SQLite file attached to a SQLite state (``store/attach.py``), and its query allows it; it is
+streamed in chunks otherwise. A source failure raises SourceError; the
 caller clears the run's staging whatever happens.
 """
 
@@ -11,16 +12,18 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Computation, Config
 from ..errors import ConfigError, RunStopped, SourceError
 from ..sources import RawRow, SourceStats, normalize, pushdown, read_rows
 from ..sources.builder import BuilderSource
-from ..store import loading, staging
+from ..store import attach, loading, staging
 from ..store.engine import redact_url
 from ..store.staging import StagedRow
 from .progress import Progress
@@ -31,21 +34,25 @@ log = logging.getLogger(__name__)
 SKIPS_LOGGED = 10
 
 
+Connect = Callable[[], AbstractContextManager[Connection]]
+
+
 def _push_down(
-    engine: Engine,
+    connect: Connect,
     run_id: int,
     comp: Computation,
     stats: SourceStats,
     planner: Callable[[Any, Computation], pushdown.Pushdown | None] = pushdown.plan,
 ) -> bool:
-    """Stage ``comp`` by running its query inside the state database; False when it must be streamed instead."""
-    with engine.connect() as conn:
+    """Stage ``comp`` by running its query inside the state database (on connections from ``connect``: the
+    state's own, or with the source file attached); False when it must be streamed instead."""
+    with connect() as conn:
         plan = planner(conn, comp)
     if plan is None:
         log.info("%s: streaming (its query or its column types cannot be pushed down)", comp.key)
         return False
     try:
-        with engine.connect() as conn, conn.begin() as transaction:
+        with connect() as conn, conn.begin() as transaction:
             pushed = loading.push_down(conn, run_id, plan)
             if pushed.unusable:  # rows to skip: the streamed path says why, user by user
                 transaction.rollback()
@@ -119,6 +126,11 @@ def stage(
     user ids, null values, skipped). Raises SourceError (culprit named) or RunStopped when ``stop`` is set."""
     stats: dict[str, dict[str, int]] = {}
     push = use_pushdown(config)
+    connect: Connect = engine.connect
+    source_file = pushdown.attachable_file(config.state_url, config.source_url) if push else None
+    if source_file is not None:
+        push = _attachable(engine, source_file)
+        connect = lambda: attach.attached(engine, source_file)  # noqa: E731 (a connection factory)
     # builder computations: every table and column they name is checked before anything is staged
     builder = BuilderSource(config, source, comps, as_of or dt.datetime.now(dt.UTC))
     if builder.comps:
@@ -130,9 +142,9 @@ def stage(
         if stop is not None and stop.is_set():
             raise _stopped(run_id, comp)
         if comp.builder is not None:
-            pushed = push and _push_down(engine, run_id, comp, st, builder.plan)
+            pushed = push and _push_down(connect, run_id, comp, st, builder.plan)
         else:
-            pushed = push and comp.sql is not None and _push_down(engine, run_id, comp, st)
+            pushed = push and comp.sql is not None and _push_down(connect, run_id, comp, st)
         if pushed:
             progress.advance(task, st.rows)
         else:
@@ -173,17 +185,37 @@ def stage(
     return stats
 
 
+def _attachable(engine: Engine, source_file: Path) -> bool:
+    """Whether ``source_file`` can be attached to the state and read there as the source would be read."""
+    try:
+        with attach.attached(engine, source_file) as conn:
+            hidden = attach.shadowed(conn)
+    except FileNotFoundError:
+        log.info("streaming: the source file %s does not exist", source_file)
+        return False
+    except SQLAlchemyError as exc:  # not a SQLite database, unreadable: the streamed path reports it
+        log.info("streaming: the source file cannot be attached (%s)", " ".join(str(exc).split())[:200])
+        return False
+    if hidden:
+        log.info("streaming: the state database has tables named like the source's (%s)", ", ".join(sorted(hidden)))
+        return False
+    return True
+
+
 def use_pushdown(config: Config) -> bool:
     """Whether the run stages its SQL computations inside the state database (see ``sources/pushdown.py``).
 
     ``[source] pushdown = false`` always streams; otherwise queries are pushed down when the source is the
-    state database. ConfigError when ``pushdown = true`` but the source is another database.
+    state database, or another SQLite file while the state is SQLite (attached to the state's connection).
+    ConfigError when ``pushdown = true`` but the source is neither.
     """
-    same = pushdown.same_database(config.state_url, config.source_url)
-    if config.source_pushdown and not same:
+    reachable = pushdown.same_database(config.state_url, config.source_url) or (
+        pushdown.attachable_file(config.state_url, config.source_url) is not None
+    )
+    if config.source_pushdown and not reachable:
         raise ConfigError(
-            f"{config.path}: source.pushdown = true needs the source to be the state database "
-            f"(source.url {redact_url(config.source_url)!r} is another database)",
+            f"{config.path}: source.pushdown = true needs the source to be the state database or, with SQLite "
+            f"state, a SQLite file (source.url {redact_url(config.source_url)!r} is another database)",
             path=config.path,
         )
-    return same and config.source_pushdown is not False
+    return reachable and config.source_pushdown is not False

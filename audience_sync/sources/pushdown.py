@@ -78,6 +78,18 @@ def _normal_url(url: str) -> tuple[Any, ...] | None:
     )
 
 
+def attachable_file(state_url: str, source_url: str) -> Path | None:
+    """The source's file when the state and the source are two different SQLite files, or None.
+
+    Such a source is attached to the state's connection (``store/attach.py``) and its queries pushed down
+    as if it were the state database. Whether the file exists is the attaching's concern, not this one's.
+    """
+    state, source = _normal_url(state_url), _normal_url(source_url)
+    if state is None or source is None or state == source or state[0] != "sqlite" or source[0] != "sqlite":
+        return None
+    return Path(source[1])
+
+
 def same_database(state_url: str, source_url: str) -> bool:
     """Whether both URLs reach the same database with the same session settings.
 

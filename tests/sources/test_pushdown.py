@@ -70,9 +70,10 @@ def _state(url: str) -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
-def _config(url: str, tmp: Path, body: str, push: bool) -> Any:
+def _config(url: str, tmp: Path, body: str, push: bool, source: str | None = None) -> Any:
+    source_line = f'url = "{source}"\n' if source else ""
     return parse_config(
-        f'[state]\nurl = "{url}"\n[source]\npushdown = {str(push).lower()}\n'
+        f'[state]\nurl = "{url}"\n[source]\n{source_line}pushdown = {str(push).lower()}\n'
         f'[[destinations]]\nname = "file"\ntype = "jsonl"\npath = "{tmp / "out.jsonl"}"\n' + body,
         path=str(tmp / "c.toml"),
         environ={},
@@ -120,18 +121,20 @@ def _same_install(url: str) -> None:
     engine.dispose()
 
 
-def _compare(make_url_for: Any, tmp_path: Path, load: Any, change: Any) -> None:
-    """Run the same two syncs with pushdown and with streaming; everything they store and send must agree."""
+def _compare(make_url_for: Any, tmp_path: Path, load: Any, change: Any, source_for: Any = None) -> None:
+    """Run the same two syncs with pushdown and with streaming; everything they store and send must agree.
+    ``source_for(tmp)`` gives the source's URL when it is not the state database."""
     results = {}
     for push in (True, False):
         tmp = tmp_path / str(push)
         tmp.mkdir()
         url = make_url_for(tmp)
-        load(url)
+        source = source_for(tmp) if source_for else url
+        load(source)
         _same_install(url)
-        config = _config(url, tmp, BODY, push)
+        config = _config(url, tmp, BODY, push, source if source_for else None)
         first = run_sync(config)
-        change(url)
+        change(source)
         second = run_sync(config)
         assert first.status == second.status == "succeeded", (first.error, second.error)
         results[push] = (
@@ -164,6 +167,77 @@ def test_sqlite_pushdown_matches_streaming(tmp_path: Path, caplog: pytest.LogCap
     caplog.set_level("INFO", "audience_sync.run.stage")
     _compare(lambda tmp: f"sqlite:///{tmp / 'one.db'}", tmp_path, _sqlite_load(SQLITE_ROWS), _sqlite_change)
     assert not _streamed(caplog)
+
+
+def test_an_attached_sqlite_file_stages_what_streaming_stages(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The source in a SQLite file of its own, attached to the SQLite state: pushed down, and the same state,
+    messages and source figures as streaming it."""
+    caplog.set_level("INFO", "audience_sync.run.stage")
+    _compare(
+        lambda tmp: f"sqlite:///{tmp / 'state.db'}",
+        tmp_path,
+        _sqlite_load(SQLITE_ROWS),
+        _sqlite_change,
+        lambda tmp: f"sqlite:///{tmp / 'warehouse.db'}",
+    )
+    assert not _streamed(caplog)
+
+
+@pytest.mark.parametrize("push", [True, False])
+def test_an_attached_file_reports_a_conflict_and_an_unusable_value_as_streaming_does(
+    tmp_path: Path, push: bool
+) -> None:
+    state, source = f"sqlite:///{tmp_path / 'state.db'}", f"sqlite:///{tmp_path / 'warehouse.db'}"
+    _sqlite_load([("u1", None, 1), ("u2", None, 5), ("u1", None, 2), ("u1", None, 3)])(source)
+    with pytest.raises(SourceError, match=r"trait 'Score' \(score\): user 'u1' has two different values \(1 and 3\)"):
+        run_sync(_config(state, tmp_path, BODY, push, source))
+    (tmp_path / "warehouse.db").unlink()
+    _sqlite_load([("u1", None, 1), ("u2", None, b"\x00blob")])(source)
+    with pytest.raises(SourceError, match="user 'u2' has a value of unusable type: unsupported value type bytes"):
+        run_sync(_config(state, tmp_path, BODY, push, source))
+
+
+def test_a_source_file_whose_tables_the_state_hides_is_streamed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite finds an unqualified name in the state before an attached file: a source with a table named like
+    one of the state's (here ``snapshot``) would be read wrongly if pushed down, so it is streamed, and a
+    missing source file is left to the streamed path to report."""
+    caplog.set_level("INFO", "audience_sync.run.stage")
+    state, source = f"sqlite:///{tmp_path / 'state.db'}", f"sqlite:///{tmp_path / 'warehouse.db'}"
+    with sqlite3.connect(tmp_path / "warehouse.db") as db:
+        db.execute("CREATE TABLE snapshot (user_id, email)")
+        db.execute("INSERT INTO snapshot VALUES ('u1', 'a@x.io'), ('u2', NULL)")
+    body = '[[audiences]]\nname = "Members"\nsql = "SELECT user_id, email FROM snapshot"\n'
+    result = run_sync(_config(state, tmp_path, body, True, source))
+    assert result.status == "succeeded" and result.counts["sources"]["members"]["members"] == 2
+    assert any("tables named like the source's (snapshot)" in r.getMessage() for r in caplog.records)
+    (tmp_path / "warehouse.db").unlink()
+    with pytest.raises(SourceError, match="no such table: snapshot"):
+        run_sync(_config(state, tmp_path, body, True, source))
+    assert any("the source file" in r.getMessage() and "does not exist" in r.getMessage() for r in caplog.records)
+
+
+def test_the_attached_file_is_detached_before_the_connection_is_reused(tmp_path: Path) -> None:
+    from audience_sync.store.attach import attached
+    from audience_sync.store.engine import create_state_engine
+
+    with sqlite3.connect(tmp_path / "warehouse.db") as db:
+        db.execute("CREATE TABLE t (x)")
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        with pytest.raises(RuntimeError), attached(engine, tmp_path / "warehouse.db") as conn:
+            conn.exec_driver_sql("CREATE TABLE main.u (x)")  # a transaction left open by an error
+            assert {r[1] for r in conn.exec_driver_sql("PRAGMA database_list")} == {"main", "as_source"}
+            raise RuntimeError
+        for _ in range(3):  # whichever pooled connection comes back
+            with engine.connect() as conn:
+                assert {r[1] for r in conn.exec_driver_sql("PRAGMA database_list")} == {"main"}
+        with pytest.raises(FileNotFoundError), attached(engine, tmp_path / "missing.db"):
+            pass
+        assert not (tmp_path / "missing.db").exists()
+    finally:
+        engine.dispose()
 
 
 def test_sqlite_pushdown_is_used_and_counts(tmp_path: Path) -> None:
@@ -302,12 +376,21 @@ def test_same_database() -> None:
 
 
 def test_pushdown_true_needs_the_same_database(tmp_path: Path) -> None:
+    assert (
+        pushdown.attachable_file(f"sqlite:///{tmp_path / 's.db'}", f"sqlite:///{tmp_path / 'w.db'}")
+        == (tmp_path / "w.db").resolve()
+    )
+    assert pushdown.attachable_file(f"sqlite:///{tmp_path / 's.db'}", f"sqlite:///{tmp_path / 's.db'}") is None
+    assert pushdown.attachable_file(PG_URL, f"sqlite:///{tmp_path / 'w.db'}") is None
     config = parse_config(
-        f'[state]\nurl = "sqlite:///{tmp_path / "s.db"}"\n[source]\nurl = "sqlite:///{tmp_path / "w.db"}"\n'
+        f'[state]\nurl = "sqlite:///{tmp_path / "s.db"}"\n[source]\nurl = "postgresql://u@127.0.0.1:1/w"\n'
         f'pushdown = true\n[[destinations]]\nname = "f"\ntype = "jsonl"\n[[audiences]]\nname = "A"\nsql = "SELECT 1"\n',
         environ={},
     )
-    with pytest.raises(ConfigError, match="pushdown = true needs the source to be the state database"):
+    with pytest.raises(
+        ConfigError,
+        match="needs the source to be the state database or, with SQLite state, a SQLite file",
+    ):
         run_sync(config)
 
 

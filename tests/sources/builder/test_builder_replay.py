@@ -95,24 +95,23 @@ def expected_changes(config: Config, ref: Reference, before: dict[str, Any]) -> 
     return changes, now
 
 
-@pytest.mark.parametrize("push", [True, False], ids=["pushdown", "streamed"])
-def test_monthly_as_of_runs_send_exactly_what_changed(
-    state_url: str, tmp_path: Path, push: bool, caplog: pytest.LogCaptureFixture
-) -> None:
+def _replay(state_url: str, source_url: str, tmp_path: Path, push: bool, caplog: pytest.LogCaptureFixture) -> set[str]:
+    """A year of monthly as-of runs from ``source_url``, each checked against the reference; returns the
+    computations that were streamed although ``push`` asked for pushdown."""
     caplog.set_level(logging.INFO, logger="audience_sync.run.stage")
     profiles, events = year_of_events()
-    if state_url.startswith("sqlite"):
-        load_sqlite(state_url.removeprefix("sqlite:///"), "json", profiles, events)
+    if source_url.startswith("sqlite"):
+        load_sqlite(source_url.removeprefix("sqlite:///"), "json", profiles, events)
     else:
-        load_pg(state_url, "jsonb", profiles, events)
+        load_pg(source_url, "jsonb", profiles, events)
     out = tmp_path / "file.jsonl"
     config = parse_config(
-        f'[state]\nurl = "{state_url}"\n[source]\npushdown = {str(push).lower()}\n'
+        f'[state]\nurl = "{state_url}"\n[source]\nurl = "{source_url}"\npushdown = {str(push).lower()}\n'
         f'[[destinations]]\nname = "file"\ntype = "jsonl"\npath = "{out}"\n' + COMPUTATIONS,
         environ={},
     )
     harness = Harness(tmp_path, state_url, None)  # type: ignore[arg-type]
-    back_profiles, back_events = read_back(state_url, "json")
+    back_profiles, back_events = read_back(source_url, "json")
     audiences = {c.key: c.builder for c in config.computations if isinstance(c.builder, AudienceDefinition)}
     state: dict[str, Any] = {}
     sent_per_run, exits = [], 0
@@ -128,10 +127,24 @@ def test_monthly_as_of_runs_send_exactly_what_changed(
         sent_per_run.append(len(sent))
         exits += sum(1 for v in expected.values() if v in ("false", None))
     assert all(n > 0 for n in sent_per_run) and exits > 0
-    streamed = {r.getMessage().split(":")[0] for r in caplog.records if "streaming" in r.getMessage()}
-    if push:  # PostgreSQL streams the traits whose values may hold floats (only Python writes them canonically)
-        floats = {"last_category", "spend_90d", "categories_60d"}
-        assert streamed == (floats if state_url.startswith("postgresql") else set())
     # the same instant again: the same result, so nothing to send
     run_sync(config, as_of=as_of)
     assert harness.new_calls() == []
+    return {r.getMessage().split(":")[0] for r in caplog.records if "streaming" in r.getMessage()}
+
+
+@pytest.mark.parametrize("push", [True, False], ids=["pushdown", "streamed"])
+def test_monthly_as_of_runs_send_exactly_what_changed(
+    state_url: str, tmp_path: Path, push: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    streamed = _replay(state_url, state_url, tmp_path, push, caplog)
+    if push:  # PostgreSQL streams the traits whose values may hold floats (only Python writes them canonically)
+        floats = {"last_category", "spend_90d", "categories_60d"}
+        assert streamed == (floats if state_url.startswith("postgresql") else set())
+
+
+def test_an_attached_source_file_is_pushed_down(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The events and profiles in a SQLite file of their own: attached to the state's connection, every
+    computation is pushed down, and the year of runs sends exactly what the reference says."""
+    state_url, source_url = f"sqlite:///{tmp_path / 'state.db'}", f"sqlite:///{tmp_path / 'events.db'}"
+    assert _replay(state_url, source_url, tmp_path, True, caplog) == set()
