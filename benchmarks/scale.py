@@ -2,7 +2,10 @@
 
 Generates, with SQL only, ``users`` (id, email, ltv) and ``members`` (aud, user_id, email): N users, each a
 member of 97.5 % of A audiences, plus a computed trait (``ltv``) for every user, so about ``N * (A + 1)``
-memberships. The source is the state database itself, so audience-sync pushes each query down into it.
+memberships. By default the source is the state database itself, so audience-sync pushes each query down into
+it; ``--source sqlite-file`` puts the tables in a SQLite file of their own (the warehouse path: attached to a
+SQLite state and pushed down, streamed into a PostgreSQL one), and the baseline then reads them from that file
+too (ATTACHed on SQLite).
 
 Three phases, each timed twice: ``audience-sync run`` as a subprocess (wall time of the whole process, its
 peak RSS), then a bare-SQL baseline in this process doing the same work on the same engine with its own tables:
@@ -17,10 +20,10 @@ streamed to a file), and the snapshot upsert.
     python benchmarks/scale.py --engine sqlite --memberships 1000000
     python benchmarks/scale.py --engine postgresql --memberships 1000000 \\
         --pg-url "postgresql://postgres@127.0.0.1:5432/test" --schema bench_scale
+    python benchmarks/scale.py --engine sqlite --source sqlite-file --memberships 1000000
 
-The PostgreSQL schema is created and dropped (``--keep`` keeps it). ``--stream`` hands audience-sync the source
-as another database (a copy of the tables in a second SQLite file; on PostgreSQL the same schema under a URL
-that differs by ``application_name``), so rows stream through Python and are loaded with COPY or batches.
+The PostgreSQL schema is created and dropped (``--keep`` keeps it). ``--stream`` sets ``[source] pushdown =
+false``, so rows stream through Python and are loaded with COPY or batches.
 ``--smoke`` checks that the runs succeeded and sent what the baseline sent (the test suite runs it at 10k
 memberships).
 """
@@ -185,10 +188,39 @@ def baseline_run(db: Any, eng: Engine, audiences: int, out: Path) -> int:
 # --- audience-sync ---------------------------------------------------------------------------------------------
 
 
-def write_config(path: Path, url: str, out: Path, audiences: int, chunk_size: int, source: str | None) -> None:
+def move_to_sqlite_file(db: Any, eng: Engine, path: Path) -> None:
+    """Move the source tables into the SQLite file ``path``, keyed as they were. SQLite state: the file stays
+    attached to the baseline's connection, whose unqualified names then find its tables (the state's copies are
+    dropped). PostgreSQL state: the tables are copied out row by row and stay where they are too (the baseline
+    reads them there: reading them across is audience-sync's part, not the baseline's)."""
+    with sqlite3.connect(path) as src:
+        src.executescript(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT, ltv INTEGER);"
+            "CREATE TABLE members (aud INTEGER, user_id INTEGER, email TEXT, PRIMARY KEY (aud, user_id)) WITHOUT ROWID;"
+        )
+        if eng.name == "postgresql":
+            for table in ("users", "members"):
+                cursor = db.cursor(name=f"copy_{table}")
+                cursor.execute(f"SELECT * FROM {table}")
+                while rows := cursor.fetchmany(50_000):
+                    src.executemany(f"INSERT INTO {table} VALUES (?, ?, ?)", rows)
+                cursor.close()
+            db.commit()
+            return
+    db.execute(f"ATTACH DATABASE '{path}' AS src")
+    db.execute("INSERT INTO src.users SELECT * FROM main.users")
+    db.execute("INSERT INTO src.members SELECT * FROM main.members")
+    db.execute("DROP TABLE main.users")
+    db.execute("DROP TABLE main.members")
+    db.commit()
+
+
+def write_config(
+    path: Path, url: str, out: Path, audiences: int, chunk_size: int, source: str | None, stream: bool = False
+) -> None:
     body = [
         f'[state]\nurl = "{url}"\n',
-        f'[source]\nurl = "{source}"\n' if source else "",
+        "[source]\n" + (f'url = "{source}"\n' if source else "") + ("pushdown = false\n" if stream else ""),
         f'[[destinations]]\nname = "file"\ntype = "jsonl"\npath = "{out}"\nchunk_size = {chunk_size}\n',
     ]
     body += [
@@ -282,27 +314,20 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
             baseline_setup(db, eng)
             config = work / "bench.toml"
             source = None
-            if args.stream:  # the same tables, reached as another database: rows stream through Python
-                if eng.name == "sqlite":
-                    source_path = work / "source.db"
-                    source_path.unlink(missing_ok=True)
-                    db.execute(f"ATTACH DATABASE '{source_path}' AS src")
-                    db.execute("CREATE TABLE src.users AS SELECT * FROM users")
-                    db.execute("CREATE TABLE src.members AS SELECT * FROM members")
-                    db.commit()
-                    db.execute("DETACH DATABASE src")
-                    source = f"sqlite:///{source_path}"
-                else:
-                    source = f"{eng.url}&application_name=audience-sync-source"
-            write_config(config, eng.url, work / "out.jsonl", audiences, args.chunk_size, source)
+            if args.source == "sqlite-file":  # the tables in a file of their own, which the baseline attaches
+                source_path = work / "source.db"
+                source_path.unlink(missing_ok=True)
+                move_to_sqlite_file(db, eng, source_path)
+                source = f"sqlite:///{source_path}"
+            write_config(config, eng.url, work / "out.jsonl", audiences, args.chunk_size, source, args.stream)
             for phase in ("initial", "no change", "5 % churn"):
                 if phase == "5 % churn":
-                    for stmt in CHURN:
-                        db.execute(stmt)
-                    if source and eng.name == "sqlite":
-                        with sqlite3.connect(work / "source.db") as src:
+                    if source is not None and eng.name == "postgresql":  # the file, and the baseline's copy
+                        with sqlite3.connect(source_path) as src:
                             for stmt in CHURN:
                                 src.execute(stmt)
+                    for stmt in CHURN:  # SQLite: the file is attached, its tables are the unqualified names
+                        db.execute(stmt)
                     if eng.name == "postgresql":
                         db.execute("ANALYZE members")
                         db.execute("ANALYZE users")
@@ -315,7 +340,7 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                 base = time.perf_counter() - t
                 sent = result["counts"]["sent"]
                 row = {
-                    "engine": eng.name + (" streamed" if source else ""),
+                    "engine": eng.name + (f" {args.source}" if source else "") + (" streamed" if args.stream else ""),
                     "memberships": users * (audiences + 1),
                     "phase": phase,
                     "changes": sent,
@@ -354,9 +379,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--profile", action="store_true", help="cProfile each run into the workdir")
     parser.add_argument("--smoke", action="store_true", help="fail unless every run sent what the baseline sent")
     parser.add_argument(
+        "--source",
+        choices=["state", "sqlite-file"],
+        default="state",
+        help="where the audience tables are: the state database itself, or a SQLite file of their own",
+    )
+    parser.add_argument(
         "--stream",
         action="store_true",
-        help="give audience-sync the source as another database (no pushdown: streamed, COPY on PostgreSQL)",
+        help="[source] pushdown = false: rows stream through Python (COPY on PostgreSQL, batches on SQLite)",
     )
     args = parser.parse_args(argv)
     print(f"# {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, load {load()}")
