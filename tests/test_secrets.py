@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -22,6 +20,7 @@ from audience_sync.redact import forms, remember, scrub, url_secrets
 from audience_sync.store.engine import redact_url
 from tests.fakes.echo import EchoServer
 from tests.harness import Harness
+from tests.processes import run_cli
 
 SECRETS = {
     "GIST_API_KEY": 'gk+sec/ret=Key&"1\\z',
@@ -46,14 +45,7 @@ def assert_no_secret(dump: str, secrets: list[str]) -> None:
 
 
 def cli(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "audience_sync", *args, "--config", "c.toml"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env if env is not None else SECRETS)},
-    )
+    return run_cli(*args, "--config", "c.toml", cwd=project, env=env if env is not None else SECRETS, timeout=300)
 
 
 def test_a_destination_echoing_our_request_leaks_no_secret(harness: Harness, state_url: str) -> None:

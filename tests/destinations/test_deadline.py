@@ -11,9 +11,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +27,7 @@ from tests.fakes.faulty import FaultyServer, Mode
 from tests.fakes.gist import FakeGist
 from tests.fakes.segment import FakeSegment
 from tests.harness import Harness, toml_options
+from tests.processes import run_cli
 
 ENV = {"GIST_API_KEY": "gist-test-key", "SEGMENT_WRITE_KEY": "segment-write-key", "HOOK_SECRET": "hmac-secret"}
 TIMEOUT = 1.0
@@ -156,14 +155,7 @@ def test_a_refusal_whose_body_cannot_be_decoded_keeps_its_status(
 
 
 def cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "audience_sync", *args, "--config", "c.toml"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=HUNG,
-        env={**os.environ, **ENV},
-    )
+    return run_cli(*args, "--config", "c.toml", cwd=project, env=ENV, timeout=HUNG)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from audience_sync.config import JsonlDestination
 from audience_sync.destinations import build_destination
 from audience_sync.destinations.jsonl import JsonlSink, cut_partial_line
 from tests.harness import Harness
+from tests.processes import run_cli
 
 
 def lines(path: Path) -> list[dict[str, object]]:
@@ -85,13 +85,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "audience_sync", *args, "--config", "c.toml"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(*args, "--config", "c.toml", cwd=project, timeout=300)
 
 
 def test_a_full_disk_leaves_the_chunk_pending_and_the_next_run_delivers_it(harness: Harness, tiny_disk: Path) -> None:

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ from audience_sync.errors import ConfigError, SourceError
 from audience_sync.run.sync import RunResult, run_sync
 from audience_sync.sources import rows as source_rows
 from audience_sync.store.migrate import alembic_config, upgrade
+from tests.processes import run_cli
 
 LONG_ID = "u" + "x" * 299  # 300 characters
 LONG_EMAIL = "a" * 310 + "@x.io" + "b" * 6  # 321 characters
@@ -119,13 +117,7 @@ def test_a_destination_name_that_cannot_be_used_is_a_config_error(tmp_path: Path
             f'[[destinations]]\nname = "{name}"\ntype = "jsonl"\n'
             + AUDIENCE.replace("src", "(SELECT 1 AS user_id, NULL AS email)")
         )
-        proc = subprocess.run(
-            [sys.executable, "-m", "audience_sync", "run", "--config", str(tmp_path / "c.toml")],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=dict(os.environ),
-        )
+        proc = run_cli("run", "--config", str(tmp_path / "c.toml"), cwd=tmp_path, timeout=120)
         assert proc.returncode == 2, proc.stderr
         message = proc.stderr.replace("\n", "")  # the terminal may wrap a long line
         assert f"destinations[0] ('{name}').name" in message and problem in message
