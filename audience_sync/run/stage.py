@@ -24,6 +24,7 @@ from ..errors import ConfigError, RunStopped, SourceError
 from ..sources import RawRow, SourceStats, normalize, pushdown, read_rows
 from ..sources.builder import BuilderSource
 from ..store import attach, loading, staging
+from ..store.dialect import backend
 from ..store.engine import redact_url
 from ..store.staging import StagedRow
 from .progress import Progress
@@ -105,7 +106,7 @@ def _stream(
             advance(len(raw))
 
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
+        if backend(conn).bulk_copy:
             loading.copy_rows(conn, run_id, comp.key, chunks())
         else:
             loading.insert_batches(conn, run_id, comp.key, chunks())

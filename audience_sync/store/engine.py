@@ -15,6 +15,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..errors import ConfigError, StoreError
 from ..redact import MASK, is_secret_parameter, scrub
+from .dialect import backend, known_backend
 from .sqlfuncs import register_sqlite_functions
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -45,6 +46,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
     register_sqlite_functions(dbapi_conn)
 
 
+def _embedded(bind: Engine | str) -> bool:
+    """Whether ``bind`` is an embedded file database (SQLite); a source engine may be of any kind."""
+    known = known_backend(bind)
+    return known is not None and known.embedded
+
+
 def create_state_engine(url: str, *, what: str = "state database") -> Engine:
     """An engine for ``url``: SQLite in WAL mode with a busy timeout, others as SQLAlchemy makes them.
 
@@ -56,14 +63,14 @@ def create_state_engine(url: str, *, what: str = "state database") -> Engine:
         if parsed.drivername in ("postgresql", "postgres"):
             parsed = parsed.set(drivername="postgresql+psycopg")
         kwargs: dict[str, Any] = {"future": True}
-        if parsed.get_backend_name() == "sqlite":
+        if _embedded(parsed.get_backend_name()):
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         else:
             kwargs["pool_pre_ping"] = True
         engine = create_engine(parsed, **kwargs)
     except (ArgumentError, ImportError, ValueError) as exc:
         raise ConfigError(f"{what} URL {redact_url(url)!r} is not usable: {scrub(str(exc))}") from None
-    if engine.dialect.name == "sqlite":
+    if _embedded(engine):
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
@@ -90,7 +97,7 @@ def store_error(exc: SQLAlchemyError, url: str, doing: str = "using") -> StoreEr
 def delivery_cache(conn: Connection) -> Iterator[Connection]:
     """``conn`` with a page cache of :data:`DELIVERY_CACHE_KIB` while inside (SQLite; nothing elsewhere), put back
     to SQLite's default when it goes back to the pool. Memory: at most that much, whatever the run's size."""
-    if conn.dialect.name != "sqlite":
+    if not backend(conn).embedded:
         yield conn
         return
     default = conn.exec_driver_sql("PRAGMA cache_size").scalar_one()

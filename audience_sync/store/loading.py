@@ -25,6 +25,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from ..config import Computation
+from .dialect import backend
 from .staging import StagedRow, insert_rows
 
 _COLUMNS = "run_id, computation_key, user_id, email, value"
@@ -135,7 +136,7 @@ def push_down(conn: Connection, run_id: int, pushdown: Pushdown) -> PushedDown:
     )
     staged: int | None
     members: int | None = None
-    if conn.dialect.name == "sqlite":  # an upsert counts every row it inserts or updates, repeats included
+    if backend(conn).upsert_counts_repeats:  # no plain INSERT to try: the upsert counts repeats too
         staged = _execute(conn, f"{insert} WHERE true {_SQLITE_UPSERT}", params)
     else:
         staged = members = _insert_unique(conn, insert, params)  # a plain insert: one row per user

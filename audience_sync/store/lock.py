@@ -46,7 +46,7 @@ from sqlalchemy import Connection, Engine, delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..errors import LockHeld, LockLost
-from .dialect import upsert
+from .dialect import backend, upsert
 from .schema import lock_tokens, locks, utcnow
 
 log = logging.getLogger(__name__)
@@ -301,7 +301,7 @@ class HeldLock:
 
     def _acquire(self) -> None:
         me = Process.current()
-        if self.engine.dialect.name != "postgresql":
+        if not backend(self.engine).advisory_locks:
             self.tokens = acquire(self.engine, self.names, self.holder, self.lease)
             return
         session = self.engine.connect()

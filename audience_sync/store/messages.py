@@ -21,6 +21,7 @@ from sqlalchemy import JSON, LargeBinary, String, Text, bindparam, case, cast, f
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..model import MessageOptions
+from .dialect import backend
 from .schema import diffs
 
 #: the bind parameter carrying the messages' ``timestamp`` (one per chunk, as the Python builders use)
@@ -31,7 +32,7 @@ class _Sql:
     """The JSON vocabulary of one dialect."""
 
     def __init__(self, dialect: str) -> None:
-        self.pg = dialect == "postgresql"
+        self.pg = backend(dialect).typed_json
 
     def obj(self, *pairs: Any) -> ColumnElement[Any]:
         """A JSON object with the keys and values in this order."""

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, String
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import StoreError
+from .dialect import backend
 from .engine import redact_url, store_error
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,11 @@ def compare_type(
     length hold exactly what the models' ``TEXT`` does (migration 0010 changes them on PostgreSQL only). Returns
     False (same), or None to let Alembic decide.
     """
-    if context.dialect.name == "sqlite" and isinstance(inspected_type, String) and isinstance(metadata_type, String):
+    if (
+        backend(context.dialect).text_lengths_ignored
+        and isinstance(inspected_type, String)
+        and isinstance(metadata_type, String)
+    ):
         return False
     return None
 

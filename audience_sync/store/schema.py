@@ -44,6 +44,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .dialect import backend
+
 #: Integer primary keys that autoincrement on every backend (SQLite only autoincrements INTEGER).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -59,7 +61,8 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(dt.UTC) if dialect.name != "sqlite" else value.astimezone(dt.UTC).replace(tzinfo=None)
+        utc = value.astimezone(dt.UTC)
+        return utc.replace(tzinfo=None) if backend(dialect).naive_timestamps else utc
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from sqlalchemy import Connection, case, delete, func, select
 
-from .dialect import upsert
+from .dialect import backend, upsert
 from .schema import skips, staging
 
 #: (user_id, email, value as canonical JSON text)
@@ -86,7 +86,7 @@ def insert_skips(conn: Connection, run_id: int, key: str, users: Sequence[Skippe
     """
     if not users:
         return
-    keep_any = conn.dialect.name == "sqlite"
+    keep_any = backend(conn).text_holds_nul
     conn.execute(
         skips.insert(),
         [

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from sqlalchemy import Engine, func, select, text
 
 from ..errors import StoreError
+from .dialect import backend
 from .engine import redact_url
 from .migrate import upgrade
 from .schema import Base
@@ -74,7 +75,7 @@ def copy_state(
                 copied[table.name] += len(part)
                 if on_batch is not None:
                     on_batch(table.name, len(part))
-        if target.dialect.name == "postgresql":
+        if backend(target).sequences:
             for table in tables:
                 if "id" in table.c and table.c.id.autoincrement is True:
                     dst.execute(
