@@ -10,16 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Connection, Select, func, literal_column, select, update
+from sqlalchemy import Connection
 
 from ..config import Computation
-from ..store.schema import DiffRow, SnapshotRow, table_of
-from ..values import TRUE
-
-diffs = table_of(DiffRow)
-snapshot = table_of(SnapshotRow)
+from ..store import holds
 
 
 @dataclass(frozen=True)
@@ -75,18 +70,6 @@ def hold_messages(holds: Sequence[Hold]) -> dict[str, str]:
     return {key: hold_message(group) for key, group in by_key.items()}
 
 
-def _exits(conn: Connection, run_id: int, dest: str) -> dict[str, int]:
-    # grouped by an expression no index orders: SQLite's planner would otherwise walk ix_diffs_user, the whole
-    # history of the destination, in computation order to save a sort of this run's few keys
-    key = diffs.c.computation_key.concat(literal_column("''"))
-    rows = conn.execute(
-        select(key, func.count())
-        .where(diffs.c.run_id == run_id, diffs.c.destination == dest, diffs.c.change == "exited")
-        .group_by(key)
-    ).all()
-    return {str(row[0]): int(row[1]) for row in rows}
-
-
 def find_mass_exits(
     conn: Connection, run_id: int, dest: str, comps: Sequence[Computation], staged: Mapping[str, int], *, min_size: int
 ) -> list[Hold]:
@@ -95,8 +78,8 @@ def find_mass_exits(
     Trips when the source returned no rows for a computation the destination holds members of, or when the
     exits exceed the computation's ``max_exit_share`` of its members there and it has at least ``min_size``.
     """
-    exits = _exits(conn, run_id, dest)
-    holds = []
+    exits = holds.exits_per_key(conn, run_id, dest)
+    found = []
     for comp in comps:
         gone, now = exits.get(comp.key, 0), staged.get(comp.key, 0)
         if not gone:
@@ -104,29 +87,12 @@ def find_mass_exits(
         # members are counted only as far as the decision needs: with `enough` of them (a margin of one over
         # gone / share, against rounding) the exits are under the share whatever the rest
         enough = None if now == 0 else max(math.floor(gone / comp.max_exit_share) + 2, min_size)
-        size = _members(conn, dest, comp, enough)
+        size = holds.members_at(conn, dest, comp.key, audience=comp.computation_class == "audience", limit=enough)
         if size and (now == 0 or (size >= min_size and gone / size > comp.max_exit_share)):
-            holds.append(Hold(dest, comp, gone, size, now))
-    return holds
-
-
-def _members(conn: Connection, dest: str, comp: Computation, limit: int | None) -> int:
-    """How many users ``dest`` holds ``comp`` for (audiences: ``true``; traits: a value), counting at most
-    ``limit`` of them when given."""
-    holds = snapshot.c.value == TRUE if comp.computation_class == "audience" else snapshot.c.value.is_not(None)
-    users: Select[Any] = select(literal_column("1")).where(
-        snapshot.c.destination == dest, snapshot.c.computation_key == comp.key, holds
-    )
-    if limit is not None:
-        users = users.limit(limit)
-    return int(conn.execute(select(func.count()).select_from(users.subquery())).scalar_one())
+            found.append(Hold(dest, comp, gone, size, now))
+    return found
 
 
 def hold(conn: Connection, run_id: int, key: str, reason: str) -> int:
     """Set this run's changes of ``key`` (every destination) to ``held`` with ``reason``; none will be sent."""
-    result = conn.execute(
-        update(diffs)
-        .where(diffs.c.run_id == run_id, diffs.c.computation_key == key, diffs.c.status.in_(("pending", "skipped")))
-        .values(status="held", error=reason)
-    )
-    return result.rowcount
+    return holds.hold_changes(conn, run_id, key, reason)
