@@ -18,7 +18,6 @@ MAX_LINES = 400
 
 #: modules over MAX_LINES, each with why it stays whole for now
 LONG_MODULES = {
-    "destinations/http.py": "one request's phases, deadlines and retries read top to bottom",
     "sources/builder/definitions.py": "the builder's definition models, one pydantic class per condition",
     "store/diff.py": "the set-based diff per class, now with the identifiers pass: to split by class next",
     "store/schema.py": "every state table's model in one place, the ledger's included",
