@@ -19,7 +19,6 @@ MAX_LINES = 400
 #: modules over MAX_LINES, each with why it stays whole for now
 LONG_MODULES = {
     "sources/builder/definitions.py": "the builder's definition models, one pydantic class per condition",
-    "store/diff.py": "the set-based diff per class, now with the identifiers pass: to split by class next",
     "store/schema.py": "every state table's model in one place, the ledger's included",
 }
 #: store modules that still import from sources/ or destinations/ (types only, or at connect time)
@@ -148,7 +147,7 @@ def test_the_shells_write_no_sql_of_their_own() -> None:
 
 
 #: modules that still take ``table_of(...)`` themselves rather than the handles exported by store/schema.py
-TABLE_OF_USERS = {"store/diff.py", "run/guard.py"}
+TABLE_OF_USERS = {"run/guard.py"}
 
 
 def test_table_handles_are_exported_once_from_the_schema() -> None:
