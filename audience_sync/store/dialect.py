@@ -35,3 +35,9 @@ def literal_sql(dialect: Dialect, text: str) -> str:
     """SQL text (which may hold a user's query) for ``exec_driver_sql``: ``%`` doubled for drivers that parse it
     as a parameter marker even in literals (psycopg), so that the database sees the text as written."""
     return text.replace("%", "%%") if dialect.paramstyle in ("format", "pyformat") else text
+
+
+def keeps_time_zones(dialect: Dialect) -> bool:
+    """True when the dialect's timestamp columns keep a time zone (PostgreSQL); SQLite's hold naive values, so a UTC
+    time is stored there without its zone."""
+    return dialect.name != "sqlite"

@@ -39,11 +39,12 @@ from sqlalchemy import Connection, literal, select, update
 
 from ..config import Computation
 from ..values import TRUE
+from .columns import UTCDateTime
 from .diff_changes import write_group
 from .diff_rows import Target
 from .diff_skips import not_skipped, skip_unreachable, write_skips
 from .install import install_id
-from .schema import UTCDateTime, diffs, snapshot, staging, status_is, utcnow
+from .schema import diffs, snapshot, staging, status_is, utcnow
 from .staging import skipped_keys
 
 __all__ = [

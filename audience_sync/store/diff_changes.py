@@ -12,9 +12,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, String, and_, func, literal, or_, select
 
 from ..values import FALSE, TRUE
+from .columns import UTCDateTime
 from .diff_rows import Target
 from .diff_skips import not_skipped
-from .schema import UTCDateTime, snapshot, staging, utcnow
+from .schema import snapshot, staging, utcnow
 
 
 def write_group(

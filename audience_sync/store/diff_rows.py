@@ -12,7 +12,8 @@ from typing import Any
 from sqlalchemy import BigInteger, ColumnElement, Connection, FromClause, Integer, String, cast, func, literal, select
 
 from ..model import SEPARATOR
-from .schema import UTCDateTime, diffs, utcnow
+from .columns import UTCDateTime
+from .schema import diffs, utcnow
 from .sqlfuncs import sha256_hex
 
 #: the columns of ``diffs`` a change is inserted with, in the order its ``SELECT`` gives them

@@ -26,8 +26,9 @@ from sqlalchemy import (
 )
 
 from ..values import TRUE
+from .columns import UTCDateTime
 from .diff_rows import COLUMNS, Target
-from .schema import UTCDateTime, diffs, runs, skips, snapshot, utcnow
+from .schema import diffs, runs, skips, snapshot, utcnow
 
 
 def not_skipped(run_id: int, key: Any, user_id: Any) -> ColumnElement[bool]:
