@@ -4,7 +4,7 @@ Each chunk is noted in flight (one ``delivery_in_flight`` row, committed), hande
 are recorded in one transaction that also advances the snapshot for what was acknowledged. A kill in between
 leaves the note: the next run puts the chunk in doubt and sends the current truth, re-sending at most that chunk.
 Every attempt to send is preceded by a check of the run lock, and every recording transaction begins with a
-compare-and-set of its fencing token (``store/lock.py``), so a run that lost its lock sends and records no more.
+compare-and-set of its fencing token (``store/fencing.py``), so a run that lost its lock sends and records no more.
 
 Destinations of Engage-shaped messages (:class:`~.destinations.base.MessageDestination`) get their messages
 built by the state database, as bytes; the others get :class:`~.changes.Change` objects. Either way the next

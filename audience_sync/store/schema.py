@@ -18,6 +18,11 @@ longer than PostgreSQL's indexes take) is refused per user before it is staged (
 - ``run_locks``, ``run_lock_tokens``: the run lock of each destination, and its fencing token (a generation).
 - ``alert_incidents``: open incidents, so that each is alerted once and its recovery once.
 - ``install``: this state database's own install id, part of every message id (migration 0009).
+- ``size_history``, ``membership_ledger``, ``ledger_horizon``: sizes and acknowledged values over time.
+
+The models of the core tables are here; those of the run locks, incidents and install in ``control_schema.py``,
+those of the sizes and the ledger in ``ledger_schema.py``, the base and column types every model shares in
+``columns.py``. This module gathers them all and exports the Core table handles, once.
 """
 
 from __future__ import annotations
@@ -31,44 +36,62 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     ColumnElement,
-    DateTime,
     Index,
     Integer,
     Table,
     Text,
-    TypeDecorator,
     false,
     literal_column,
     text,
 )
-from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
-from .dialect import backend
+from .columns import Base, BigId, UTCDateTime
+from .control_schema import AlertIncident, Install, RunLock, RunLockToken
+from .ledger_schema import LedgerHorizon, LedgerRow, SizeRow
 
-#: Integer primary keys that autoincrement on every backend (SQLite only autoincrements INTEGER).
-BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-
-class UTCDateTime(TypeDecorator[dt.datetime]):
-    """A timestamp stored in UTC and always read back timezone-aware (SQLite drops the zone otherwise)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        utc = value.astimezone(dt.UTC)
-        return utc.replace(tzinfo=None) if backend(dialect).naive_timestamps else utc
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        assert isinstance(value, dt.datetime)
-        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+__all__ = [
+    "CHANGES",
+    "MODES",
+    "RUN_STATUSES",
+    "STATUSES",
+    "AlertIncident",
+    "Base",
+    "BigId",
+    "ComputationRow",
+    "DiffRow",
+    "InFlightChunk",
+    "Install",
+    "LedgerHorizon",
+    "LedgerRow",
+    "RunLock",
+    "RunLockToken",
+    "SizeRow",
+    "SkippedRow",
+    "SnapshotRow",
+    "StagingRow",
+    "SyncRun",
+    "UTCDateTime",
+    "clock",
+    "computations",
+    "diffs",
+    "in_flight",
+    "incidents",
+    "install",
+    "ledger",
+    "ledger_horizon",
+    "lock_tokens",
+    "locks",
+    "runs",
+    "sizes",
+    "skips",
+    "snapshot",
+    "staging",
+    "status_is",
+    "system_clock",
+    "table_of",
+    "utcnow",
+]
 
 
 def system_clock() -> dt.datetime:
@@ -84,10 +107,6 @@ clock: Callable[[], dt.datetime] = system_clock
 def utcnow() -> dt.datetime:
     """The current time of :data:`clock`, timezone-aware in UTC."""
     return clock()
-
-
-class Base(DeclarativeBase):
-    pass
 
 
 def table_of(model: type[Base]) -> Table:
@@ -272,144 +291,6 @@ STATUSES = ("pending", "sent", "failed", "skipped", "superseded", "held", "plann
 #: Values of ``sync_runs.mode`` and ``sync_runs.status``.
 MODES = ("incremental", "resync", "dry_run")
 RUN_STATUSES = ("running", "succeeded", "partial", "failed")
-
-
-class RunLock(Base):
-    """One row per held lock (``destination:<name>``); a lease that its holder renews while it runs."""
-
-    __tablename__ = "run_locks"
-
-    name: Mapped[str] = mapped_column(Text, primary_key=True)
-    holder: Mapped[str] = mapped_column(Text)
-    host: Mapped[str] = mapped_column(Text)
-    pid: Mapped[int] = mapped_column(Integer)
-    run_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    acquired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    #: the fencing token of this acquisition (``run_lock_tokens``; 0: taken before migration 0008)
-    token: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
-    #: the holder's machine and pid namespace (``/proc/sys/kernel/random/boot_id``, ``/proc/self/ns/pid``): its pid
-    #: says whether it is alive only to a process on the same machine in the same namespace; NULL: unknown
-    boot_id: Mapped[str | None] = mapped_column(Text, default=None)
-    pid_ns: Mapped[str | None] = mapped_column(Text, default=None)
-
-
-class RunLockToken(Base):
-    """The fencing token of each lock name: a generation that only grows, one step per acquisition. It outlives the
-    ``run_locks`` row (deleted on release), so a token is never handed out twice for one name (migration 0008)."""
-
-    __tablename__ = "run_lock_tokens"
-
-    name: Mapped[str] = mapped_column(Text, primary_key=True)
-    token: Mapped[int] = mapped_column(BigInteger)
-
-
-class AlertIncident(Base):
-    """One open incident (a failed run, an audience held by the guard, too many failed deliveries).
-
-    ``notified_at`` is set once the alert webhook took the alert, so each incident is posted once; the row
-    is deleted when the incident recovers (after the recovery message was taken, if the alert was).
-    """
-
-    __tablename__ = "alert_incidents"
-
-    incident: Mapped[str] = mapped_column(Text, primary_key=True)
-    kind: Mapped[str] = mapped_column(Text)
-    destination: Mapped[str] = mapped_column(Text)
-    #: the computations of the run that showed it; only a later run covering all of them can end it
-    computations: Mapped[list[str]] = mapped_column(JSON)
-    message: Mapped[str] = mapped_column(Text)
-    run_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    opened_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    notified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
-
-
-class Install(Base):
-    """The one row naming this install: an id made when the state database was created (or, for a database
-    older than migration 0009, when it was upgraded), part of every message id.
-
-    Segment drops messages whose ``messageId`` it has seen in the last day or so, across sources and workspaces:
-    two installs (staging and production, or a state database rebuilt from scratch) must never make the same id,
-    while one install must make the same id again for the same change (a re-send after a crash dedupes). ``db
-    copy`` moves the row with the rest of the state, so a moved install keeps its ids.
-    """
-
-    __tablename__ = "install"
-
-    install_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-
-
-class SizeRow(Base):
-    """Per run, destination and computation: how many users the destination held after the run (audiences:
-    ``true``; traits: a value) and the run's changes of it (migration 0011). Written when the run closes, so
-    ``audiences --history`` and the report read sizes over time without counting the snapshot; see
-    ``store/sizes.py`` for how the size is known. Kept by ``prune``: one small row per run and key."""
-
-    __tablename__ = "size_history"
-
-    destination: Mapped[str] = mapped_column(Text, primary_key=True)
-    computation_key: Mapped[str] = mapped_column(Text, primary_key=True)
-    run_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    computation_class: Mapped[str] = mapped_column(Text)
-    size: Mapped[int] = mapped_column(BigInteger)
-    entered: Mapped[int] = mapped_column(Integer, default=0)
-    exited: Mapped[int] = mapped_column(Integer, default=0)
-    changed: Mapped[int] = mapped_column(Integer, default=0)
-    sent: Mapped[int] = mapped_column(Integer, default=0)
-    failed: Mapped[int] = mapped_column(Integer, default=0)
-    skipped: Mapped[int] = mapped_column(Integer, default=0)
-    pending: Mapped[int] = mapped_column(Integer, default=0)
-    held: Mapped[int] = mapped_column(Integer, default=0)
-    #: changes of kind ``identifiers`` (migration 0012)
-    identifiers: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    #: when the run closed (kept here so that the history outlives the run's row after ``prune``)
-    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-
-    __table_args__ = (Index("ix_size_history_run", "run_id"),)
-
-
-class LedgerRow(Base):
-    """The membership ledger: every value a destination acknowledged, in order (migration 0012).
-
-    Written in the transaction that records a change ``sent`` (``store/outbox.py``), so it never holds a value the
-    destination did not take; also by ``adopt`` (``source = 'adopted'``) and, for a database upgraded from before
-    the ledger, from the diffs and the snapshot (``'sent'``, ``'baseline'``). A user's value of a key at a
-    destination at instant T is ``new_value`` of the user's latest row acknowledged at or before T (no row: no
-    value). ``prune`` folds old rows into one baseline row per user (``store/ledger.py``) and moves
-    :class:`LedgerHorizon` forward: from there on the ledger answers exactly.
-    """
-
-    __tablename__ = "membership_ledger"
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    destination: Mapped[str] = mapped_column(Text)
-    computation_key: Mapped[str] = mapped_column(Text)
-    user_id: Mapped[str] = mapped_column(Text)
-    old_value: Mapped[str | None] = mapped_column(Text, default=None)
-    new_value: Mapped[str | None] = mapped_column(Text, default=None)
-    #: the run that delivered it (NULL: adopted from the destination)
-    run_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    #: the ``diffs`` row it was sent as (NULL: adopted, or a baseline); may outlive that row after ``prune``
-    diff_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    acknowledged_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    #: ``sent``, ``adopted`` (read from the destination by ``adopt``) or ``baseline`` (rebuilt by the upgrade)
-    source: Mapped[str] = mapped_column(Text, default="sent", server_default=text("'sent'"))
-
-    __table_args__ = (
-        Index("ix_ledger_at", "destination", "computation_key", "user_id", "acknowledged_at"),
-        Index("ix_ledger_user", "user_id"),
-    )
-
-
-class LedgerHorizon(Base):
-    """One row (``name = 'ledger'``): the instant from which the ledger answers exactly. Before it, ``prune``
-    folded the history away, or (upgraded databases) it was never kept. No row: complete since the first run."""
-
-    __tablename__ = "ledger_horizon"
-
-    name: Mapped[str] = mapped_column(Text, primary_key=True)
-    complete_since: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 # The Core tables behind the models, exported once: every set-based statement in store/ (and the few still

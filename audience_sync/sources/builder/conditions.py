@@ -16,8 +16,8 @@ from sqlalchemy import Integer, and_, bindparam, func, not_, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import FromClause
 
+from .condition_models import AllOf, Condition, DidNotPerform, Events, InAudience, Not, Performed, TraitIs
 from .context import Context
-from .definitions import AllOf, Condition, DidNotPerform, Events, InAudience, Not, Performed, TraitIs
 from .filters import filter_expr
 
 

@@ -19,7 +19,8 @@ from sqlalchemy import DateTime, String, bindparam, cast, func, null
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import FromClause
 
-from .definitions import AudienceDefinition, Events
+from .condition_models import Events
+from .definitions import AudienceDefinition
 from .filters import filter_expr
 from .properties import PgColumn, PgJsonProperty, SqliteColumn, SqliteJsonProperty, Value, const
 from .schema import SourceSchema, SourceTable

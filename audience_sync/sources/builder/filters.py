@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Boolean, Float, String, and_, bindparam, false, func, not_, or_
 from sqlalchemy.sql.elements import ColumnElement
 
-from .definitions import Filter, Scalar
+from .condition_models import Filter, Scalar
 from .properties import Value, number_const, text_order
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")

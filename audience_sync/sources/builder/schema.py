@@ -18,17 +18,8 @@ from sqlalchemy.sql import sqltypes
 from sqlalchemy.sql.expression import TableClause
 
 from ...errors import SourceError
-from .definitions import (
-    AudienceDefinition,
-    Condition,
-    DidNotPerform,
-    Events,
-    InAudience,
-    Not,
-    Performed,
-    TraitDefinition,
-    TraitIs,
-)
+from .condition_models import Condition, DidNotPerform, Events, InAudience, Not, Performed, TraitIs
+from .definitions import AudienceDefinition, TraitDefinition
 
 if TYPE_CHECKING:
     from ...config import Computation, Config

@@ -23,8 +23,8 @@ from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION, aggregate_order_by
 from sqlalchemy.sql import sqltypes
 from sqlalchemy.sql.elements import ColumnElement
 
+from .condition_models import NUMERIC_FORMS, Compute
 from .context import Context
-from .definitions import NUMERIC_FORMS, Compute
 from .properties import cat, const, float_json, number_const, sort_keys
 
 _KEYS = ("k_rank", "k_bool", "k_number", "k_float", "k_text")
