@@ -11,7 +11,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.markup import escape
@@ -21,6 +20,7 @@ from ..config import ALERTS, Config, load_config
 from ..errors import AudienceSyncError
 from ..ops.attempts import attempt_of
 from ..ops.postrun import after_run
+from ..run.plan import Mode, RunFilters
 from ..run.progress import NoProgress, Progress
 from ..run.sync import RunResult, run_sync
 from . import render
@@ -73,12 +73,32 @@ def _config_for(config_path: str | None, destinations: tuple[str, ...]) -> Confi
     return load_config(config_path, secrets_for=(*destinations, ALERTS) if destinations else None)
 
 
-def _run(config: Config, as_json: bool, metrics_file: Path | None, *, quiet: bool = False, **kwargs: Any) -> None:
-    scope = attempt_of(config, kwargs.get("destinations"), kwargs.get("audiences"), dry_run=bool(kwargs.get("dry_run")))
+def _run(
+    config: Config,
+    filters: RunFilters,
+    as_json: bool,
+    metrics_file: Path | None,
+    *,
+    mode: Mode = "incremental",
+    quiet: bool = False,
+) -> None:
+    scope = attempt_of(config, filters.destinations or None, filters.audiences or None, dry_run=filters.dry_run)
     progress = _progress()
     try:
         with _graceful_stop() as stop, progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
-            result = run_sync(config, progress=progress, stop=stop, **kwargs)
+            result = run_sync(
+                config,
+                mode=mode,
+                destinations=filters.destinations or None,
+                audiences=filters.audiences or None,
+                users=filters.users or None,
+                dry_run=filters.dry_run,
+                force=filters.force,
+                wait=filters.wait,
+                as_of=filters.as_of,
+                progress=progress,
+                stop=stop,
+            )
     except AudienceSyncError as exc:
         after_run(config, scope(error=exc), metrics_file=metrics_file)
         raise
@@ -121,18 +141,8 @@ def run(
 ) -> None:
     """One incremental run: send only the users whose membership or value changed."""
     config = _config_for(config_path, destinations)
-    _run(
-        config,
-        as_json,
-        metrics_file,
-        destinations=destinations or None,
-        audiences=audiences or None,
-        dry_run=dry_run,
-        force=force,
-        wait=wait or 0.0,
-        as_of=as_of,
-        quiet=quiet,
-    )
+    filters = RunFilters(destinations, audiences, None, dry_run, force, wait or 0.0, as_of)
+    _run(config, filters, as_json, metrics_file, quiet=quiet)
 
 
 @cli.command()
@@ -169,20 +179,8 @@ def resync(
         if not sys.stdin.isatty():
             raise click.UsageError(f"resync re-sends {what}: pass --yes to confirm")
         click.confirm(f"Re-send {what}?", abort=True)
-    _run(
-        config,
-        as_json,
-        metrics_file,
-        mode="resync",
-        destinations=destinations or None,
-        audiences=audiences or None,
-        users=users or None,
-        dry_run=dry_run,
-        force=force,
-        wait=wait or 0.0,
-        as_of=as_of,
-        quiet=quiet,
-    )
+    filters = RunFilters(destinations, audiences, users, dry_run, force, wait or 0.0, as_of)
+    _run(config, filters, as_json, metrics_file, mode="resync", quiet=quiet)
 
 
 @cli.command()

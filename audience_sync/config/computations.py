@@ -114,6 +114,11 @@ class Computation:
     builder: Definition | None = None
 
     @property
+    def label(self) -> str:
+        """How errors and messages name it: ``audience 'VIP' (vip)``."""
+        return f"{self.computation_class} {self.name!r} ({self.key})"
+
+    @property
     def definition_hash(self) -> str:
         """A short fingerprint of the definition, recorded so that a changed query can be noticed."""
         text = f"{self.computation_class}\0{self.sql or ''}\0{self.file or ''}"

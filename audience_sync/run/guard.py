@@ -54,7 +54,7 @@ def hold_message(holds: Sequence[Hold]) -> str:
     """One message for the holds of one computation (at one or more destinations): what was seen at each, that
     nothing of it was sent, and how to proceed, said once."""
     comp = holds[0].comp
-    what = f"{comp.computation_class} {comp.name!r} ({comp.key})"
+    what = comp.label
     seen = "; and ".join(h.seen() for h in holds)
     return (
         f"{what}{':' if holds[0].staged == 0 else ''} {seen}; nothing of it was sent. If this is real churn, run "

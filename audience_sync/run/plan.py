@@ -30,6 +30,20 @@ def select_targets(
 
 
 @dataclass(frozen=True)
+class RunFilters:
+    """What a caller narrows or changes of a run: the options ``run`` and ``resync`` share, passed on to
+    :func:`~audience_sync.run.sync.run_sync` in one place (empty filters mean everything)."""
+
+    destinations: Sequence[str] | None = None
+    audiences: Sequence[str] | None = None
+    users: Sequence[str] | None = None
+    dry_run: bool = False
+    force: bool = False
+    wait: float = 0.0
+    as_of: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
 class RunPlan:
     """What one run covers and how it behaves."""
 

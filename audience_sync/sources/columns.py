@@ -27,7 +27,7 @@ def locate(comp: Computation, columns: Sequence[str], where: str) -> tuple[int, 
     missing = [name for name in needed if find(name) is None]
     if missing:
         raise SourceError(
-            f"{comp.computation_class} {comp.name!r} ({comp.key}): {where} has no "
+            f"{comp.label}: {where} has no "
             f"{' or '.join(repr(m) for m in missing)} column (columns: {', '.join(map(str, columns)) or 'none'})",
             computation=comp.key,
         )

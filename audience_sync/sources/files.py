@@ -35,7 +35,7 @@ _BOOLEANS = {"true": True, "false": False}
 
 def _fail(comp: Computation, path: Path, reason: str, user_id: str | None = None) -> SourceError:
     return SourceError(
-        f"{comp.computation_class} {comp.name!r} ({comp.key}): file {str(path)!r}: {reason}",
+        f"{comp.label}: file {str(path)!r}: {reason}",
         computation=comp.key,
         user_id=user_id,
     )

@@ -78,7 +78,7 @@ class SourceStats:
             return
         if len(self.skips) >= MAX_SKIPPED_ROWS:
             raise SourceError(
-                f"{_what(comp)}: more than {MAX_SKIPPED_ROWS} users' rows cannot be used (the first: "
+                f"{comp.label}: more than {MAX_SKIPPED_ROWS} users' rows cannot be used (the first: "
                 f"{self.skips[0].reason}); fix the source",
                 computation=comp.key,
                 user_id=self.skips[0].shown_user_id,
@@ -87,14 +87,10 @@ class SourceStats:
         self.skips.append(skip)
 
 
-def _what(comp: Computation) -> str:
-    return f"{comp.computation_class} {comp.name!r} ({comp.key})"
-
-
 def _skip(
     comp: Computation, stats: SourceStats, uid: str, email: str | None, problem: str, *, id_storable: bool = True
 ) -> None:
-    reason = f"{_what(comp)}: user {shown(uid)!r}: {problem}; skipped"
+    reason = f"{comp.label}: user {shown(uid)!r}: {problem}; skipped"
     stats.skip(comp, Skip(uid, None if email_problem(email) else email, reason, id_storable))
 
 

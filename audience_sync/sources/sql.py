@@ -36,7 +36,7 @@ def read_sql(engine: Engine, comp: Computation, chunk_size: int) -> Iterator[lis
             result = conn.execution_options(stream_results=True, max_row_buffer=chunk_size).exec_driver_sql(sql)
             if not result.returns_rows:
                 raise SourceError(
-                    f"{comp.computation_class} {comp.name!r} ({comp.key}): the query returns no rows (is it a SELECT?)",
+                    f"{comp.label}: the query returns no rows (is it a SELECT?)",
                     computation=comp.key,
                 )
             uid, email, value = locate(comp, list(result.keys()), "the query")
@@ -47,6 +47,6 @@ def read_sql(engine: Engine, comp: Computation, chunk_size: int) -> Iterator[lis
                 ]
     except SQLAlchemyError as exc:
         raise SourceError(
-            f"{comp.computation_class} {comp.name!r} ({comp.key}): query failed: {_reason(exc)}",
+            f"{comp.label}: query failed: {_reason(exc)}",
             computation=comp.key,
         ) from None

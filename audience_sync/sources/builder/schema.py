@@ -137,10 +137,6 @@ def _reflect(conn: Connection, spec: str) -> SourceTable | None:
     return SourceTable(spec, schema, name, {c["name"].lower(): (c["name"], c["type"]) for c in cols})
 
 
-def _label(comp: Computation) -> str:
-    return f"{comp.computation_class} {comp.name!r} ({comp.key})"
-
-
 def _check_types(comp: Computation, config: Config, tables: Mapping[str, SourceTable], dialect: str) -> None:
     """PostgreSQL types the builder reads in one way only: timestamps, and the JSON properties column."""
     events = tables.get(config.events.table)
@@ -149,7 +145,7 @@ def _check_types(comp: Computation, config: Config, tables: Mapping[str, SourceT
     ts = events.type_of(config.events.timestamp)
     if not isinstance(ts, sqltypes.DateTime):
         raise SourceError(
-            f"{_label(comp)}: column {config.events.timestamp!r} of table {events.spec!r} is {ts}, "
+            f"{comp.label}: column {config.events.timestamp!r} of table {events.spec!r} is {ts}, "
             f"but [events] timestamp must be a timestamp or timestamptz column on PostgreSQL",
             computation=comp.key,
         )
@@ -157,7 +153,7 @@ def _check_types(comp: Computation, config: Config, tables: Mapping[str, SourceT
         props = events.type_of(config.events.properties)
         if not isinstance(props, sqltypes.JSON | sqltypes.String):
             raise SourceError(
-                f"{_label(comp)}: column {config.events.properties!r} of table {events.spec!r} is {props}, "
+                f"{comp.label}: column {config.events.properties!r} of table {events.spec!r} is {props}, "
                 f"but [events] properties must be json, jsonb or text holding JSON (or set properties = '')",
                 computation=comp.key,
             )
@@ -177,7 +173,7 @@ def inspect_source(conn: Connection, config: Config, comps: Sequence[Computation
                     found = _reflect(conn, need.table)
                     if found is None:
                         raise SourceError(
-                            f"{_label(comp)}: the source database has no table {need.table!r} "
+                            f"{comp.label}: the source database has no table {need.table!r} "
                             f"(named by {need.table_field})",
                             computation=comp.key,
                         )
@@ -185,7 +181,7 @@ def inspect_source(conn: Connection, config: Config, comps: Sequence[Computation
                 if tables[need.table].real(need.column) is None:
                     present = ", ".join(real for real, _ in tables[need.table].columns.values()) or "none"
                     raise SourceError(
-                        f"{_label(comp)}: table {need.table!r} has no column {need.column!r} "
+                        f"{comp.label}: table {need.table!r} has no column {need.column!r} "
                         f"(named by {need.column_field}; its columns: {present})",
                         computation=comp.key,
                     )

@@ -94,7 +94,7 @@ class BuilderSource:
                 return conn.execute(query).scalar_one()
         except SQLAlchemyError as exc:
             raise SourceError(
-                f"{comp.computation_class} {comp.name!r} ({comp.key}): the builder's statement failed: {_reason(exc)}",
+                f"{comp.label}: the builder's statement failed: {_reason(exc)}",
                 computation=comp.key,
             ) from None
 
@@ -109,7 +109,7 @@ class BuilderSource:
                     yield [(r[0], r[1], json.loads(r[2]) if is_trait and r[2] is not None else None) for r in chunk]
         except SQLAlchemyError as exc:
             raise SourceError(
-                f"{comp.computation_class} {comp.name!r} ({comp.key}): the builder's statement failed: {_reason(exc)}",
+                f"{comp.label}: the builder's statement failed: {_reason(exc)}",
                 computation=comp.key,
             ) from None
 
