@@ -31,6 +31,9 @@ from tests.processes import run_cli
 
 ENV = {"GIST_API_KEY": "gist-test-key", "SEGMENT_WRITE_KEY": "segment-write-key", "HOOK_SECRET": "hmac-secret"}
 TIMEOUT = 1.0
+#: the timeout of a destination that never gives a whole answer (nothing it does can beat the deadline, so a
+#: short one tests the same and keeps the suite quick); one that answers gets :data:`TIMEOUT`
+STALLED = 0.4
 MAX_RETRIES = 1
 #: the longest one call may take: every attempt up to its deadline, plus the first backoff's most (0.5 s)
 CALL_BOUND = (MAX_RETRIES + 1) * TIMEOUT + 0.5
@@ -96,14 +99,14 @@ def test_a_stalling_destination_cannot_hold_the_run_past_its_deadline(
 ) -> None:
     server = faulty(mode)
     harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
-    config = harness.config(destination(kind, server.url) + harness.audience("VIP"), environ=ENV)
+    config = harness.config(destination(kind, server.url, timeout=STALLED) + harness.audience("VIP"), environ=ENV)
     result, elapsed = run_bounded(harness, config)
     assert elapsed < RUN_BOUND, f"{elapsed:.1f} s"
     assert result.exit_code == 3 and result.status == "partial"
     assert result.counts["pending"] == 2 and result.counts["sent"] == 0
     _, rows = list_diffs(config, run_id=result.run_id)
     assert {r["status"] for r in rows} == {"pending"}
-    assert all(f"no complete answer within the {TIMEOUT:g} s timeout" in (r["error"] or "") for r in rows), rows
+    assert all(f"no complete answer within the {STALLED:g} s timeout" in (r["error"] or "") for r in rows), rows
     if mode != "unaccepted":  # each call was tried once and retried once, never more
         calls = {"gist": 2, "segment": 1, "webhook": 2}[kind]
         assert server.wait_for_requests(calls * (MAX_RETRIES + 1))
@@ -117,7 +120,7 @@ def test_a_trickling_answer_leaves_the_changes_for_the_next_run(
     server = faulty("trickle_body")
     harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
     stalled, elapsed = run_bounded(
-        harness, harness.config(destination("gist", server.url) + harness.audience("VIP"), environ=ENV)
+        harness, harness.config(destination("gist", server.url, timeout=STALLED) + harness.audience("VIP"), environ=ENV)
     )
     assert elapsed < RUN_BOUND and stalled.exit_code == 3 and stalled.counts["pending"] == 2
     config = harness.config(destination("gist", gist.url) + harness.audience("VIP"), environ=ENV)
@@ -181,7 +184,8 @@ def test_the_command_line_reports_transport_faults_without_a_traceback(
 ) -> None:
     server = faulty(mode, status=status)
     harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io"})
-    harness.config_file(destination(kind, server.url) + harness.audience("VIP"), name="c.toml")
+    timeout = STALLED if mode.startswith("trickle") else TIMEOUT
+    harness.config_file(destination(kind, server.url, timeout=timeout) + harness.audience("VIP"), name="c.toml")
     proc = cli(harness.tmp_path, "run")
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
