@@ -7,12 +7,55 @@ import datetime as dt
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal
 
 from .values import JsonValue
 
-ChangeKind = Literal["entered", "exited", "changed", "identifiers"]
-OutcomeStatus = Literal["sent", "failed", "skipped", "pending"]
+
+class ChangeKind(StrEnum):
+    """What changed for a user (``diffs.change``). ``identifiers``: the user's email differs from the one the
+    destination last received; their current value is sent again with it."""
+
+    ENTERED = "entered"
+    EXITED = "exited"
+    CHANGED = "changed"
+    IDENTIFIERS = "identifiers"
+
+
+class OutcomeStatus(StrEnum):
+    """What a destination did with a change (see :class:`Outcome`)."""
+
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    PENDING = "pending"
+
+
+class DiffStatus(StrEnum):
+    """Where a change stands (``diffs.status``): an outcome, or ``superseded`` (still pending, or in flight when
+    its run died, when a later run recomputed it), ``held`` (kept back by the mass-exit guard, never sent),
+    ``planned`` (a dry run's change: what a run would send; never sent, never superseded). A change being handed to
+    its destination stays ``pending``, inside the range of a ``delivery_in_flight`` row."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    SUPERSEDED = "superseded"
+    HELD = "held"
+    PLANNED = "planned"
+
+
+class RunStatus(StrEnum):
+    """How a run stands (``sync_runs.status``): ``running`` until it closes ``succeeded`` (exit 0), ``partial``
+    (some changes pending or failed: exit 3) or ``failed`` (exit 1)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"
+    FAILED = "failed"
+
 
 #: the tallies of a run, per destination and computation and in total, in the order they are shown: the change
 #: kinds, then what became of the changes (``held``: kept back by the mass-exit guard). Stored in
@@ -50,9 +93,9 @@ class Outcome:
     error: str | None = None
 
 
-SENT = Outcome("sent")
-NOT_ATTEMPTED = Outcome("pending", "not attempted")
-_RANK = {"sent": 0, "skipped": 1, "pending": 2, "failed": 3}
+SENT = Outcome(OutcomeStatus.SENT)
+NOT_ATTEMPTED = Outcome(OutcomeStatus.PENDING, "not attempted")
+_RANK = {OutcomeStatus.SENT: 0, OutcomeStatus.SKIPPED: 1, OutcomeStatus.PENDING: 2, OutcomeStatus.FAILED: 3}
 
 
 def merge(outcomes: Iterable[tuple[int, Outcome]]) -> dict[int, Outcome]:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import DestinationError, PermanentDestinationError
-from ..model import NOT_ATTEMPTED, Encoded, Outcome, merge
+from ..model import NOT_ATTEMPTED, Encoded, Outcome, OutcomeStatus, merge
 
 __all__ = ["Encoded", "body", "encode", "pack", "send_halving", "unacknowledged"]
 
@@ -61,8 +61,8 @@ def send_halving(post: Callable[[Sequence[Encoded]], object], items: Sequence[En
             if exc.status_code in SPLIT_ON and len(items) > 1:
                 half = len(items) // 2
                 return send_halving(post, items[:half]) + send_halving(post, items[half:])
-            return [(i, Outcome("failed", str(exc))) for i, _ in items]
-        return [(i, Outcome("pending", str(exc))) for i, _ in items]
+            return [(i, Outcome(OutcomeStatus.FAILED, str(exc))) for i, _ in items]
+        return [(i, Outcome(OutcomeStatus.PENDING, str(exc))) for i, _ in items]
     return []
 
 

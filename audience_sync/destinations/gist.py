@@ -16,7 +16,7 @@ import httpx
 
 from ..config import GistDestination
 from ..errors import DestinationError, PermanentDestinationError
-from ..model import SENT, Change, Outcome
+from ..model import SENT, Change, Outcome, OutcomeStatus
 from .base import Destination
 from .batching import encode
 from .http import HttpSender
@@ -124,11 +124,15 @@ class GistContacts(Destination):
         try:
             response = self.sender.post(path, content=encode(payload))
             refused = answer_errors(response)
-            outcome = SENT if refused is None else Outcome("failed", f"destination {self.name!r}: {refused}")
+            outcome = (
+                SENT if refused is None else Outcome(OutcomeStatus.FAILED, f"destination {self.name!r}: {refused}")
+            )
         except DestinationError as exc:
             if exc.stops_destination:
                 raise  # credentials refused, or asked to wait too long: settled by the sender
-            outcome = Outcome("failed" if isinstance(exc, PermanentDestinationError) else "pending", str(exc))
+            outcome = Outcome(
+                OutcomeStatus.FAILED if isinstance(exc, PermanentDestinationError) else OutcomeStatus.PENDING, str(exc)
+            )
         return [(c.diff_id, outcome) for c in changes]
 
     def deliver(self, changes: Sequence[Change]) -> dict[int, Outcome]:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import httpx
 
 from ..config import SegmentDestination
-from ..model import Outcome
+from ..model import Outcome, OutcomeStatus
 from .base import MessageDestination
 from .batching import Encoded, body, pack
 from .http import HttpSender
@@ -52,7 +52,7 @@ class SegmentBatch(MessageDestination):
         if oversized:
             messages = [item for item in messages if len(item[1]) <= MAX_MESSAGE_BYTES]
         refused = [
-            (i, Outcome("failed", f"message is {len(data):,} bytes, over Segment's 32 KB limit; not sent"))
+            (i, Outcome(OutcomeStatus.FAILED, f"message is {len(data):,} bytes, over Segment's 32 KB limit; not sent"))
             for i, data in oversized
         ]
         batches = pack(messages, max_count=self.config.max_batch_messages, max_bytes=self.config.max_batch_bytes)

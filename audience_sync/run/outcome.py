@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Config
 from ..errors import AudienceSyncError
+from ..model import RunStatus
 from ..redact import scrub
 from ..store.engine import store_error
 from .deliver import DeliveryReport
@@ -22,7 +23,7 @@ class RunResult:
 
     run_id: int
     mode: str
-    status: str
+    status: RunStatus
     counts: dict[str, Any]
     error: str | None = None
     duration_seconds: float = 0.0
@@ -33,7 +34,7 @@ class RunResult:
     @property
     def exit_code(self) -> int:
         """0 all delivered (or nothing to do), 3 some changes still pending or failed, 1 the run failed."""
-        return {"succeeded": 0, "partial": 3}.get(self.status, 1)
+        return {RunStatus.SUCCEEDED: 0, RunStatus.PARTIAL: 3}.get(self.status, 1)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no secrets: only names, counts and the destinations' reasons)."""
@@ -65,15 +66,15 @@ def failure_text(exc: BaseException, config: Config) -> str:
 
 def decide_status(
     holds: Sequence[Hold], reports: Mapping[str, DeliveryReport], counts: Mapping[str, Any], *, dry_run: bool
-) -> str:
+) -> RunStatus:
     """The status a finished run closes with: ``failed`` when the guard held a computation or a destination
     rejected our credentials, ``partial`` when changes stay pending or failed or a destination stopped with an
     error, ``succeeded`` otherwise. A dry run sends nothing, so it always ``succeeded`` (its holds are in the
     counts and the error text)."""
     if dry_run:
-        return "succeeded"
+        return RunStatus.SUCCEEDED
     if holds or any(r.credentials_rejected for r in reports.values()):
-        return "failed"
+        return RunStatus.FAILED
     if counts.get("pending") or counts.get("failed") or any(r.error for r in reports.values()):
-        return "partial"
-    return "succeeded"
+        return RunStatus.PARTIAL
+    return RunStatus.SUCCEEDED

@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Config
 from ..errors import LockLost
+from ..model import RunStatus
 from ..sources.builder.windows import as_utc
 from ..store import outbox, registry, runs, sizes, staging
 from ..store.dialect import analyze
@@ -209,7 +210,7 @@ def _steps(
     before: int,
     held: HeldLock,
     progress: Progress,
-) -> tuple[str, dict[str, Any], str | None, dict[str, DeliveryReport]]:
+) -> tuple[RunStatus, dict[str, Any], str | None, dict[str, DeliveryReport]]:
     """Stage, diff, deliver and close the open run ``run_id``; return its status, counts, error and reports."""
     dest_names, comps, mode = plan.dest_names, plan.comps, plan.mode
     dry_run = mode == "dry_run"
@@ -255,7 +256,7 @@ def _close_failed(
     try:
         with engine.begin() as conn:
             counts = runs.count_changes(conn, run_id)
-            runs.close_run(conn, run_id, status="failed", counts=counts, error=failure_text(exc, config))
+            runs.close_run(conn, run_id, status=RunStatus.FAILED, counts=counts, error=failure_text(exc, config))
             if pairs and not isinstance(exc, LockLost):
                 sizes.record(conn, run_id, pairs)
     except Exception:

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from sqlalchemy import Connection, literal, select, update
 
 from ..config import Computation
+from ..model import DiffStatus
 from ..values import TRUE
 from .columns import UTCDateTime
 from .diff_changes import write_group
@@ -139,7 +140,9 @@ def note_missing(conn: Connection, run_id: int, dest: str, comp: Computation) ->
 def mark_planned(conn: Connection, run_id: int) -> int:
     """A dry run's changes that would be sent: ``pending`` becomes ``planned`` (never sent, never superseded)."""
     result = conn.execute(
-        update(diffs).where(diffs.c.run_id == run_id, diffs.c.status == "pending").values(status="planned")
+        update(diffs)
+        .where(diffs.c.run_id == run_id, diffs.c.status == DiffStatus.PENDING)
+        .values(status=DiffStatus.PLANNED)
     )
     return result.rowcount
 
@@ -158,6 +161,6 @@ def supersede_pending(conn: Connection, run_id: int, dest: str, keys: Sequence[s
             diffs.c.run_id < run_id,
             diffs.c.computation_key.in_(list(keys)),
         )
-        .values(status="superseded", error=f"recomputed by run {run_id}")
+        .values(status=DiffStatus.SUPERSEDED, error=f"recomputed by run {run_id}")
     )
     return result.rowcount

@@ -25,6 +25,7 @@ from sqlalchemy import (
     update,
 )
 
+from ..model import DiffStatus
 from ..values import TRUE
 from .columns import UTCDateTime
 from .diff_rows import COLUMNS, Target
@@ -96,7 +97,7 @@ def skip_unreachable(conn: Connection, run_id: int, dest: str, required: Sequenc
     conn.execute(
         update(diffs)
         .where(*mine, diffs.c.status == "pending", diffs.c.email.is_(None))
-        .values(status="skipped", error=reason)
+        .values(status=DiffStatus.SKIPPED, error=reason)
     )
     e, last = diffs.alias("e"), diffs.alias("last")
     dry_runs = select(runs.c.id).where(runs.c.mode == "dry_run")

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, func, literal_column, select, update
 
+from ..model import DiffStatus
 from ..values import TRUE
 from .schema import diffs, snapshot
 
@@ -44,6 +45,6 @@ def hold_changes(conn: Connection, run_id: int, key: str, reason: str) -> int:
     result = conn.execute(
         update(diffs)
         .where(diffs.c.run_id == run_id, diffs.c.computation_key == key, diffs.c.status.in_(("pending", "skipped")))
-        .values(status="held", error=reason)
+        .values(status=DiffStatus.HELD, error=reason)
     )
     return result.rowcount

@@ -32,7 +32,7 @@ from sqlalchemy import (
     update,
 )
 
-from ..model import NOT_ATTEMPTED, SENT, Change, Encoded, MessageOptions, Outcome, timestamp
+from ..model import NOT_ATTEMPTED, SENT, Change, ChangeKind, DiffStatus, Encoded, MessageOptions, Outcome, timestamp
 from ..redact import scrub
 from ..values import decode
 from . import ledger
@@ -69,7 +69,7 @@ def _change(row: Sequence[Any]) -> Change:
         computation_class=computation_class,
         user_id=user_id,
         email=email,
-        change=change,
+        change=ChangeKind(change),
         old_value=decode(old),
         new_value=decode(new),
         message_id=message_id,
@@ -348,7 +348,8 @@ def _put_in_doubt(
         update(diffs)
         .where(*rows)
         .values(
-            status="superseded", error=f"in flight when its run stopped; run {run_id} sends the current value again"
+            status=DiffStatus.SUPERSEDED,
+            error=f"in flight when its run stopped; run {run_id} sends the current value again",
         )
     )
     return result.rowcount

@@ -17,10 +17,12 @@ from typing import Any
 
 from sqlalchemy import Engine, Select, Table, delete, exists, func, select
 
+from ..model import DiffStatus
 from . import ledger
 from .schema import diffs, runs, utcnow
 
-FINAL_STATUSES = ("sent", "failed", "skipped", "superseded", "held", "planned")
+#: every status a change does not leave again
+FINAL_STATUSES = tuple(s.value for s in DiffStatus if s is not DiffStatus.PENDING)
 
 
 @dataclass(frozen=True)

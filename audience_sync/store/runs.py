@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, literal_column, select, update
 
-from ..model import COUNT_KEYS
+from ..model import COUNT_KEYS, RunStatus
 from ..redact import scrub
 from .schema import diffs, runs, utcnow
 
@@ -25,7 +25,7 @@ def open_run(
         .values(
             mode=mode,
             trigger=trigger,
-            status="running",
+            status=RunStatus.RUNNING,
             started_at=utcnow(),
             destinations=list(destinations),
             computations=list(computations),
@@ -38,7 +38,9 @@ def open_run(
     return int(result.scalar_one())
 
 
-def close_run(conn: Connection, run_id: int, *, status: str, counts: dict[str, Any], error: str | None = None) -> None:
+def close_run(
+    conn: Connection, run_id: int, *, status: RunStatus, counts: dict[str, Any], error: str | None = None
+) -> None:
     """Mark a run finished with its final status, counts and error text."""
     conn.execute(
         update(runs)
@@ -128,7 +130,7 @@ def abandon_stale_runs(conn: Connection, destinations: Sequence[str], *, reason:
         conn.execute(
             update(runs)
             .where(runs.c.id == run_id)
-            .values(status="failed", finished_at=utcnow(), error=reason, counts=count_changes(conn, run_id))
+            .values(status=RunStatus.FAILED, finished_at=utcnow(), error=reason, counts=count_changes(conn, run_id))
         )
     return stale
 

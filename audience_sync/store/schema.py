@@ -46,6 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from ..model import ChangeKind, DiffStatus, RunStatus
 from .columns import Base, BigId, UTCDateTime
 from .control_schema import AlertIncident, Install, RunLock, RunLockToken
 from .ledger_schema import LedgerHorizon, LedgerRow, SizeRow
@@ -278,19 +279,14 @@ def status_is(status: str) -> ColumnElement[bool]:
     return literal_column("diffs.status") == literal_column(f"'{status}'")
 
 
-#: Values of ``diffs.change``.
-#: ``identifiers``: the user's email differs from the one the destination last received; their current value is sent
-#: again with it.
-CHANGES = ("entered", "exited", "changed", "identifiers")
-#: Values of ``diffs.status``. ``superseded``: still pending (or in flight when its run died) when a later run
-#: recomputed the change; ``held``: kept back by the mass-exit guard, never sent. A change being handed to its
-#: destination stays ``pending``, inside the range of a ``delivery_in_flight`` row (before migration 0005 it was
-#: marked ``sending``; no change is marked so any more). ``planned``: a dry run's change, what a run would send
-#: (never sent, never superseded).
-STATUSES = ("pending", "sent", "failed", "skipped", "superseded", "held", "planned")
-#: Values of ``sync_runs.mode`` and ``sync_runs.status``.
+#: Values of ``diffs.change`` (:class:`~audience_sync.model.ChangeKind`).
+CHANGES = tuple(c.value for c in ChangeKind)
+#: Values of ``diffs.status`` (:class:`~audience_sync.model.DiffStatus`; before migration 0005 a change being
+#: handed to its destination was marked ``sending``: no change is marked so any more).
+STATUSES = tuple(s.value for s in DiffStatus)
+#: Values of ``sync_runs.mode`` and ``sync_runs.status`` (:class:`~audience_sync.model.RunStatus`).
 MODES = ("incremental", "resync", "dry_run")
-RUN_STATUSES = ("running", "succeeded", "partial", "failed")
+RUN_STATUSES = tuple(s.value for s in RunStatus)
 
 
 # The Core tables behind the models, exported once: every set-based statement in store/ (and the few still

@@ -249,7 +249,7 @@ def test_track_events_carry_occurred_at_and_list_values_take_a_form_gist_takes()
 
     from audience_sync.config import parse_config
     from audience_sync.destinations.gist import GistContacts
-    from audience_sync.model import Change
+    from audience_sync.model import Change, ChangeKind
 
     def destination(list_values: str) -> GistContacts:
         config = parse_config(
@@ -260,8 +260,8 @@ def test_track_events_carry_occurred_at_and_list_values_take_a_form_gist_takes()
         return GistContacts(config.destinations[0])  # type: ignore[arg-type]
 
     changes = [
-        Change(1, 1, "gist", "categories", "trait", "u1", "a@x.io", "changed", None, ["tea", "B", 5], "m1"),
-        Change(2, 1, "gist", "last_order", "trait", "u1", "a@x.io", "changed", None, {"id": 3}, "m2"),
+        Change(1, 1, "gist", "categories", "trait", "u1", "a@x.io", ChangeKind.CHANGED, None, ["tea", "B", 5], "m1"),
+        Change(2, 1, "gist", "last_order", "trait", "u1", "a@x.io", ChangeKind.CHANGED, None, {"id": 3}, "m2"),
     ]
     before = int(time.time())
     joined, json_text = destination("join"), destination("json")

@@ -25,7 +25,7 @@ from audience_sync.errors import (
     RetryAfterTooLong,
     TransientDestinationError,
 )
-from audience_sync.model import SENT, Outcome, merge
+from audience_sync.model import SENT, Outcome, OutcomeStatus, merge
 
 
 def sender(handler: httpx.MockTransport, sleeps: list[float], retries: int = 3) -> HttpSender:
@@ -250,5 +250,7 @@ def test_other_permanent_errors_fail_the_batch_and_transient_ones_keep_it_pendin
 
 
 def test_merge_keeps_the_worst_outcome_per_change() -> None:
-    merged = merge([(1, SENT), (1, Outcome("pending", "t")), (2, SENT), (3, Outcome("failed", "x")), (3, SENT)])
-    assert merged == {1: Outcome("pending", "t"), 2: SENT, 3: Outcome("failed", "x")}
+    pending, failed = Outcome(OutcomeStatus.PENDING, "t"), Outcome(OutcomeStatus.FAILED, "x")
+    merged = merge([(1, SENT), (1, pending), (2, SENT), (3, failed), (3, SENT)])
+    assert merged == {1: pending, 2: SENT, 3: failed}
+    assert Outcome(OutcomeStatus.SENT) == SENT and SENT.status == "sent"  # statuses are their stored text

@@ -155,9 +155,9 @@ def test_space_id_and_namespace_carry_the_same_spa_value() -> None:
     """Engage sends ``context.personas.space_id`` and ``namespace`` as one ``spa_…`` value; the Python builder and
     the database's agree."""
     from audience_sync.destinations.messages import MessageOptions, personas_context
-    from audience_sync.model import Change
+    from audience_sync.model import Change, ChangeKind
 
-    change = Change(1, 1, "s", "vip", "audience", "u1", None, "entered", None, True, "m")
+    change = Change(1, 1, "s", "vip", "audience", "u1", None, ChangeKind.ENTERED, None, True, "m")
     for configured, sent in (("audience-sync", "spa_audience-sync"), ("spa_x1", "spa_x1")):
         personas = personas_context(change, MessageOptions(space_id=configured))
         assert personas["space_id"] == personas["namespace"] == sent
