@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, TypedDict
 
 from .values import JsonValue
 
@@ -61,6 +61,44 @@ class RunStatus(StrEnum):
 #: kinds, then what became of the changes (``held``: kept back by the mass-exit guard). Stored in
 #: ``sync_runs.counts`` and ``size_history``, shown by ``run`` and ``runs``, exported as metrics.
 COUNT_KEYS = ("entered", "exited", "changed", "sent", "failed", "skipped", "pending", "held", "planned", "identifiers")
+
+
+class Tally(TypedDict):
+    """A run's changes by kind and by what became of them (:data:`COUNT_KEYS`), in total or for one destination
+    or computation."""
+
+    entered: int
+    exited: int
+    changed: int
+    sent: int
+    failed: int
+    skipped: int
+    pending: int
+    held: int
+    planned: int
+    identifiers: int
+
+
+class SourceFigures(TypedDict):
+    """What one computation's source gave a run: rows read, distinct users staged, rows dropped for a null user
+    id or a null value, users skipped because the state database cannot take their rows."""
+
+    rows: int
+    members: int
+    null_user_ids: int
+    null_values: int
+    skipped: int
+
+
+class RunCounts(Tally):
+    """A run's tallies as ``sync_runs.counts`` stores them and ``run --json`` prints them: the totals, the same
+    per destination and per computation, each computation's source figures, and the instant builder
+    computations were evaluated at (when the run had any)."""
+
+    destinations: dict[str, Tally]
+    computations: dict[str, Tally]
+    sources: NotRequired[dict[str, SourceFigures]]
+    as_of: NotRequired[str]
 
 
 @dataclass(frozen=True, slots=True)

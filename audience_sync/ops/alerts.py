@@ -85,9 +85,9 @@ def detect(conn: Connection, attempt: Attempt, max_failed_share: float) -> list[
             continue  # its changes all stay pending: that is this incident, not another one
         if error == STOPPED:
             continue  # a restart, not a delivery problem: what is pending goes out with the next run
-        counts = per_destination.get(dest, {})
-        undelivered = counts.get("failed", 0) + counts.get("pending", 0)
-        deliverable = undelivered + counts.get("sent", 0)
+        counts = per_destination.get(dest)
+        undelivered = counts["failed"] + counts["pending"] if counts else 0
+        deliverable = undelivered + (counts["sent"] if counts else 0)
         if deliverable and undelivered / deliverable > max_failed_share:
             found.append(
                 _incident(

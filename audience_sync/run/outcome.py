@@ -10,7 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Config
 from ..errors import AudienceSyncError
-from ..model import RunStatus
+from ..model import RunCounts, RunStatus
 from ..redact import scrub
 from ..store.engine import store_error
 from .deliver import DeliveryReport
@@ -24,7 +24,7 @@ class RunResult:
     run_id: int
     mode: str
     status: RunStatus
-    counts: dict[str, Any]
+    counts: RunCounts
     error: str | None = None
     duration_seconds: float = 0.0
     destinations: dict[str, dict[str, Any]] = field(default_factory=dict)

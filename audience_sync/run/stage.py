@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Computation, Config
 from ..errors import ConfigError, RunStopped, SourceError
+from ..model import SourceFigures
 from ..sources import RawRow, SourceStats, normalize, pushdown, read_rows
 from ..sources.builder import BuilderSource
 from ..store import attach, loading, staging
@@ -122,10 +123,10 @@ def stage(
     progress: Progress,
     stop: threading.Event | None = None,
     as_of: dt.datetime | None = None,
-) -> dict[str, dict[str, int]]:
+) -> dict[str, SourceFigures]:
     """Stage ``comps`` for run ``run_id`` and return per computation its source figures (rows, members, null
     user ids, null values, skipped). Raises SourceError (culprit named) or RunStopped when ``stop`` is set."""
-    stats: dict[str, dict[str, int]] = {}
+    stats: dict[str, SourceFigures] = {}
     push = use_pushdown(config)
     connect: Connect = engine.connect
     source_file = pushdown.attachable_file(config.state_url, config.source_url) if push else None

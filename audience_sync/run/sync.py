@@ -16,14 +16,13 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Config
 from ..errors import LockLost
-from ..model import RunStatus
+from ..model import RunCounts, RunStatus
 from ..sources.builder.windows import as_utc
 from ..store import outbox, registry, runs, sizes, staging
 from ..store.dialect import analyze
@@ -171,7 +170,7 @@ def _locked_run(
         },
         as_of=plan.as_of.isoformat() if plan.as_of else None,
     )
-    totals = {k: counts[k] for k in runs.COUNT_KEYS}
+    totals = {k: dict(counts)[k] for k in runs.COUNT_KEYS}
     summary_log.log(
         logging.INFO if status == "succeeded" else logging.WARNING,
         "run %d %s in %.1fs: %s%s",
@@ -210,7 +209,7 @@ def _steps(
     before: int,
     held: HeldLock,
     progress: Progress,
-) -> tuple[RunStatus, dict[str, Any], str | None, dict[str, DeliveryReport]]:
+) -> tuple[RunStatus, RunCounts, str | None, dict[str, DeliveryReport]]:
     """Stage, diff, deliver and close the open run ``run_id``; return its status, counts, error and reports."""
     dest_names, comps, mode = plan.dest_names, plan.comps, plan.mode
     dry_run = mode == "dry_run"

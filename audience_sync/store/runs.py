@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, func, literal_column, select, update
 
-from ..model import COUNT_KEYS, RunStatus
+from ..model import COUNT_KEYS, RunCounts, RunStatus
 from ..redact import scrub
 from .schema import diffs, runs, utcnow
 
@@ -38,9 +38,7 @@ def open_run(
     return int(result.scalar_one())
 
 
-def close_run(
-    conn: Connection, run_id: int, *, status: RunStatus, counts: dict[str, Any], error: str | None = None
-) -> None:
+def close_run(conn: Connection, run_id: int, *, status: RunStatus, counts: RunCounts, error: str | None = None) -> None:
     """Mark a run finished with its final status, counts and error text."""
     conn.execute(
         update(runs)
@@ -54,7 +52,7 @@ def last_change_id(conn: Connection) -> int:
     return int(conn.execute(select(func.coalesce(func.max(diffs.c.id), 0))).scalar_one())
 
 
-def count_changes(conn: Connection, run_id: int, *, after_id: int | None = None) -> dict[str, Any]:
+def count_changes(conn: Connection, run_id: int, *, after_id: int | None = None) -> RunCounts:
     """Counts of a run's diff rows: totals, and the same per destination and per computation.
 
     ``entered``/``exited``/``changed`` count changes by kind; ``sent``/``failed``/``skipped``/``pending`` by
@@ -73,7 +71,7 @@ def count_changes(conn: Connection, run_id: int, *, after_id: int | None = None)
         .where(*mine)
         .group_by(destination, diffs.c.computation_key, diffs.c.change, diffs.c.status)
     ).all()
-    totals = dict.fromkeys(COUNT_KEYS, 0)
+    totals: dict[str, int] = dict.fromkeys(COUNT_KEYS, 0)
     per_destination: dict[str, dict[str, int]] = {}
     per_computation: dict[str, dict[str, int]] = {}
     for destination, key, change, status, n in rows:
@@ -85,7 +83,8 @@ def count_changes(conn: Connection, run_id: int, *, after_id: int | None = None)
             if status != "skipped":  # a user the destination cannot take entered nothing there
                 bucket[change] = bucket.get(change, 0) + n
             bucket[status] = bucket.get(status, 0) + n
-    return {**totals, "destinations": per_destination, "computations": per_computation}
+    # every bucket holds exactly the COUNT_KEYS (a change's kind and status are among them, CHECK constraints)
+    return cast(RunCounts, {**totals, "destinations": per_destination, "computations": per_computation})
 
 
 def last_errors(conn: Connection, run_id: int, *, after_id: int | None = None) -> dict[str, str]:

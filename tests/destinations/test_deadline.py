@@ -151,7 +151,7 @@ def test_a_refusal_whose_body_cannot_be_decoded_keeps_its_status(
     harness.warehouse.set_members("VIP", {"u1": "a@x.io"})
     config = harness.config(destination("segment", server.url) + harness.audience("VIP"), environ=ENV)
     result, _ = run_bounded(harness, config)
-    assert result.exit_code == 3 and result.counts[outcome] == 1
+    assert result.exit_code == 3 and dict(result.counts)[outcome] == 1
     _, rows = list_diffs(config, run_id=result.run_id)
     assert rows[0]["status"] == outcome
     assert f"HTTP {status}: plain words, not gzip (its body is not the gzip it claims to be)" in rows[0]["error"]
