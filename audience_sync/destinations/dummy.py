@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..errors import CredentialsRejected, DestinationError
@@ -73,12 +73,6 @@ class Answer:
     answer: Outcome | BaseException
 
 
-@dataclass
-class _Record:
-    given: list[Change | Encoded] = field(default_factory=list)
-    answers: list[Answer] = field(default_factory=list)
-
-
 class DummyDestination(Destination):
     """A destination of changes that answers by plan and records everything.
 
@@ -109,20 +103,21 @@ class DummyDestination(Destination):
         self.blocked = threading.Event()
         self.calls = 0
         self.closed = False
-        self._record = _Record()
+        self._given: list[Change | Encoded] = []
+        self._answers: list[Answer] = []
         self._lock = threading.Lock()  # a run delivers to several destinations at once, each on its own thread
 
     @property
     def given(self) -> list[Change | Encoded]:
         """Every change (or message) handed in, in order."""
         with self._lock:
-            return list(self._record.given)
+            return list(self._given)
 
     @property
     def answers(self) -> list[Answer]:
         """What the dummy answered, item by item, in order."""
         with self._lock:
-            return list(self._record.answers)
+            return list(self._answers)
 
     def acknowledged(self) -> set[str]:
         """The users of which the dummy acknowledged at least one item."""
@@ -150,7 +145,7 @@ class DummyDestination(Destination):
         with self._lock:
             self.calls += 1
             call = self.calls
-            self._record.given.extend(given)
+            self._given.extend(given)
         answered: list[tuple[int, Outcome]] = []
         error: Exception | None = None
         for diff_id, user_id in items:
@@ -173,7 +168,7 @@ class DummyDestination(Destination):
 
     def _note(self, answer: Answer) -> None:
         with self._lock:
-            self._record.answers.append(answer)
+            self._answers.append(answer)
 
     def _apply(self, fault: Fault) -> Outcome:
         if fault.kind == "refuse":
