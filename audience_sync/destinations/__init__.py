@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from .base import Destination
 from .registry import REGISTRY, build
@@ -11,7 +11,12 @@ from .registry import REGISTRY, build
 if TYPE_CHECKING:
     from .registry import AnyDestination
 
-__all__ = ["REGISTRY", "Destination", "build_destination"]
+__all__ = ["REGISTRY", "Destination", "DestinationFactory", "build_destination"]
+
+#: what builds the adapter of one configured destination for a run: :func:`build_destination` unless the caller
+#: of ``run_sync`` gives another (a test's :class:`~.dummy.DummyDestination`, say). Either kind of adapter will
+#: do: a :class:`~.base.MessageDestination` is a :class:`~.base.Destination`
+DestinationFactory: TypeAlias = "Callable[[AnyDestination], Destination]"
 
 
 def build_destination(config: AnyDestination, *, before_attempt: Callable[[], None] | None = None) -> Destination:

@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Connection, Engine
 
 from ..config import Config
-from ..destinations import build_destination
+from ..destinations import DestinationFactory, build_destination
 from ..destinations.base import Destination, MessageDestination
 from ..errors import CredentialsRejected, DestinationError, LockLost, TransientDestinationError
 from ..model import NOT_ATTEMPTED, Outcome
@@ -247,11 +247,13 @@ def deliver_one(
     progress: Progress,
     stop: threading.Event | None,
     fence: Fence,
+    build: DestinationFactory = build_destination,
 ) -> DeliveryReport:
-    """Deliver run ``run_id``'s pending changes to destination ``name`` through a fresh adapter; log how it went."""
+    """Deliver run ``run_id``'s pending changes to destination ``name`` through a fresh adapter made by ``build``
+    from the destination's config (closed afterwards, whatever happened); log how it went."""
     dest_config = config.destination(name)
     started = time.monotonic()
-    with build_destination(dest_config) as adapter:
+    with build(dest_config) as adapter:
         report = deliver_pending(
             engine, run_id, adapter, chunk_size=dest_config.chunk_size, progress=progress, stop=stop, fence=fence
         )
@@ -282,15 +284,18 @@ def deliver_all(
     progress: Progress,
     stop: threading.Event | None,
     fence: Fence,
+    build: DestinationFactory = build_destination,
 ) -> dict[str, DeliveryReport]:
-    """Deliver to every destination at once, each on its own thread: a slow or failing one holds up no other.
-    When one raises (LockLost), the others finish first: a lost lock fences every destination of the run."""
+    """Deliver to every destination at once, each on its own thread and through its own adapter from ``build``: a
+    slow or failing one holds up no other. When one raises (LockLost), the others finish first: a lost lock fences
+    every destination of the run."""
     if len(dest_names) == 1:
-        return {dest_names[0]: deliver_one(engine, config, run_id, dest_names[0], progress, stop, fence)}
+        return {dest_names[0]: deliver_one(engine, config, run_id, dest_names[0], progress, stop, fence, build)}
     pool = ThreadPoolExecutor(max_workers=len(dest_names), thread_name_prefix="deliver")
     try:
         futures = {
-            name: pool.submit(deliver_one, engine, config, run_id, name, progress, stop, fence) for name in dest_names
+            name: pool.submit(deliver_one, engine, config, run_id, name, progress, stop, fence, build)
+            for name in dest_names
         }
         reports = {name: future.result() for name, future in futures.items()}
     except BaseException as exc:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import Computation, Config
+from ..destinations import DestinationFactory, build_destination
 from ..errors import ConfigError
 from ..store import sizes
 
@@ -59,6 +60,9 @@ class RunPlan:
     #: every current value again, not only the changes; also on a dry run of a resync (mode ``dry_run``), so the
     #: preview plans what the resync would send
     resync: bool = False
+    #: builds each destination's adapter for the delivery; another than the registry's lets a test put an
+    #: in-process, fault-injecting destination (destinations/dummy.py) behind a real run
+    destination_factory: DestinationFactory = build_destination
 
     @property
     def dry_run(self) -> bool:

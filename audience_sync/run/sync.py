@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Config
+from ..destinations import DestinationFactory, build_destination
 from ..errors import LockLost
 from ..model import RunCounts, RunStatus
 from ..sources.builder.windows import as_utc
@@ -61,6 +62,8 @@ def run_sync(
     stop: threading.Event | None = None,
     wait: float = 0.0,
     as_of: dt.datetime | None = None,
+    engine: Engine | None = None,
+    destination_factory: DestinationFactory | None = None,
 ) -> RunResult:
     """Run one sync and return its result; the run's row in ``sync_runs`` says the same.
 
@@ -75,13 +78,21 @@ def run_sync(
     ``force``. Setting ``stop`` (from a signal handler) finishes the requests in flight, leaves the rest pending
     and ends the run as ``partial``. ``wait`` seconds: how long to wait for another run's lock. ``as_of``: the
     instant builder computations are evaluated at (default: the run's start); events after it never count.
+
+    ``engine``: the state database to use, an engine on ``config.state_url`` as
+    :func:`~audience_sync.store.engine.create_state_engine` makes it (SQLite's pragmas and functions); the caller
+    owns it and it is not disposed (without one, the run opens its own and disposes it). ``destination_factory``:
+    what builds each destination's adapter from its config instead of the registry's ``build_destination`` (an
+    in-process ``destinations.dummy.DummyDestination``, say); the run sets the adapter's ``before_attempt`` and
+    closes it after delivering, as for any adapter. Neither changes what the run guarantees.
     """
     started = time.monotonic()
     as_of = as_utc(as_of or dt.datetime.now(dt.UTC))  # a naive instant is UTC
     progress = progress or NoProgress()
     dest_names, comps = select_targets(config, destinations, audiences)
     use_pushdown(config)  # a contradictory pushdown setting stops the run before anything is written
-    engine = create_state_engine(config.state_url)
+    owned = engine is None  # the caller's engine outlives the run
+    engine = create_state_engine(config.state_url) if engine is None else engine
     source = (
         engine
         if config.source_url == config.state_url
@@ -103,12 +114,14 @@ def run_sync(
                 stop=stop,
                 as_of=as_of,
                 resync=mode == "resync",
+                destination_factory=destination_factory or build_destination,
             )
             return _locked_run(engine, source, config, plan, held=lock, progress=progress, started=started)
     except SQLAlchemyError as exc:  # the state database itself; sources raise SourceError
         raise store_error(exc, config.state_url) from None
     finally:
-        engine.dispose()
+        if owned:
+            engine.dispose()
         if source is not engine:
             source.dispose()
 
@@ -222,7 +235,11 @@ def _steps(
             staging.clear(conn, run_id)
     log.debug("run %d: diff stored", run_id)
 
-    reports = {} if dry_run else deliver_all(engine, config, run_id, dest_names, progress, plan.stop, held)
+    reports = (
+        {}
+        if dry_run
+        else deliver_all(engine, config, run_id, dest_names, progress, plan.stop, held, plan.destination_factory)
+    )
     if sum(r.attempted for r in reports.values()) >= ANALYZE_AFTER:
         with engine.begin() as conn:  # the next diff joins the snapshot: plan it with its new size
             analyze(conn, "snapshot")
