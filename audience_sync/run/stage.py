@@ -1,9 +1,10 @@
 """The stage step: every computation of a run read into ``staging`` under the run's id.
 
 A computation is pushed down (one ``INSERT ... SELECT`` inside the state database) when its source is the state
-database, or a SQLite file attached to a SQLite state (``store/attach.py``), and its query allows it; it is
-streamed in chunks otherwise. A source failure raises SourceError; the
-caller clears the run's staging whatever happens.
+database, or a SQLite file attached to a SQLite state (``store/attach.py``), and its query allows it. A query
+on another database whose rows can be read in bulk is landed in the state database and pushed down from there
+(``run/land.py``). Anything else is streamed in chunks. A source failure raises SourceError; the caller clears
+the run's staging whatever happens.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..sources.builder import BuilderSource
 from ..store import attach, loading, staging
 from ..store.engine import redact_url
 from ..store.staging import StagedRow
+from . import land
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -61,10 +63,7 @@ def _push_down(
     except SQLAlchemyError as exc:  # the streamed path reports the query's own error, or a value's
         log.info("%s: pushdown failed (%s); streaming instead", comp.key, " ".join(str(exc).split())[:200])
         return False
-    stats.rows += pushed.rows
-    stats.null_user_ids += pushed.null_user_ids
-    stats.null_values += pushed.null_values
-    stats.members = pushed.members
+    land.record(stats, pushed)
     return True
 
 
@@ -126,6 +125,8 @@ def stage(
     user ids, null values, skipped). Raises SourceError (culprit named) or RunStopped when ``stop`` is set."""
     stats: dict[str, dict[str, int]] = {}
     push = use_pushdown(config)
+    # another database: rows landed in the state database in bulk, then pushed down, where that can be done
+    landing = config.source_pushdown is not False and not push
     connect: Connect = engine.connect
     source_file = pushdown.attachable_file(config.state_url, config.source_url) if push else None
     if source_file is not None:
@@ -145,6 +146,8 @@ def stage(
             pushed = push and _push_down(connect, run_id, comp, st, builder.plan)
         else:
             pushed = push and comp.sql is not None and _push_down(connect, run_id, comp, st)
+            move = land.lander(engine, source, comp) if landing else None
+            pushed = pushed or (move is not None and land.land(engine, run_id, comp, move, st))
         if pushed:
             progress.advance(task, st.rows)
         else:

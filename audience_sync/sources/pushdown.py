@@ -261,6 +261,12 @@ def plan(conn: Connection, comp: Computation) -> Pushdown | None:
     return _plan(conn, comp, query_text(comp.sql), None)
 
 
+def plan_table(conn: Connection, comp: Computation, table: str) -> Pushdown | None:
+    """The pushed-down form of ``comp`` read from ``table`` of the state database (rows landed there from
+    another source, ``run/land.py``): the same normalising SQL, fallbacks and counts as :func:`plan`."""
+    return _plan(conn, comp, f"SELECT * FROM {_quote(table)}", None)
+
+
 def plan_statement(conn: Connection, comp: Computation, text: str, params: Mapping[str, Any]) -> Pushdown | None:
     """The pushed-down form of a compiled statement (the builder's): ``text`` is ready for the driver, with
     ``params`` bound, and returns ``user_id``, ``email`` and (traits) ``value`` as canonical JSON text, never a

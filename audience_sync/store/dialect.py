@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
@@ -35,3 +35,8 @@ def literal_sql(dialect: Dialect, text: str) -> str:
     """SQL text (which may hold a user's query) for ``exec_driver_sql``: ``%`` doubled for drivers that parse it
     as a parameter marker even in literals (psycopg), so that the database sees the text as written."""
     return text.replace("%", "%%") if dialect.paramstyle in ("format", "pyformat") else text
+
+
+def is_postgresql(bind: Connection | Engine) -> bool:
+    """Whether ``bind`` reaches PostgreSQL (the stage step's bulk paths are chosen by it, for sources too)."""
+    return bool(bind.dialect.name == "postgresql")
