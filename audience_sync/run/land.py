@@ -13,26 +13,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
 from ..config import Computation
 from ..sources import SourceStats, pushdown
-from ..sources.landing import ERRORS, NotLandable, land_postgres
+from ..sources.landing import NotLandable, errors, land_duckdb, land_postgres
 from ..store import landing, loading
 from ..store.dialect import is_postgresql
 
 log = logging.getLogger(__name__)
 
-#: moves a computation's raw rows into the landed table on a state connection; returns the bytes moved
+#: moves a computation's raw rows into the landed table on a state connection; returns the rows moved
 Lander = Callable[[Connection], int]
 
 
-def lander(engine: Engine, source: Engine, comp: Computation) -> Lander | None:
-    """How ``comp``'s rows can be landed from ``source`` in the state ``engine``, or None (stream them)."""
+def lander(
+    engine: Engine, source: Engine | None, duckdb: Path | None, comp: Computation, batch_rows: int
+) -> Lander | None:
+    """How ``comp``'s rows can be landed in the state ``engine`` from ``source`` (a SQLAlchemy source) or from
+    the DuckDB file ``duckdb``, in Arrow batches of ``batch_rows``; None when they must be streamed."""
     if comp.sql is None or comp.builder is not None or comp.file is not None:
         return None
-    if is_postgresql(engine) and is_postgresql(source):
+    if duckdb is not None:
+        return lambda conn: land_duckdb(duckdb, comp, conn, batch_rows)
+    if source is not None and is_postgresql(engine) and is_postgresql(source):
         return lambda conn: land_postgres(source, comp, conn)
     return None
 
@@ -45,32 +51,49 @@ def record(stats: SourceStats, pushed: loading.PushedDown) -> None:
     stats.members = pushed.members
 
 
+def _stage_landed(conn: Connection, run_id: int, comp: Computation, move: Lander) -> loading.PushedDown | None:
+    """Land and push down in one transaction of ``conn``; None (rolled back) when the rows must be streamed."""
+    with conn.begin() as transaction:
+        landed = move(conn)
+        plan = pushdown.plan_table(conn, comp, landing.TABLE)
+        if plan is None:
+            transaction.rollback()
+            log.info("%s: streaming (its column types cannot be pushed down once landed)", comp.key)
+            return None
+        pushed = loading.push_down(conn, run_id, plan)
+        if pushed.unusable:  # rows to skip: the streamed path says why, user by user
+            transaction.rollback()
+            log.info("%s: streaming, to report %d rows it cannot stage", comp.key, pushed.unusable)
+            return None
+        landing.drop(conn)
+    log.info("%s: landed %d rows in the state database and pushed down", comp.key, landed)
+    return pushed
+
+
 def land(engine: Engine, run_id: int, comp: Computation, move: Lander, stats: SourceStats) -> bool:
     """Stage ``comp`` by landing its rows with ``move`` and pushing them down from the landed table.
 
     Guarantees: True when staged, with the same rows and figures as streaming; False with nothing staged
     (one transaction, rolled back) when it must be streamed instead.
     """
+    pushed = None
     try:
-        with engine.connect() as conn, conn.begin() as transaction:
-            size = move(conn)
-            plan = pushdown.plan_table(conn, comp, landing.TABLE)
-            if plan is None:
-                transaction.rollback()
-                log.info("%s: streaming (its column types cannot be pushed down once landed)", comp.key)
-                return False
-            pushed = loading.push_down(conn, run_id, plan)
-            if pushed.unusable:  # rows to skip: the streamed path says why, user by user
-                transaction.rollback()
-                log.info("%s: streaming, to report %d rows it cannot stage", comp.key, pushed.unusable)
-                return False
-            landing.drop(conn)
+        with engine.connect() as conn:
+            try:
+                pushed = _stage_landed(conn, run_id, comp, move)
+            finally:  # the connection goes back to the pool without the landed table, whatever happened
+                if pushed is None:
+                    if conn.in_transaction():
+                        conn.rollback()
+                    landing.drop(conn)
+                    conn.commit()
     except NotLandable as exc:
         log.info("%s: streaming (%s)", comp.key, exc)
         return False
-    except ERRORS as exc:  # the streamed path reports the query's own error, or a value's
+    except errors() as exc:  # the streamed path reports the query's own error, or a value's
         log.info("%s: landing failed (%s); streaming instead", comp.key, " ".join(str(exc).split())[:200])
         return False
+    if pushed is None:
+        return False
     record(stats, pushed)
-    log.info("%s: landed %d rows (%d bytes) in the state database and pushed down", comp.key, pushed.rows, size)
     return True

@@ -24,6 +24,7 @@ from ..config import Computation, Config
 from ..errors import ConfigError, RunStopped, SourceError
 from ..sources import RawRow, SourceStats, normalize, pushdown, read_rows
 from ..sources.builder import BuilderSource
+from ..sources.duck import duckdb_file
 from ..store import attach, loading, staging
 from ..store.engine import redact_url
 from ..store.staging import StagedRow
@@ -77,7 +78,7 @@ def _stopped(run_id: int, comp: Computation) -> RunStopped:
 
 def _stream(
     engine: Engine,
-    source: Engine,
+    source: Engine | Path,
     config: Config,
     run_id: int,
     comp: Computation,
@@ -113,7 +114,7 @@ def _stream(
 
 def stage(
     engine: Engine,
-    source: Engine,
+    source: Engine | Path,
     config: Config,
     run_id: int,
     comps: Sequence[Computation],
@@ -122,7 +123,8 @@ def stage(
     as_of: dt.datetime | None = None,
 ) -> dict[str, dict[str, int]]:
     """Stage ``comps`` for run ``run_id`` and return per computation its source figures (rows, members, null
-    user ids, null values, skipped). Raises SourceError (culprit named) or RunStopped when ``stop`` is set."""
+    user ids, null values, skipped). ``source``: a SQLAlchemy engine, or a DuckDB file (``sources/duck.py``).
+    Raises SourceError (culprit named) or RunStopped when ``stop`` is set."""
     stats: dict[str, dict[str, int]] = {}
     push = use_pushdown(config)
     # another database: rows landed in the state database in bulk, then pushed down, where that can be done
@@ -132,8 +134,11 @@ def stage(
     if source_file is not None:
         push = _attachable(engine, source_file)
         connect = lambda: attach.attached(engine, source_file)  # noqa: E731 (a connection factory)
+    duckdb = source if isinstance(source, Path) else None
     # builder computations: every table and column they name is checked before anything is staged
-    builder = BuilderSource(config, source, comps, as_of or dt.datetime.now(dt.UTC))
+    builder = BuilderSource(
+        config, source if isinstance(source, Engine) else engine, comps, as_of or dt.datetime.now(dt.UTC)
+    )
     if builder.comps:
         builder.check()
     for comp in comps:
@@ -146,7 +151,8 @@ def stage(
             pushed = push and _push_down(connect, run_id, comp, st, builder.plan)
         else:
             pushed = push and comp.sql is not None and _push_down(connect, run_id, comp, st)
-            move = land.lander(engine, source, comp) if landing else None
+            sqla = source if isinstance(source, Engine) else None
+            move = land.lander(engine, sqla, duckdb, comp, config.source_chunk_size) if landing else None
             pushed = pushed or (move is not None and land.land(engine, run_id, comp, move, st))
         if pushed:
             progress.advance(task, st.rows)
@@ -203,6 +209,16 @@ def _attachable(engine: Engine, source_file: Path) -> bool:
         log.info("streaming: the state database has tables named like the source's (%s)", ", ".join(sorted(hidden)))
         return False
     return True
+
+
+def check_source(config: Config, comps: Sequence[Computation]) -> None:
+    """ConfigError when builder computations (which reflect the source's tables) are to read a DuckDB file."""
+    if duckdb_file(config.source_url) is not None and any(comp.builder is not None for comp in comps):
+        raise ConfigError(
+            f"{config.path}: builder computations (condition, compute) need a SQLAlchemy source, not the DuckDB "
+            f"file of source.url {redact_url(config.source_url)!r}",
+            path=config.path,
+        )
 
 
 def use_pushdown(config: Config) -> bool:

@@ -7,6 +7,8 @@ moved in bulk into a temporary table of the state database (``store/landing.py``
 
 - **PostgreSQL to PostgreSQL** (:func:`land_postgres`): ``COPY (query) TO STDOUT`` on the source, its blocks
   written unchanged into ``COPY ... FROM STDIN`` on the state (text format, which round-trips these types).
+- **DuckDB to either** (:func:`land_duckdb`): the query's Arrow record batches, written as CSV into ``COPY``
+  on a PostgreSQL state, or given column by column to one ``executemany`` on a SQLite state.
 
 Only the columns the computation uses are landed, under their canonical names, and only with types the pushdown
 handles; any other type raises :class:`NotLandable`, and the computation is streamed as before.
@@ -14,7 +16,9 @@ handles; any other type raises :class:`NotLandable`, and the computation is stre
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,15 +28,31 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..config import Computation
 from ..errors import SourceError
 from ..store import landing
+from ..store.dialect import is_postgresql
+from . import duck
 from .columns import locate
 from .pushdown import query_text
 
 #: PostgreSQL type OIDs landed, with the type of the landed column: those ``sources/pushdown.py`` renders as
 #: Python would (integers, text and varchar, boolean, uuid)
 PG_LANDED = {20: "bigint", 21: "bigint", 23: "bigint", 25: "text", 1043: "text", 16: "boolean", 2950: "uuid"}
+#: DuckDB column types landed, with the type of the landed column on a PostgreSQL state: integers that fit a
+#: ``bigint``, text, booleans. On SQLite, whose pushdown reads each value's own type, columns are left untyped
+#: and booleans are not landed (SQLite would keep 1, which the pushdown renders ``1``, not ``true``).
+DUCKDB_LANDED = {
+    **dict.fromkeys(["TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"], "bigint"),
+    "VARCHAR": "text",
+    "BOOLEAN": "boolean",
+}
 
-#: the errors a landing may meet on either side: each means "stream instead", and the streamed path says it again
-ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, psycopg.Error)
+
+def errors() -> tuple[type[Exception], ...]:
+    """The errors a landing may meet on either side: each means "stream instead", and the streamed path says it
+    again in its own words (a query that fails, a file missing, data the state refuses)."""
+    import pyarrow
+
+    found: tuple[type[Exception], ...] = (SQLAlchemyError, psycopg.Error, OSError, pyarrow.ArrowException)
+    return found + (duck.errors() if duck.installed() else ())
 
 
 class NotLandable(Exception):
@@ -86,3 +106,55 @@ def land_postgres(source: Engine, comp: Computation, conn: Connection) -> int:
             with cur.copy(f"COPY (SELECT {selected} FROM ({inner}) AS src) TO STDOUT") as out:
                 blocks: Iterator[Any] = iter(out)
                 return landing.copy_blocks(conn, [c for c, _ in columns], blocks, csv=False)
+
+
+def _duckdb_columns(relation: Any, used: list[tuple[str, int]], postgres: bool) -> list[tuple[str, str]]:
+    names, types = relation.columns, [str(t) for t in relation.types]
+    columns = []
+    for canonical, i in used:
+        sql_type = DUCKDB_LANDED.get(types[i])
+        if sql_type is None or (sql_type == "boolean" and not postgres):
+            raise NotLandable(f"column {names[i]!r} has DuckDB type {types[i]}, which is not landed")
+        columns.append((canonical, sql_type if postgres else ""))
+    return columns
+
+
+def land_duckdb(path: Path, comp: Computation, conn: Connection, batch_rows: int) -> int:
+    """Read ``comp``'s query rows from the DuckDB file ``path`` as Arrow batches of ``batch_rows`` and land
+    them on ``conn`` (the state, inside a transaction); return the rows landed.
+
+    NotLandable when a used column's type is not one of :data:`DUCKDB_LANDED`. Raises ``duckdb.Error`` when the
+    query fails, the driver's error when the state refuses the data.
+    """
+    import pyarrow.csv
+
+    assert comp.sql is not None
+    inner = query_text(comp.sql)
+    postgres = is_postgresql(conn)
+    with duck.connected(path) as source:
+        relation = source.sql(inner)
+        used = used_columns(comp, list(relation.columns))
+        columns = _duckdb_columns(relation, used, postgres)
+        landing.create(conn, columns)
+        names = [c for c, _ in columns]
+        selected = ", ".join(f"src.{_quote(relation.columns[i])}" for _, i in used)
+        reader = duck.arrow_reader(source, f"SELECT {selected} FROM ({inner}) AS src", batch_rows)
+        rows = 0
+
+        def csv_blocks() -> Iterator[bytes]:
+            options = pyarrow.csv.WriteOptions(include_header=False)  # text quoted, NULL unquoted and empty
+            for batch in reader:
+                out = io.BytesIO()
+                pyarrow.csv.write_csv(batch, out, options)
+                yield out.getvalue()
+
+        def column_batches() -> Iterator[list[list[Any]]]:
+            nonlocal rows
+            for batch in reader:
+                rows += batch.num_rows
+                yield [column.to_pylist() for column in batch.columns]
+
+        if postgres:
+            return landing.copy_blocks(conn, names, csv_blocks(), csv=True)
+        landing.insert_columns(conn, names, column_batches())
+        return rows

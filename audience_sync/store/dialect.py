@@ -40,3 +40,9 @@ def literal_sql(dialect: Dialect, text: str) -> str:
 def is_postgresql(bind: Connection | Engine) -> bool:
     """Whether ``bind`` reaches PostgreSQL (the stage step's bulk paths are chosen by it, for sources too)."""
     return bool(bind.dialect.name == "postgresql")
+
+
+def temporary_schema(conn: Connection) -> str:
+    """The schema of the connection's own temporary tables, to name one without a table of the database itself
+    ever being taken for it."""
+    return "pg_temp" if is_postgresql(conn) else "temp"

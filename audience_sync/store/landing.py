@@ -18,6 +18,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from .dialect import temporary_schema
+
 #: the temporary table rows are landed in (one per connection, dropped when the load ends)
 TABLE = "as_landed"
 
@@ -28,7 +30,8 @@ COLUMNS = ("user_id", "email", "value")
 def create(conn: Connection, columns: Sequence[tuple[str, str]]) -> None:
     """Create :data:`TABLE` with ``columns`` (name among :data:`COLUMNS`, SQL type) on ``conn``.
 
-    Call inside the transaction that loads it: a rollback drops the table, and :func:`drop` before the commit.
+    Call inside the transaction that loads it, and :func:`drop` the table once it is over, whatever happened: a
+    rollback does not always drop it (SQLite's driver runs DDL outside the transaction it opens for writes).
     """
     for name, _type in columns:
         if name not in COLUMNS:
@@ -40,17 +43,16 @@ def create(conn: Connection, columns: Sequence[tuple[str, str]]) -> None:
 def copy_blocks(conn: Connection, names: Sequence[str], blocks: Iterable[bytes | memoryview], csv: bool) -> int:
     """PostgreSQL: write ``blocks`` (COPY text format, or CSV without a header) into :data:`TABLE`'s ``names``.
 
-    Returns the bytes written. Raises the driver's error (``psycopg.Error``) when the state database refuses
+    Returns the rows written. Raises the driver's error (``psycopg.Error``) when the state database refuses
     the data (a NUL byte in a text, a value of the wrong type): the caller's transaction is then aborted.
     """
     raw: Any = conn.connection.driver_connection
     options = " (FORMAT csv)" if csv else ""
-    size = 0
-    with raw.cursor() as cur, cur.copy(f"COPY {TABLE} ({', '.join(names)}) FROM STDIN{options}") as copy:
-        for block in blocks:
-            copy.write(block)
-            size += len(block)
-    return size
+    with raw.cursor() as cur:
+        with cur.copy(f"COPY {TABLE} ({', '.join(names)}) FROM STDIN{options}") as copy:
+            for block in blocks:
+                copy.write(block)
+        return int(cur.rowcount)
 
 
 def insert_columns(conn: Connection, names: Sequence[str], batches: Iterable[Sequence[Sequence[Any]]]) -> None:
@@ -63,6 +65,6 @@ def insert_columns(conn: Connection, names: Sequence[str], batches: Iterable[Seq
 
 
 def drop(conn: Connection) -> None:
-    """Drop :data:`TABLE` before the load's transaction commits (a temporary table lasts as long as its connection,
-    which goes back to the pool)."""
-    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {TABLE}")
+    """Drop :data:`TABLE` if ``conn`` has it, never a table of the database's own schemas (a temporary table lasts
+    as long as its connection, which goes back to the pool)."""
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {temporary_schema(conn)}.{TABLE}")
