@@ -51,7 +51,7 @@ def errors() -> tuple[type[Exception], ...]:
     again in its own words (a query that fails, a file missing, data the state refuses)."""
     import pyarrow
 
-    found: tuple[type[Exception], ...] = (SQLAlchemyError, psycopg.Error, OSError, pyarrow.ArrowException)
+    found: tuple[type[Exception], ...] = (SQLAlchemyError, psycopg.Error, pyarrow.ArrowException)
     return found + (duck.errors() if duck.installed() else ())
 
 
@@ -83,7 +83,7 @@ def _pg_probe(cur: Any, inner: str) -> tuple[list[str], list[int]]:
 
 def land_postgres(source: Engine, comp: Computation, conn: Connection) -> int:
     """Copy ``comp``'s query rows from the PostgreSQL ``source`` into the landed table on ``conn`` (the state,
-    PostgreSQL, inside a transaction); return the bytes copied.
+    PostgreSQL, inside a transaction); return the rows copied.
 
     NotLandable when a used column's type is not one of :data:`PG_LANDED`. Raises the driver's error
     (``psycopg.Error``) when the query fails on the source or its data is refused by the state.

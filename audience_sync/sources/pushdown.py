@@ -1,4 +1,5 @@
-"""Pushdown: a computation's query run inside the state database, when the state database is also the source.
+"""Pushdown: a computation's query run inside the state database, when the state database is also the source
+(or its raw rows were landed there from another, :func:`plan_table`).
 
 The query is wrapped in a ``SELECT`` that normalises its rows the way :func:`audience_sync.sources.rows.normalize`
 does in Python, so that ``INSERT INTO staging SELECT ...`` stages exactly what the streamed path would:

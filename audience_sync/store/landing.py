@@ -28,7 +28,7 @@ COLUMNS = ("user_id", "email", "value")
 
 
 def create(conn: Connection, columns: Sequence[tuple[str, str]]) -> None:
-    """Create :data:`TABLE` with ``columns`` (name among :data:`COLUMNS`, SQL type) on ``conn``.
+    """Create :data:`TABLE` with ``columns`` (name among :data:`COLUMNS`, SQL type or ``""`` for none) on ``conn``.
 
     Call inside the transaction that loads it, and :func:`drop` the table once it is over, whatever happened: a
     rollback does not always drop it (SQLite's driver runs DDL outside the transaction it opens for writes).
@@ -36,7 +36,7 @@ def create(conn: Connection, columns: Sequence[tuple[str, str]]) -> None:
     for name, _type in columns:
         if name not in COLUMNS:
             raise ValueError(f"not a landed column: {name!r}")
-    body = ", ".join(f"{name} {sql_type}" for name, sql_type in columns)
+    body = ", ".join(f"{name} {sql_type}".rstrip() for name, sql_type in columns)
     conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {TABLE} ({body})")
 
 
