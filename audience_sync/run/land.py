@@ -29,16 +29,14 @@ log = logging.getLogger(__name__)
 Lander = Callable[[Connection], int]
 
 
-def lander(
-    engine: Engine, source: Engine | None, duckdb: Path | None, comp: Computation, batch_rows: int
-) -> Lander | None:
-    """How ``comp``'s rows can be landed in the state ``engine`` from ``source`` (a SQLAlchemy source) or from
-    the DuckDB file ``duckdb``, in Arrow batches of ``batch_rows``; None when they must be streamed."""
+def lander(source: Engine | None, duckdb: Path | None, comp: Computation, batch_rows: int) -> Lander | None:
+    """How ``comp``'s rows can be landed in the state database from ``source`` (a SQLAlchemy source: PostgreSQL)
+    or from the DuckDB file ``duckdb``, in Arrow batches of ``batch_rows``; None when they must be streamed."""
     if comp.sql is None or comp.builder is not None or comp.file is not None:
         return None
     if duckdb is not None:
         return lambda conn: land_duckdb(duckdb, comp, conn, batch_rows)
-    if source is not None and is_postgresql(engine) and is_postgresql(source):
+    if source is not None and is_postgresql(source):
         return lambda conn: land_postgres(source, comp, conn)
     return None
 

@@ -152,7 +152,7 @@ def stage(
         else:
             pushed = push and comp.sql is not None and _push_down(connect, run_id, comp, st)
             sqla = source if isinstance(source, Engine) else None
-            move = land.lander(engine, sqla, duckdb, comp, config.source_chunk_size) if landing else None
+            move = land.lander(sqla, duckdb, comp, config.source_chunk_size) if landing else None
             pushed = pushed or (move is not None and land.land(engine, run_id, comp, move, st))
         if pushed:
             progress.advance(task, st.rows)

@@ -7,6 +7,8 @@ moved in bulk into a temporary table of the state database (``store/landing.py``
 
 - **PostgreSQL to PostgreSQL** (:func:`land_postgres`): ``COPY (query) TO STDOUT`` on the source, its blocks
   written unchanged into ``COPY ... FROM STDIN`` on the state (text format, which round-trips these types).
+- **PostgreSQL to SQLite** (:func:`land_postgres`): the same ``COPY``, as CSV, read by Arrow's CSV reader
+  into record batches of the probed types, given column by column to one ``executemany``.
 - **DuckDB to either** (:func:`land_duckdb`): the query's Arrow record batches, written as CSV into ``COPY``
   on a PostgreSQL state, or given column by column to one ``executemany`` on a SQLite state.
 
@@ -81,31 +83,100 @@ def _pg_probe(cur: Any, inner: str) -> tuple[list[str], list[int]]:
     return [d.name for d in description], [int(d.type_code) for d in description]
 
 
+def _pg_type(canonical: str, oid: int, name: str, postgres: bool) -> str:
+    sql_type = PG_LANDED.get(oid)
+    # SQLite: no boolean (it would keep 1, which is not how a boolean reads), and a uuid only as a user id (its
+    # text is the id Python makes of it; as a value, Python has no JSON form for it and says so)
+    sqlite_refuses = sql_type == "boolean" or (sql_type == "uuid" and canonical != "user_id")
+    if sql_type is None or (not postgres and sqlite_refuses):
+        raise NotLandable(f"column {name!r} has PostgreSQL type {oid}, which is not landed")
+    return sql_type
+
+
+class _Blocks(io.RawIOBase):
+    """The blocks of a ``COPY ... TO STDOUT`` as a binary file, for Arrow's CSV reader."""
+
+    def __init__(self, blocks: Iterator[Any]) -> None:
+        self._blocks, self._pending = blocks, memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        # fill the whole buffer (a COPY block is one row): each call costs Arrow far more than a row does
+        view, filled = memoryview(buffer).cast("B"), 0
+        while filled < len(view):
+            if not self._pending:
+                block = next(self._blocks, None)
+                if block is None:
+                    break
+                self._pending = memoryview(block).cast("B")
+            size = min(len(view) - filled, len(self._pending))
+            view[filled : filled + size] = self._pending[:size]
+            self._pending, filled = self._pending[size:], filled + size
+        return filled
+
+
+def _csv_batches(blocks: Iterator[Any], columns: list[tuple[str, str]], batch_bytes: int) -> Iterator[Any]:
+    """Arrow record batches of PostgreSQL's CSV ``blocks``: NULL (unquoted, empty) apart from ``""``."""
+    import pyarrow
+    import pyarrow.csv
+
+    arrow = {"bigint": pyarrow.int64(), "text": pyarrow.string(), "uuid": pyarrow.string()}
+    names = [name for name, _ in columns]
+    reader = pyarrow.csv.open_csv(
+        _Blocks(blocks),
+        read_options=pyarrow.csv.ReadOptions(column_names=names, use_threads=False, block_size=batch_bytes),
+        parse_options=pyarrow.csv.ParseOptions(newlines_in_values=True),
+        convert_options=pyarrow.csv.ConvertOptions(
+            column_types={name: arrow[sql_type] for name, sql_type in columns},
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    yield from reader
+
+
 def land_postgres(source: Engine, comp: Computation, conn: Connection) -> int:
     """Copy ``comp``'s query rows from the PostgreSQL ``source`` into the landed table on ``conn`` (the state,
-    PostgreSQL, inside a transaction); return the rows copied.
+    inside a transaction); return the rows copied.
 
-    NotLandable when a used column's type is not one of :data:`PG_LANDED`. Raises the driver's error
-    (``psycopg.Error``) when the query fails on the source or its data is refused by the state.
+    NotLandable when a used column's type is not one of :data:`PG_LANDED` (on SQLite: not a boolean, a uuid only
+    as the user id). Raises the driver's error (``psycopg.Error``) when the query fails on the source or its data
+    is refused by the state, Arrow's when it cannot read the CSV.
     """
     assert comp.sql is not None
     inner = query_text(comp.sql)
+    postgres = is_postgresql(conn)
     with source.connect() as source_conn:
         raw: Any = source_conn.connection.driver_connection
         with raw.cursor() as cur:
             names, oids = _pg_probe(cur, inner)
             used = used_columns(comp, names)
-            columns = []
-            for canonical, i in used:
-                sql_type = PG_LANDED.get(oids[i])
-                if sql_type is None:
-                    raise NotLandable(f"column {names[i]!r} has PostgreSQL type {oids[i]}, which is not landed")
-                columns.append((canonical, sql_type))
-            landing.create(conn, columns)
+            columns = [(canonical, _pg_type(canonical, oids[i], names[i], postgres)) for canonical, i in used]
+            landing.create(conn, columns if postgres else [(name, "") for name, _ in columns])
             selected = ", ".join(f"src.{_quote(names[i])}" for _, i in used)
-            with cur.copy(f"COPY (SELECT {selected} FROM ({inner}) AS src) TO STDOUT") as out:
+            copy_out = f"COPY (SELECT {selected} FROM ({inner}) AS src) TO STDOUT"
+            with cur.copy(copy_out if postgres else f"{copy_out} (FORMAT csv)") as out:
                 blocks: Iterator[Any] = iter(out)
-                return landing.copy_blocks(conn, [c for c, _ in columns], blocks, csv=False)
+                if postgres:
+                    return landing.copy_blocks(conn, [c for c, _ in columns], blocks, csv=False)
+                return _insert_batches(conn, [c for c, _ in columns], _csv_batches(blocks, columns, 1 << 22))
+
+
+def _insert_batches(conn: Connection, names: list[str], batches: Iterator[Any]) -> int:
+    """SQLite: land Arrow ``batches`` column by column; return the rows landed."""
+    rows = 0
+
+    def columns() -> Iterator[list[list[Any]]]:
+        nonlocal rows
+        for batch in batches:
+            rows += batch.num_rows
+            yield [column.to_pylist() for column in batch.columns]
+
+    landing.insert_columns(conn, names, columns())
+    return rows
 
 
 def _duckdb_columns(relation: Any, used: list[tuple[str, int]], postgres: bool) -> list[tuple[str, str]]:
@@ -139,7 +210,6 @@ def land_duckdb(path: Path, comp: Computation, conn: Connection, batch_rows: int
         names = [c for c, _ in columns]
         selected = ", ".join(f"src.{_quote(relation.columns[i])}" for _, i in used)
         reader = duck.arrow_reader(source, f"SELECT {selected} FROM ({inner}) AS src", batch_rows)
-        rows = 0
 
         def csv_blocks() -> Iterator[bytes]:
             options = pyarrow.csv.WriteOptions(include_header=False)  # text quoted, NULL unquoted and empty
@@ -148,13 +218,6 @@ def land_duckdb(path: Path, comp: Computation, conn: Connection, batch_rows: int
                 pyarrow.csv.write_csv(batch, out, options)
                 yield out.getvalue()
 
-        def column_batches() -> Iterator[list[list[Any]]]:
-            nonlocal rows
-            for batch in reader:
-                rows += batch.num_rows
-                yield [column.to_pylist() for column in batch.columns]
-
         if postgres:
             return landing.copy_blocks(conn, names, csv_blocks(), csv=True)
-        landing.insert_columns(conn, names, column_batches())
-        return rows
+        return _insert_batches(conn, names, iter(reader))

@@ -62,17 +62,23 @@ def _pg_change(url: str) -> None:
     )
 
 
+def _sqlite_state(tmp: Path) -> str:
+    return f"sqlite:///{tmp / 'state.db'}"
+
+
 @pytest.mark.postgres
+@pytest.mark.parametrize("state", ["postgres", "sqlite"])
 @pytest.mark.parametrize("value_type", list(PG_CASTS))
 def test_a_postgres_source_landed_by_copy_stages_what_streaming_stages(
-    pg_schema_url: Any, tmp_path: Path, value_type: str, caplog: pytest.LogCaptureFixture
+    pg_schema_url: Any, tmp_path: Path, value_type: str, state: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A PostgreSQL source in another schema (another URL): its rows are copied into the PostgreSQL state and
-    pushed down; snapshot, outbox, lines and source figures are those of streaming. Types the pushdown does not
-    render as Python would are streamed."""
+    """A PostgreSQL source in another schema (another URL): its rows are copied into the state (PostgreSQL: as
+    COPY gives them; SQLite: read as CSV by Arrow) and pushed down; snapshot, outbox, lines and source figures are
+    those of streaming. Types the pushdown does not render as Python would are streamed."""
     caplog.set_level("INFO", "audience_sync.run")
-    _compare(pg_schema_url, tmp_path, _pg_load(value_type), _pg_change, pg_schema_url)
-    streamed = value_type in ("double precision", "numeric", "jsonb")
+    state_for = pg_schema_url if state == "postgres" else _sqlite_state
+    _compare(state_for, tmp_path, _pg_load(value_type), _pg_change, pg_schema_url)
+    streamed = value_type in ("double precision", "numeric", "jsonb") or (state, value_type) == ("sqlite", "boolean")
     assert _landed(caplog) == ({"members"} if streamed else {"members", "score"})
     if streamed:
         assert any("score: streaming (column 'value' has PostgreSQL type" in m for m in _fallbacks(caplog))
@@ -89,21 +95,40 @@ def test_a_postgres_source_landed_by_copy_stages_what_streaming_stages(
         "user_id::varchar(40)",
     ],
 )
+@pytest.mark.parametrize("state", ["postgres", "sqlite"])
 def test_integer_and_uuid_ids_are_landed_as_streaming_reads_them(
-    pg_schema_url: Any, tmp_path: Path, uid: str, caplog: pytest.LogCaptureFixture
+    pg_schema_url: Any, tmp_path: Path, uid: str, state: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("INFO", "audience_sync.run")
-    _compare(pg_schema_url, tmp_path, _pg_load("bigint", uid), _pg_change, pg_schema_url)
+    state_for = pg_schema_url if state == "postgres" else _sqlite_state
+    _compare(state_for, tmp_path, _pg_load("bigint", uid), _pg_change, pg_schema_url)
     assert _landed(caplog) == {"members", "score"}
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("push", [None, False])
-def test_a_landed_source_reports_a_conflict_and_a_long_id_as_streaming_does(
-    pg_schema_url: Any, tmp_path: Path, push: bool, caplog: pytest.LogCaptureFixture
+def test_a_uuid_value_is_streamed_into_sqlite_and_fails_as_streaming_does(
+    pg_schema_url: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("INFO", "audience_sync.run")
-    state, source = pg_schema_url(tmp_path), pg_schema_url(tmp_path)
+    source = pg_schema_url(tmp_path)
+    _pg_exec(
+        source, "CREATE TABLE src AS SELECT 'u1'::text AS user_id, NULL::text AS email, gen_random_uuid() AS value"
+    )
+    for push in (None, False):
+        with pytest.raises(SourceError, match="user 'u1' has a value of unusable type: unsupported value type UUID"):
+            run_sync(_config(_sqlite_state(tmp_path), tmp_path, BODY, push, source))
+    assert any("score: streaming (column 'value' has PostgreSQL type 2950" in m for m in _fallbacks(caplog))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+@pytest.mark.parametrize("push", [None, False])
+def test_a_landed_source_reports_a_conflict_and_a_long_id_as_streaming_does(
+    pg_schema_url: Any, tmp_path: Path, push: bool | None, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", "audience_sync.run")
+    state = pg_schema_url(tmp_path) if kind == "postgres" else _sqlite_state(tmp_path)
+    source = pg_schema_url(tmp_path)
     _pg_exec(
         source,
         "CREATE TABLE src (user_id text, email text, value bigint)",
@@ -125,7 +150,8 @@ def test_a_landed_source_reports_a_conflict_and_a_long_id_as_streaming_does(
         "skipped": 1,
     }
     if push is None:  # landed, met a row to skip, rolled back: the streamed path reports the user
-        assert any("streaming, to report 1 rows it cannot stage" in m for m in _fallbacks(caplog))
+        met = "streaming, to report 1 rows it cannot stage" if kind == "postgres" else "score: landing failed"
+        assert any(met in m for m in _fallbacks(caplog))
 
 
 @pytest.mark.postgres
@@ -144,3 +170,14 @@ def test_a_failing_query_is_streamed_and_fails_with_the_streamed_error(
     body = '[[audiences]]\nname = "Members"\nsql = "SELECT email FROM src"\n'
     with pytest.raises(SourceError, match="the query has no 'user_id' column"):
         run_sync(_config(state, tmp_path, body, None, source))
+
+
+def test_copy_blocks_read_as_one_file_whatever_the_buffer() -> None:
+    """Arrow reads the COPY blocks (one row each) through buffers of its own size: a row may span two reads."""
+    import io
+
+    from audience_sync.sources.landing import _Blocks
+
+    blocks = [b"u1,a\n", memoryview(b'"x\ny",\n'), b"", b"u3,\xc3\xa9\n"]
+    for size in (1, 2, 3, 7, 1 << 16):
+        assert io.BufferedReader(_Blocks(iter(blocks)), buffer_size=size).read() == b"".join(map(bytes, blocks))
