@@ -19,6 +19,7 @@ handles; any other type raises :class:`NotLandable`, and the computation is stre
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,10 +123,13 @@ def _csv_batches(blocks: Iterator[Any], columns: list[tuple[str, str]], batch_by
     import pyarrow
     import pyarrow.csv
 
+    first = next(blocks, None)
+    if first is None:  # no rows: Arrow's reader refuses an empty file
+        return
     arrow = {"bigint": pyarrow.int64(), "text": pyarrow.string(), "uuid": pyarrow.string()}
     names = [name for name, _ in columns]
     reader = pyarrow.csv.open_csv(
-        _Blocks(blocks),
+        _Blocks(itertools.chain([first], blocks)),
         read_options=pyarrow.csv.ReadOptions(column_names=names, use_threads=False, block_size=batch_bytes),
         parse_options=pyarrow.csv.ParseOptions(newlines_in_values=True),
         convert_options=pyarrow.csv.ConvertOptions(

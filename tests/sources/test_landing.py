@@ -172,6 +172,23 @@ def test_a_failing_query_is_streamed_and_fails_with_the_streamed_error(
         run_sync(_config(state, tmp_path, body, None, source))
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_an_empty_result_is_landed_as_no_rows(
+    pg_schema_url: Any, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", "audience_sync.run")
+    state = pg_schema_url(tmp_path) if kind == "postgres" else _sqlite_state(tmp_path)
+    source = pg_schema_url(tmp_path)
+    _pg_exec(source, "CREATE TABLE src (user_id text, email text, value bigint)")
+    result = run_sync(_config(state, tmp_path, BODY, None, source))
+    assert result.status == "succeeded"
+    assert result.counts["sources"]["score"] == dict.fromkeys(
+        ["rows", "members", "null_user_ids", "null_values", "skipped"], 0
+    )
+    assert _landed(caplog) == {"members", "score"}
+
+
 def test_copy_blocks_read_as_one_file_whatever_the_buffer() -> None:
     """Arrow reads the COPY blocks (one row each) through buffers of its own size: a row may span two reads."""
     import io

@@ -60,7 +60,8 @@ def _load(value_type: str, rows: list[tuple[Any, Any, Any]] = ROWS, uid: str = "
     def load(url: str) -> None:
         with duckdb.connect(_path(url)) as db:
             db.execute("CREATE TABLE raw (user_id VARCHAR, email VARCHAR, value VARCHAR)")
-            db.executemany("INSERT INTO raw VALUES (?, ?, ?)", rows)
+            if rows:
+                db.executemany("INSERT INTO raw VALUES (?, ?, ?)", rows)
             db.execute(
                 f"CREATE VIEW src AS SELECT {uid} AS user_id, email, ({CASTS[value_type]})::{value_type} AS value "
                 "FROM raw"
@@ -221,3 +222,18 @@ def test_a_landing_that_falls_back_leaves_no_table_behind(
                 assert conn.exec_driver_sql("SELECT count(*) FROM staging").scalar_one() == 0
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("kind", STATES)
+def test_an_empty_result_is_landed_as_no_rows(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", "audience_sync.run")
+    state, source = _state_for(kind, request, tmp_path), _source(tmp_path)
+    _load("BIGINT", [])(source)
+    result = run_sync(_config(state, tmp_path, BODY, None, source))
+    assert result.status == "succeeded"
+    assert result.counts["sources"]["score"] == dict.fromkeys(
+        ["rows", "members", "null_user_ids", "null_values", "skipped"], 0
+    )
+    assert _landed(caplog) == {"members", "score"}
