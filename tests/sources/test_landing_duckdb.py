@@ -237,3 +237,29 @@ def test_an_empty_result_is_landed_as_no_rows(
         ["rows", "members", "null_user_ids", "null_values", "skipped"], 0
     )
     assert _landed(caplog) == {"members", "score"}
+
+
+@pytest.mark.parametrize("kind", STATES)
+def test_batches_of_a_few_rows_stage_what_one_batch_stages(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Repeated users across Arrow batches keep their first value and first email: the landed table holds the rows
+    in the order of the batches."""
+    import dataclasses
+
+    from tests.sources.test_pushdown import _same_install, _state
+
+    caplog.set_level("INFO", "audience_sync.run")
+    outcomes = []
+    for push, chunk in ((None, 2), (False, 10_000)):
+        tmp = tmp_path / f"{push}-{chunk}"
+        tmp.mkdir()
+        state, source = _state_for(kind, request, tmp), _source(tmp)
+        _load("VARCHAR")(source)
+        _same_install(state)
+        config = dataclasses.replace(_config(state, tmp, BODY, push, source), source_chunk_size=chunk)
+        result = run_sync(config)
+        assert result.status == "succeeded"
+        outcomes.append((_state(state)["snapshot"], result.counts["sources"]))
+    assert outcomes[0] == outcomes[1]
+    assert _landed(caplog) == {"members", "score"}
