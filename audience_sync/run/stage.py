@@ -134,11 +134,10 @@ def stage(
     if source_file is not None:
         push = _attachable(engine, source_file)
         connect = lambda: attach.attached(engine, source_file)  # noqa: E731 (a connection factory)
-    duckdb = source if isinstance(source, Path) else None
+    # a DuckDB file has no engine: builder computations never read one (check_source), its queries land or stream
+    sqla, duckdb = (source, None) if isinstance(source, Engine) else (None, source)
     # builder computations: every table and column they name is checked before anything is staged
-    builder = BuilderSource(
-        config, source if isinstance(source, Engine) else engine, comps, as_of or dt.datetime.now(dt.UTC)
-    )
+    builder = BuilderSource(config, sqla or engine, comps, as_of or dt.datetime.now(dt.UTC))
     if builder.comps:
         builder.check()
     for comp in comps:
@@ -151,7 +150,6 @@ def stage(
             pushed = push and _push_down(connect, run_id, comp, st, builder.plan)
         else:
             pushed = push and comp.sql is not None and _push_down(connect, run_id, comp, st)
-            sqla = source if isinstance(source, Engine) else None
             move = land.lander(sqla, duckdb, comp, config.source_chunk_size) if landing else None
             pushed = pushed or (move is not None and land.land(engine, run_id, comp, move, st))
         if pushed:
