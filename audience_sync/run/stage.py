@@ -1,9 +1,10 @@
 """The stage step: every computation of a run read into ``staging`` under the run's id.
 
 A computation is pushed down (one ``INSERT ... SELECT`` inside the state database) when its source is the state
-database, or a SQLite file attached to a SQLite state (``store/attach.py``), and its query allows it; it is
-streamed in chunks otherwise. A source failure raises SourceError; the
-caller clears the run's staging whatever happens.
+database, or a SQLite file attached to a SQLite state (``store/attach.py``), and its query allows it. A query
+on another database whose rows can be read in bulk is landed in the state database and pushed down from there
+(``run/land.py``). Anything else is streamed in chunks. A source failure raises SourceError; the caller clears
+the run's staging whatever happens.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from ..errors import ConfigError, RunStopped, SourceError
 from ..model import SourceFigures
 from ..sources import RawRow, SourceStats, normalize, pushdown, read_rows
 from ..sources.builder import BuilderSource
+from ..sources.duck import duckdb_file
 from ..store import attach, loading, staging
 from ..store.dialect import backend
 from ..store.engine import redact_url
 from ..store.staging import StagedRow
+from . import land
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -63,10 +66,7 @@ def _push_down(
     except SQLAlchemyError as exc:  # the streamed path reports the query's own error, or a value's
         log.info("%s: pushdown failed (%s); streaming instead", comp.key, " ".join(str(exc).split())[:200])
         return False
-    stats.rows += pushed.rows
-    stats.null_user_ids += pushed.null_user_ids
-    stats.null_values += pushed.null_values
-    stats.members = pushed.members
+    land.record(stats, pushed)
     return True
 
 
@@ -80,7 +80,7 @@ def _stopped(run_id: int, comp: Computation) -> RunStopped:
 
 def _stream(
     engine: Engine,
-    source: Engine,
+    source: Engine | Path,
     config: Config,
     run_id: int,
     comp: Computation,
@@ -116,7 +116,7 @@ def _stream(
 
 def stage(
     engine: Engine,
-    source: Engine,
+    source: Engine | Path,
     config: Config,
     run_id: int,
     comps: Sequence[Computation],
@@ -125,16 +125,21 @@ def stage(
     as_of: dt.datetime | None = None,
 ) -> dict[str, SourceFigures]:
     """Stage ``comps`` for run ``run_id`` and return per computation its source figures (rows, members, null
-    user ids, null values, skipped). Raises SourceError (culprit named) or RunStopped when ``stop`` is set."""
+    user ids, null values, skipped). ``source``: a SQLAlchemy engine, or a DuckDB file (``sources/duck.py``).
+    Raises SourceError (culprit named) or RunStopped when ``stop`` is set."""
     stats: dict[str, SourceFigures] = {}
     push = use_pushdown(config)
+    # another database: rows landed in the state database in bulk, then pushed down, where that can be done
+    landing = config.source_pushdown is not False and not push
     connect: Connect = engine.connect
     source_file = pushdown.attachable_file(config.state_url, config.source_url) if push else None
     if source_file is not None:
         push = _attachable(engine, source_file)
         connect = lambda: attach.attached(engine, source_file)  # noqa: E731 (a connection factory)
+    # a DuckDB file has no engine: builder computations never read one (check_source), its queries land or stream
+    sqla, duckdb = (source, None) if isinstance(source, Engine) else (None, source)
     # builder computations: every table and column they name is checked before anything is staged
-    builder = BuilderSource(config, source, comps, as_of or dt.datetime.now(dt.UTC))
+    builder = BuilderSource(config, sqla or engine, comps, as_of or dt.datetime.now(dt.UTC))
     if builder.comps:
         builder.check()
     for comp in comps:
@@ -147,6 +152,8 @@ def stage(
             pushed = push and _push_down(connect, run_id, comp, st, builder.plan)
         else:
             pushed = push and comp.sql is not None and _push_down(connect, run_id, comp, st)
+            move = land.lander(sqla, duckdb, comp, config.source_chunk_size) if landing else None
+            pushed = pushed or (move is not None and land.land(engine, run_id, comp, move, st))
         if pushed:
             progress.advance(task, st.rows)
         else:
@@ -202,6 +209,16 @@ def _attachable(engine: Engine, source_file: Path) -> bool:
         log.info("streaming: the state database has tables named like the source's (%s)", ", ".join(sorted(hidden)))
         return False
     return True
+
+
+def check_source(config: Config, comps: Sequence[Computation]) -> None:
+    """ConfigError when builder computations (which reflect the source's tables) are to read a DuckDB file."""
+    if duckdb_file(config.source_url) is not None and any(comp.builder is not None for comp in comps):
+        raise ConfigError(
+            f"{config.path}: builder computations (condition, compute) need a SQLAlchemy source, not the DuckDB "
+            f"file of source.url {redact_url(config.source_url)!r}",
+            path=config.path,
+        )
 
 
 def use_pushdown(config: Config) -> bool:

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,6 +26,7 @@ from ..destinations import DestinationFactory, build_destination
 from ..errors import LockLost
 from ..model import RunCounts, RunStatus
 from ..sources.builder.windows import as_utc
+from ..sources.duck import duckdb_file
 from ..store import outbox, registry, runs, sizes, staging
 from ..store.dialect import analyze
 from ..store.engine import create_state_engine, store_error
@@ -36,7 +38,7 @@ from .guard import hold_messages
 from .outcome import RunResult, decide_status, failure_text
 from .plan import Mode, RunPlan, select_targets
 from .progress import NoProgress, Progress
-from .stage import stage, use_pushdown
+from .stage import check_source, stage, use_pushdown
 
 __all__ = ["Mode", "RunPlan", "RunResult", "failure_text", "run_sync", "select_targets", "use_pushdown"]
 
@@ -91,13 +93,13 @@ def run_sync(
     progress = progress or NoProgress()
     dest_names, comps = select_targets(config, destinations, audiences)
     use_pushdown(config)  # a contradictory pushdown setting stops the run before anything is written
+    check_source(config, comps)
     owned = engine is None  # the caller's engine outlives the run
     engine = create_state_engine(config.state_url) if engine is None else engine
-    source = (
-        engine
-        if config.source_url == config.state_url
-        else create_state_engine(config.source_url, what="source database")
-    )
+    # the source: the state's own engine, a DuckDB file read with DuckDB's own API, or an engine of its own
+    source: Engine | Path = engine
+    if config.source_url != config.state_url:
+        source = duckdb_file(config.source_url) or create_state_engine(config.source_url, what="source database")
     try:
         upgrade(engine)
         with engine.connect() as conn:
@@ -122,12 +124,19 @@ def run_sync(
     finally:
         if owned:
             engine.dispose()
-        if source is not engine:
+        if isinstance(source, Engine) and source is not engine:
             source.dispose()
 
 
 def _locked_run(
-    engine: Engine, source: Engine, config: Config, plan: RunPlan, *, held: HeldLock, progress: Progress, started: float
+    engine: Engine,
+    source: Engine | Path,
+    config: Config,
+    plan: RunPlan,
+    *,
+    held: HeldLock,
+    progress: Progress,
+    started: float,
 ) -> RunResult:
     dest_names, comps, mode = plan.dest_names, plan.comps, plan.mode
     dry_run = mode == "dry_run"
@@ -215,7 +224,7 @@ def _locked_run(
 
 def _steps(
     engine: Engine,
-    source: Engine,
+    source: Engine | Path,
     config: Config,
     plan: RunPlan,
     run_id: int,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 from sqlalchemy import Engine
 
 from ..config import Computation
+from .duck import read_duckdb
 from .files import read_file
 from .rows import RawRow, SourceStats, normalize
 from .sql import read_sql
@@ -14,8 +16,11 @@ from .sql import read_sql
 __all__ = ["RawRow", "SourceStats", "normalize", "read_rows"]
 
 
-def read_rows(comp: Computation, source_engine: Engine, chunk_size: int) -> Iterator[list[RawRow]]:
-    """The computation's raw rows in chunks, from its file or from its query on ``source_engine``."""
+def read_rows(comp: Computation, source: Engine | Path, chunk_size: int) -> Iterator[list[RawRow]]:
+    """The computation's raw rows in chunks, from its file or from its query on ``source`` (a SQLAlchemy
+    engine, or a DuckDB file: ``sources/duck.py``)."""
     if comp.file is not None:
         return read_file(comp, chunk_size)
-    return read_sql(source_engine, comp, chunk_size)
+    if isinstance(source, Path):
+        return read_duckdb(source, comp, chunk_size)
+    return read_sql(source, comp, chunk_size)

@@ -1,4 +1,5 @@
-"""Pushdown: a computation's query run inside the state database, when the state database is also the source.
+"""Pushdown: a computation's query run inside the state database, when the state database is also the source
+(or its raw rows were landed there from another, :func:`plan_table`).
 
 The query is wrapped in a ``SELECT`` that normalises its rows the way :func:`audience_sync.sources.rows.normalize`
 does in Python, so that ``INSERT INTO staging SELECT ...`` stages exactly what the streamed path would:
@@ -259,6 +260,12 @@ def plan(conn: Connection, comp: Computation) -> Pushdown | None:
     if comp.sql is None:
         return None
     return _plan(conn, comp, query_text(comp.sql), None)
+
+
+def plan_table(conn: Connection, comp: Computation, table: str) -> Pushdown | None:
+    """The pushed-down form of ``comp`` read from ``table`` of the state database (rows landed there from
+    another source, ``run/land.py``): the same normalising SQL, fallbacks and counts as :func:`plan`."""
+    return _plan(conn, comp, f"SELECT * FROM {_quote(table)}", None)
 
 
 def plan_statement(conn: Connection, comp: Computation, text: str, params: Mapping[str, Any]) -> Pushdown | None:

@@ -114,3 +114,14 @@ def literal_sql(dialect: Dialect, text: str) -> str:
     """SQL text (which may hold a user's query) for ``exec_driver_sql``: ``%`` doubled for drivers that parse it
     as a parameter marker even in literals (psycopg), so that the database sees the text as written."""
     return text.replace("%", "%%") if dialect.paramstyle in ("format", "pyformat") else text
+
+
+def is_postgresql(bind: Connection | Engine) -> bool:
+    """Whether ``bind`` reaches PostgreSQL (the stage step's bulk paths are chosen by it, for sources too)."""
+    return bool(bind.dialect.name == "postgresql")
+
+
+def temporary_schema(conn: Connection) -> str:
+    """The schema of the connection's own temporary tables, to name one without a table of the database itself
+    ever being taken for it."""
+    return "pg_temp" if is_postgresql(conn) else "temp"

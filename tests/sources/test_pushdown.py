@@ -70,10 +70,12 @@ def _state(url: str) -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
-def _config(url: str, tmp: Path, body: str, push: bool, source: str | None = None) -> Any:
+def _config(url: str, tmp: Path, body: str, push: bool | None, source: str | None = None) -> Any:
+    """``push`` None: no ``pushdown`` setting (the default: pushed down, or landed, whenever that can be done)."""
     source_line = f'url = "{source}"\n' if source else ""
+    push_line = "" if push is None else f"pushdown = {str(push).lower()}\n"
     return parse_config(
-        f'[state]\nurl = "{url}"\n[source]\n{source_line}pushdown = {str(push).lower()}\n'
+        f'[state]\nurl = "{url}"\n[source]\n{source_line}{push_line}'
         f'[[destinations]]\nname = "file"\ntype = "jsonl"\npath = "{tmp / "out.jsonl"}"\n' + body,
         path=str(tmp / "c.toml"),
         environ={},
@@ -123,9 +125,10 @@ def _same_install(url: str) -> None:
 
 def _compare(make_url_for: Any, tmp_path: Path, load: Any, change: Any, source_for: Any = None) -> None:
     """Run the same two syncs with pushdown and with streaming; everything they store and send must agree.
-    ``source_for(tmp)`` gives the source's URL when it is not the state database."""
-    results = {}
-    for push in (True, False):
+    ``source_for(tmp)`` gives the source's URL when it is not the state database (the default setting then
+    pushes down what can be: ``pushdown = true`` is for the state database and attached files only)."""
+    results: dict[bool | None, Any] = {}
+    for push in (None if source_for else True, False):
         tmp = tmp_path / str(push)
         tmp.mkdir()
         url = make_url_for(tmp)
@@ -143,8 +146,8 @@ def _compare(make_url_for: Any, tmp_path: Path, load: Any, change: Any, source_f
             first.counts["sources"],
             second.counts["sources"],
         )
-    assert results[True] == results[False]
-    assert results[True][0]["snapshot"]  # the comparison compared something
+    assert results[None if source_for else True] == results[False]
+    assert results[False][0]["snapshot"]  # the comparison compared something
 
 
 def _sqlite_load(rows: list[tuple[Any, Any, Any]]) -> Any:

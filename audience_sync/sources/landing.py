@@ -1,0 +1,227 @@
+"""Reading a computation's raw rows out of another database in bulk, to land them in the state database.
+
+A query on a source that is not the state database is normally streamed through Python (``rows.py``), row by
+row. When its columns have types the pushdown normalises exactly as Python would, the rows can instead be
+moved in bulk into a temporary table of the state database (``store/landing.py``) and pushed down from there
+(``run/land.py``): no Python per row, the same staged rows.
+
+- **PostgreSQL to PostgreSQL** (:func:`land_postgres`): ``COPY (query) TO STDOUT`` on the source, its blocks
+  written unchanged into ``COPY ... FROM STDIN`` on the state (text format, which round-trips these types).
+- **PostgreSQL to SQLite** (:func:`land_postgres`): the same ``COPY``, as CSV, read by Arrow's CSV reader
+  into record batches of the probed types, given column by column to one ``executemany``.
+- **DuckDB to either** (:func:`land_duckdb`): the query's Arrow record batches, written as CSV into ``COPY``
+  on a PostgreSQL state, or given column by column to one ``executemany`` on a SQLite state.
+
+Only the columns the computation uses are landed, under their canonical names, and only with types the pushdown
+handles; any other type raises :class:`NotLandable`, and the computation is streamed as before.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..config import Computation
+from ..errors import SourceError
+from ..store import landing
+from ..store.dialect import is_postgresql
+from . import duck
+from .columns import locate
+from .pushdown import query_text
+
+#: PostgreSQL type OIDs landed, with the type of the landed column: those ``sources/pushdown.py`` renders as
+#: Python would (integers, text and varchar, boolean, uuid)
+PG_LANDED = {20: "bigint", 21: "bigint", 23: "bigint", 25: "text", 1043: "text", 16: "boolean", 2950: "uuid"}
+#: DuckDB column types landed, with the type of the landed column on a PostgreSQL state: integers that fit a
+#: ``bigint``, text, booleans. On SQLite, whose pushdown reads each value's own type, columns are left untyped
+#: and booleans are not landed (SQLite would keep 1, which the pushdown renders ``1``, not ``true``).
+DUCKDB_LANDED = {
+    **dict.fromkeys(["TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"], "bigint"),
+    "VARCHAR": "text",
+    "BOOLEAN": "boolean",
+}
+
+
+def errors() -> tuple[type[Exception], ...]:
+    """The errors a landing may meet on either side: each means "stream instead", and the streamed path says it
+    again in its own words (a query that fails, a file missing, data the state refuses)."""
+    import pyarrow
+
+    found: tuple[type[Exception], ...] = (SQLAlchemyError, psycopg.Error, pyarrow.ArrowException)
+    return found + (duck.errors() if duck.installed() else ())
+
+
+class NotLandable(Exception):
+    """The computation's rows cannot be landed (a column type, a column missing): stream them instead."""
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def used_columns(comp: Computation, names: list[str]) -> list[tuple[str, int]]:
+    """The landed names of the columns ``comp`` uses and their positions among the query's ``names``.
+
+    NotLandable when a required column is missing (the streamed path then reports it in its own words).
+    """
+    try:
+        found = locate(comp, names, "the query")
+    except SourceError as exc:  # said again, in the same words, by the streamed path
+        raise NotLandable(str(exc)) from None
+    return [(canonical, i) for canonical, i in zip(landing.COLUMNS, found, strict=True) if i is not None]
+
+
+def _pg_probe(cur: Any, inner: str) -> tuple[list[str], list[int]]:
+    cur.execute(f"SELECT * FROM ({inner}) AS src LIMIT 0")
+    description = cur.description or []
+    return [d.name for d in description], [int(d.type_code) for d in description]
+
+
+def _pg_type(canonical: str, oid: int, name: str, postgres: bool) -> str:
+    sql_type = PG_LANDED.get(oid)
+    # SQLite: no boolean (it would keep 1, which is not how a boolean reads), and a uuid only as a user id (its
+    # text is the id Python makes of it; as a value, Python has no JSON form for it and says so)
+    sqlite_refuses = sql_type == "boolean" or (sql_type == "uuid" and canonical != "user_id")
+    if sql_type is None or (not postgres and sqlite_refuses):
+        raise NotLandable(f"column {name!r} has PostgreSQL type {oid}, which is not landed")
+    return sql_type
+
+
+class _Blocks(io.RawIOBase):
+    """The blocks of a ``COPY ... TO STDOUT`` as a binary file, for Arrow's CSV reader."""
+
+    def __init__(self, blocks: Iterator[Any]) -> None:
+        self._blocks, self._pending = blocks, memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        # fill the whole buffer (a COPY block is one row): each call costs Arrow far more than a row does
+        view, filled = memoryview(buffer).cast("B"), 0
+        while filled < len(view):
+            if not self._pending:
+                block = next(self._blocks, None)
+                if block is None:
+                    break
+                self._pending = memoryview(block).cast("B")
+            size = min(len(view) - filled, len(self._pending))
+            view[filled : filled + size] = self._pending[:size]
+            self._pending, filled = self._pending[size:], filled + size
+        return filled
+
+
+def _csv_batches(blocks: Iterator[Any], columns: list[tuple[str, str]], batch_bytes: int) -> Iterator[Any]:
+    """Arrow record batches of PostgreSQL's CSV ``blocks``: NULL (unquoted, empty) apart from ``""``."""
+    import pyarrow
+    import pyarrow.csv
+
+    first = next(blocks, None)
+    if first is None:  # no rows: Arrow's reader refuses an empty file
+        return
+    arrow = {"bigint": pyarrow.int64(), "text": pyarrow.string(), "uuid": pyarrow.string()}
+    names = [name for name, _ in columns]
+    reader = pyarrow.csv.open_csv(
+        _Blocks(itertools.chain([first], blocks)),
+        read_options=pyarrow.csv.ReadOptions(column_names=names, use_threads=False, block_size=batch_bytes),
+        parse_options=pyarrow.csv.ParseOptions(newlines_in_values=True),
+        convert_options=pyarrow.csv.ConvertOptions(
+            column_types={name: arrow[sql_type] for name, sql_type in columns},
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    yield from reader
+
+
+def land_postgres(source: Engine, comp: Computation, conn: Connection) -> int:
+    """Copy ``comp``'s query rows from the PostgreSQL ``source`` into the landed table on ``conn`` (the state,
+    inside a transaction); return the rows copied.
+
+    NotLandable when a used column's type is not one of :data:`PG_LANDED` (on SQLite: not a boolean, a uuid only
+    as the user id). Raises the driver's error (``psycopg.Error``) when the query fails on the source or its data
+    is refused by the state, Arrow's when it cannot read the CSV.
+    """
+    assert comp.sql is not None
+    inner = query_text(comp.sql)
+    postgres = is_postgresql(conn)
+    with source.connect() as source_conn:
+        raw: Any = source_conn.connection.driver_connection
+        with raw.cursor() as cur:
+            names, oids = _pg_probe(cur, inner)
+            used = used_columns(comp, names)
+            columns = [(canonical, _pg_type(canonical, oids[i], names[i], postgres)) for canonical, i in used]
+            landing.create(conn, columns if postgres else [(name, "") for name, _ in columns])
+            selected = ", ".join(f"src.{_quote(names[i])}" for _, i in used)
+            copy_out = f"COPY (SELECT {selected} FROM ({inner}) AS src) TO STDOUT"
+            with cur.copy(copy_out if postgres else f"{copy_out} (FORMAT csv)") as out:
+                blocks: Iterator[Any] = iter(out)
+                if postgres:
+                    return landing.copy_blocks(conn, [c for c, _ in columns], blocks, csv=False)
+                return _insert_batches(conn, [c for c, _ in columns], _csv_batches(blocks, columns, 1 << 22))
+
+
+def _insert_batches(conn: Connection, names: list[str], batches: Iterator[Any]) -> int:
+    """SQLite: land Arrow ``batches`` column by column; return the rows landed."""
+    rows = 0
+
+    def columns() -> Iterator[list[list[Any]]]:
+        nonlocal rows
+        for batch in batches:
+            rows += batch.num_rows
+            yield [column.to_pylist() for column in batch.columns]
+
+    landing.insert_columns(conn, names, columns())
+    return rows
+
+
+def _duckdb_columns(relation: Any, used: list[tuple[str, int]], postgres: bool) -> list[tuple[str, str]]:
+    names, types = relation.columns, [str(t) for t in relation.types]
+    columns = []
+    for canonical, i in used:
+        sql_type = DUCKDB_LANDED.get(types[i])
+        if sql_type is None or (sql_type == "boolean" and not postgres):
+            raise NotLandable(f"column {names[i]!r} has DuckDB type {types[i]}, which is not landed")
+        columns.append((canonical, sql_type if postgres else ""))
+    return columns
+
+
+def land_duckdb(path: Path, comp: Computation, conn: Connection, batch_rows: int) -> int:
+    """Read ``comp``'s query rows from the DuckDB file ``path`` as Arrow batches of ``batch_rows`` and land
+    them on ``conn`` (the state, inside a transaction); return the rows landed.
+
+    NotLandable when a used column's type is not one of :data:`DUCKDB_LANDED`. Raises ``duckdb.Error`` when the
+    query fails, the driver's error when the state refuses the data.
+    """
+    import pyarrow.csv
+
+    assert comp.sql is not None
+    inner = query_text(comp.sql)
+    postgres = is_postgresql(conn)
+    with duck.connected(path) as source:
+        relation = source.sql(inner)
+        used = used_columns(comp, list(relation.columns))
+        columns = _duckdb_columns(relation, used, postgres)
+        landing.create(conn, columns)
+        names = [c for c, _ in columns]
+        selected = ", ".join(f"src.{_quote(relation.columns[i])}" for _, i in used)
+        reader = duck.arrow_reader(source, f"SELECT {selected} FROM ({inner}) AS src", batch_rows)
+
+        def csv_blocks() -> Iterator[bytes]:
+            options = pyarrow.csv.WriteOptions(include_header=False)  # text quoted, NULL unquoted and empty
+            for batch in reader:
+                out = io.BytesIO()
+                pyarrow.csv.write_csv(batch, out, options)
+                yield out.getvalue()
+
+        if postgres:
+            return landing.copy_blocks(conn, names, csv_blocks(), csv=True)
+        return _insert_batches(conn, names, iter(reader))

@@ -1,0 +1,70 @@
+"""Landing: a source's raw rows moved in bulk into a temporary table of the state database.
+
+When the source is another database, a computation's rows can still be staged by the pushdown's normalising
+SQL (``sources/pushdown.py``): they are first *landed*, unchanged, in :data:`TABLE` (columns ``user_id``,
+``email`` and ``value``, those the query has), then pushed down from there. Nothing here looks at a row: on
+PostgreSQL the blocks a ``COPY ... TO STDOUT`` of the source (or a CSV writer) produced go as they are into
+``COPY ... FROM STDIN``; on SQLite whole columns go to one ``executemany``.
+
+The table keeps the rows in the order they were written: a fresh temporary table is read back in insertion
+order (SQLite by rowid; PostgreSQL scans a temporary table alone, never in parallel nor synchronised with
+another scan), which is the order the pushdown settles repeated users by, as streaming does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+
+from .dialect import temporary_schema
+
+#: the temporary table rows are landed in (one per connection, dropped when the load ends)
+TABLE = "as_landed"
+
+#: the columns a landed table may have, in this order
+COLUMNS = ("user_id", "email", "value")
+
+
+def create(conn: Connection, columns: Sequence[tuple[str, str]]) -> None:
+    """Create :data:`TABLE` with ``columns`` (name among :data:`COLUMNS`, SQL type or ``""`` for none) on ``conn``.
+
+    Call inside the transaction that loads it, and :func:`drop` the table once it is over, whatever happened: a
+    rollback does not always drop it (SQLite's driver runs DDL outside the transaction it opens for writes).
+    """
+    for name, _type in columns:
+        if name not in COLUMNS:
+            raise ValueError(f"not a landed column: {name!r}")
+    body = ", ".join(f"{name} {sql_type}".rstrip() for name, sql_type in columns)
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {TABLE} ({body})")
+
+
+def copy_blocks(conn: Connection, names: Sequence[str], blocks: Iterable[bytes | memoryview], csv: bool) -> int:
+    """PostgreSQL: write ``blocks`` (COPY text format, or CSV without a header) into :data:`TABLE`'s ``names``.
+
+    Returns the rows written. Raises the driver's error (``psycopg.Error``) when the state database refuses
+    the data (a NUL byte in a text, a value of the wrong type): the caller's transaction is then aborted.
+    """
+    raw: Any = conn.connection.driver_connection
+    options = " (FORMAT csv)" if csv else ""
+    with raw.cursor() as cur:
+        with cur.copy(f"COPY {TABLE} ({', '.join(names)}) FROM STDIN{options}") as copy:
+            for block in blocks:
+                copy.write(block)
+        return int(cur.rowcount)
+
+
+def insert_columns(conn: Connection, names: Sequence[str], batches: Iterable[Sequence[Sequence[Any]]]) -> None:
+    """SQLite: insert each batch, given as one sequence of values per column of ``names``, into :data:`TABLE`."""
+    sql = f"INSERT INTO {TABLE} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
+    for columns in batches:
+        rows = list(zip(*columns, strict=True))
+        if rows:
+            conn.exec_driver_sql(sql, rows)
+
+
+def drop(conn: Connection) -> None:
+    """Drop :data:`TABLE` if ``conn`` has it, never a table of the database's own schemas (a temporary table lasts
+    as long as its connection, which goes back to the pool)."""
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {temporary_schema(conn)}.{TABLE}")

@@ -1,0 +1,200 @@
+"""Landing (a source's raw rows moved in bulk into the state database, then pushed down) stages exactly what
+streaming the same queries does, and falls back to streaming, with the streamed path's own errors, otherwise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audience_sync.errors import SourceError
+from audience_sync.run.sync import run_sync
+from tests.sources.test_pushdown import BODY, PG_ROWS, _compare, _config, _pg_exec, pg_schema_url
+
+assert pg_schema_url  # a fixture of these tests too
+
+LAND_LOG = "audience_sync.run.land"
+
+
+def _landed(caplog: pytest.LogCaptureFixture) -> set[str]:
+    """Computations that were landed in the state database and pushed down from there."""
+    return {
+        r.getMessage().split(":")[0] for r in caplog.records if r.name == LAND_LOG and ": landed " in r.getMessage()
+    }
+
+
+def _fallbacks(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LAND_LOG and "stream" in r.getMessage()]
+
+
+PG_CASTS = {
+    "text": "value",
+    "varchar": "value",
+    "bigint": "length(value)",
+    "smallint": "length(value)",
+    "boolean": "length(value) > 1",
+    "double precision": "length(value) / 4.0",
+    "numeric": "length(value) / 4.0",
+    "jsonb": "to_jsonb(value)",
+}
+
+
+def _pg_load(value_type: str, uid: str = "user_id") -> Any:
+    def load(url: str) -> None:
+        _pg_exec(
+            url,
+            "CREATE TABLE raw (user_id text, email text, value text)",
+            PG_ROWS.replace("INSERT INTO src", "INSERT INTO raw"),
+            f"CREATE VIEW src AS SELECT {uid} AS user_id, email, ({PG_CASTS[value_type]})::{value_type} AS value "
+            "FROM raw",
+        )
+
+    return load
+
+
+def _pg_change(url: str) -> None:
+    _pg_exec(
+        url,
+        "DELETE FROM raw WHERE user_id = 'u1'",
+        "UPDATE raw SET value = 'changed' WHERE user_id = 'u5'",
+        "INSERT INTO raw VALUES ('u11', 'new@x.io', 'hello')",
+    )
+
+
+def _sqlite_state(tmp: Path) -> str:
+    return f"sqlite:///{tmp / 'state.db'}"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("state", ["postgres", "sqlite"])
+@pytest.mark.parametrize("value_type", list(PG_CASTS))
+def test_a_postgres_source_landed_by_copy_stages_what_streaming_stages(
+    pg_schema_url: Any, tmp_path: Path, value_type: str, state: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PostgreSQL source in another schema (another URL): its rows are copied into the state (PostgreSQL: as
+    COPY gives them; SQLite: read as CSV by Arrow) and pushed down; snapshot, outbox, lines and source figures are
+    those of streaming. Types the pushdown does not render as Python would are streamed."""
+    caplog.set_level("INFO", "audience_sync.run")
+    state_for = pg_schema_url if state == "postgres" else _sqlite_state
+    _compare(state_for, tmp_path, _pg_load(value_type), _pg_change, pg_schema_url)
+    streamed = value_type in ("double precision", "numeric", "jsonb") or (state, value_type) == ("sqlite", "boolean")
+    assert _landed(caplog) == ({"members"} if streamed else {"members", "score"})
+    if streamed:
+        assert any("score: streaming (column 'value' has PostgreSQL type" in m for m in _fallbacks(caplog))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "uid",
+    [
+        "abs(hashtext(user_id))",
+        "(abs(hashtext(user_id)) % 30000)::smallint",
+        "abs(hashtext(user_id))::bigint * 1000000",
+        "md5(coalesce(user_id, 'x'))::uuid",
+        "user_id::varchar(40)",
+    ],
+)
+@pytest.mark.parametrize("state", ["postgres", "sqlite"])
+def test_integer_and_uuid_ids_are_landed_as_streaming_reads_them(
+    pg_schema_url: Any, tmp_path: Path, uid: str, state: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", "audience_sync.run")
+    state_for = pg_schema_url if state == "postgres" else _sqlite_state
+    _compare(state_for, tmp_path, _pg_load("bigint", uid), _pg_change, pg_schema_url)
+    assert _landed(caplog) == {"members", "score"}
+
+
+@pytest.mark.postgres
+def test_a_uuid_value_is_streamed_into_sqlite_and_fails_as_streaming_does(
+    pg_schema_url: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", "audience_sync.run")
+    source = pg_schema_url(tmp_path)
+    _pg_exec(
+        source, "CREATE TABLE src AS SELECT 'u1'::text AS user_id, NULL::text AS email, gen_random_uuid() AS value"
+    )
+    for push in (None, False):
+        with pytest.raises(SourceError, match="user 'u1' has a value of unusable type: unsupported value type UUID"):
+            run_sync(_config(_sqlite_state(tmp_path), tmp_path, BODY, push, source))
+    assert any("score: streaming (column 'value' has PostgreSQL type 2950" in m for m in _fallbacks(caplog))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+@pytest.mark.parametrize("push", [None, False])
+def test_a_landed_source_reports_a_conflict_and_a_long_id_as_streaming_does(
+    pg_schema_url: Any, tmp_path: Path, push: bool | None, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", "audience_sync.run")
+    state = pg_schema_url(tmp_path) if kind == "postgres" else _sqlite_state(tmp_path)
+    source = pg_schema_url(tmp_path)
+    _pg_exec(
+        source,
+        "CREATE TABLE src (user_id text, email text, value bigint)",
+        "INSERT INTO src VALUES ('u1', NULL, 1), ('u2', NULL, 5), ('u1', NULL, 2), ('u1', NULL, 3)",
+    )
+    config = _config(state, tmp_path, BODY, push, source)
+    with pytest.raises(SourceError, match=r"trait 'Score' \(score\): user 'u1' has two different values \(1 and 3\)"):
+        run_sync(config)
+    assert _landed(caplog) == ({"members", "score"} if push is None else set())
+    long_id = "x" * 2001
+    _pg_exec(source, "DELETE FROM src", f"INSERT INTO src VALUES ('{long_id}', NULL, 1), ('u2', 'b@x.io', 5)")
+    result = run_sync(config)
+    assert result.status == "succeeded"
+    assert result.counts["sources"]["score"] == {
+        "rows": 2,
+        "members": 1,
+        "null_user_ids": 0,
+        "null_values": 0,
+        "skipped": 1,
+    }
+    if push is None:  # landed, met a row to skip, rolled back: the streamed path reports the user
+        met = "streaming, to report 1 rows it cannot stage" if kind == "postgres" else "score: landing failed"
+        assert any(met in m for m in _fallbacks(caplog))
+
+
+@pytest.mark.postgres
+def test_a_failing_query_is_streamed_and_fails_with_the_streamed_error(
+    pg_schema_url: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", "audience_sync.run")
+    state, source = pg_schema_url(tmp_path), pg_schema_url(tmp_path)
+    _pg_exec(source, "CREATE TABLE src (user_id text, email text, value bigint)")
+    body = '[[audiences]]\nname = "Members"\nsql = "SELECT nope AS user_id FROM src"\n'
+    with pytest.raises(SourceError, match=r'audience \'Members\' \(members\): query failed: .*column "nope" does not'):
+        run_sync(_config(state, tmp_path, body, False, source))
+    with pytest.raises(SourceError, match=r'audience \'Members\' \(members\): query failed: .*column "nope" does not'):
+        run_sync(_config(state, tmp_path, body, None, source))
+    assert any("landing failed" in m and "nope" in m for m in _fallbacks(caplog))
+    body = '[[audiences]]\nname = "Members"\nsql = "SELECT email FROM src"\n'
+    with pytest.raises(SourceError, match="the query has no 'user_id' column"):
+        run_sync(_config(state, tmp_path, body, None, source))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_an_empty_result_is_landed_as_no_rows(
+    pg_schema_url: Any, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", "audience_sync.run")
+    state = pg_schema_url(tmp_path) if kind == "postgres" else _sqlite_state(tmp_path)
+    source = pg_schema_url(tmp_path)
+    _pg_exec(source, "CREATE TABLE src (user_id text, email text, value bigint)")
+    result = run_sync(_config(state, tmp_path, BODY, None, source))
+    assert result.status == "succeeded"
+    assert result.counts["sources"]["score"] == dict.fromkeys(
+        ["rows", "members", "null_user_ids", "null_values", "skipped"], 0
+    )
+    assert _landed(caplog) == {"members", "score"}
+
+
+def test_copy_blocks_read_as_one_file_whatever_the_buffer() -> None:
+    """Arrow reads the COPY blocks (one row each) through buffers of its own size: a row may span two reads."""
+    import io
+
+    from audience_sync.sources.landing import _Blocks
+
+    blocks = [b"u1,a\n", memoryview(b'"x\ny",\n'), b"", b"u3,\xc3\xa9\n"]
+    for size in (1, 2, 3, 7, 1 << 16):
+        assert io.BufferedReader(_Blocks(iter(blocks)), buffer_size=size).read() == b"".join(map(bytes, blocks))
