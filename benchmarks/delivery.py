@@ -20,6 +20,7 @@ collections charged to the Segment path).
 
     python benchmarks/delivery.py [--changes N] [--concurrency C] [--rate R] [--paths gist,segment,rate]
                                   [--repeat K] [--pg-url postgresql://postgres@127.0.0.1:5432/test]
+                                  [--whole-command]
 
 The state database is a fresh SQLite file per run, or with ``--pg-url`` a fresh schema in that PostgreSQL
 database per run (created, then dropped).
@@ -27,6 +28,13 @@ database per run (created, then dropped).
 With ``--repeat K`` each path is measured K times (ours, then the bare loop, back to back) and the table shows
 the medians and the median of the per-round ratios: on a machine shared with other work, single figures swing
 by +-20 %.
+
+With ``--whole-command`` (paths gist and segment; default 20,000 changes, concurrency 4, 3 rounds) each side is
+timed as a whole process, from its start to its exit: ours is ``python -m audience_sync run --json --config ...``
+(interpreter start, imports, config, the migrations check, staging from the SQLite source file, the diff,
+delivery, recording), the bare loop a ``python -c`` process that imports httpx, builds the same bodies in memory
+(no database) and posts them on a thread pool of the same size. Rounds alternate ours, bare, ours, bare; the table
+shows the medians of the seconds and ratio = bare seconds / our seconds, with the load average before each round.
 """
 
 from __future__ import annotations
@@ -228,6 +236,162 @@ def bare_segment(url: str, n: int, concurrency: int) -> float:
     return n / elapsed
 
 
+BARE_GIST = r"""
+import json, sys
+from concurrent.futures import ThreadPoolExecutor
+import httpx
+
+url, n, concurrency = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+client = httpx.Client(
+    base_url=url,
+    limits=httpx.Limits(max_connections=concurrency),
+    headers={"Authorization": "Bearer k", "Content-Type": "application/json"},
+)
+bodies = [
+    json.dumps(
+        {"user_id": f"user-{i:07d}", "email": f"u{i}@example.com", "custom_properties": {"everyone": True}},
+        separators=(",", ":"),
+    ).encode()
+    for i in range(n)
+]
+with ThreadPoolExecutor(concurrency) as pool:
+    list(pool.map(lambda b: client.post("/contacts", content=b).raise_for_status(), bodies))
+client.close()
+"""
+
+BARE_SEGMENT = r"""
+import datetime as dt, hashlib, json, sys
+from concurrent.futures import ThreadPoolExecutor
+import httpx
+
+url, n, concurrency = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+client = httpx.Client(
+    base_url=url,
+    limits=httpx.Limits(max_connections=concurrency),
+    auth=("k", ""),
+    headers={"Content-Type": "application/json"},
+)
+
+
+def now():
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+personas = {
+    "computation_class": "audience",
+    "computation_id": "aud_everyone",
+    "computation_key": "everyone",
+    "namespace": "audience-sync",
+    "space_id": "audience-sync",
+}
+ts = now()
+messages = [
+    json.dumps(
+        {
+            "type": "identify",
+            "userId": f"user-{i:07d}",
+            "traits": {"everyone": True, "email": f"u{i}@example.com"},
+            "context": {"personas": personas},
+            "messageId": hashlib.sha256(f"user-{i:07d}".encode()).hexdigest()[:43],
+            "timestamp": ts,
+        },
+        separators=(",", ":"),
+    ).encode()
+    for i in range(n)
+]
+# batches as our packing makes them: at most 2,500 messages and 475,000 bytes of body
+batches, current, size = [], [], 64
+for m in messages:
+    if current and (len(current) >= 2500 or size + len(m) + 1 > 475_000):
+        batches.append(current)
+        current, size = [], 64
+    current.append(m)
+    size += len(m) + 1
+if current:
+    batches.append(current)
+
+
+def post(batch):
+    content = b'{"batch":[' + b",".join(batch) + b'],"sentAt":"' + now().encode() + b'"}'
+    client.post("/v1/batch", content=content).raise_for_status()
+
+
+with ThreadPoolExecutor(concurrency) as pool:
+    list(pool.map(post, batches))
+client.close()
+"""
+
+
+def timed_process(command: list[str], env: dict[str, str]) -> tuple[float, str]:
+    """Wall seconds of one process from its start to its exit, and its standard output; fails unless it exits 0."""
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{command[:4]} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return elapsed, proc.stdout
+
+
+def whole_command(work: Path, url: str, args: argparse.Namespace, paths: set[str]) -> None:
+    """Rounds of (ours, bare) as whole processes per path; prints a table and a JSON line."""
+    env = {**os.environ, "GIST_API_KEY": "k", "SEGMENT_WRITE_KEY": "k"}
+    n, concurrency = args.changes, args.concurrency
+    state_name = "PostgreSQL" if args.pg_url else "SQLite"
+    rows = []
+    for name, bare_code in (("gist", BARE_GIST), ("segment", BARE_SEGMENT)):
+        if name not in paths:
+            continue
+        secret = 'api_key_env = "GIST_API_KEY"' if name == "gist" else 'write_key_env = "SEGMENT_WRITE_KEY"'
+        rounds: list[dict[str, float]] = []
+        for i in range(args.repeat):
+            load = os.getloadavg()[0]
+            with fresh_state(work, f"whole_{name}{i}.db", args.pg_url) as state_url:
+                config = work / f"whole_{name}{i}.toml"
+                config.write_text(
+                    f'[state]\nurl = "{state_url}"\n[source]\nurl = "sqlite:///{work / "wh.db"}"\n'
+                    f'[[destinations]]\nname = "{name}"\ntype = "{name}"\n{secret}\n'
+                    f'endpoint = "{url}"\nconcurrency = {concurrency}\n'
+                    '[[audiences]]\nname = "Everyone"\nsql = "SELECT id AS user_id, email FROM users"\n'
+                )
+                command = [sys.executable, "-m", "audience_sync", "run", "--json", "--config", str(config)]
+                gc.collect()
+                ours, out = timed_process(command, env)
+                sent = json.loads(out)["counts"]["sent"]
+                if sent != n:
+                    raise SystemExit(f"{name}: the run sent {sent} of {n}: {out[-2000:]}")
+            gc.collect()
+            bare, _ = timed_process([sys.executable, "-c", bare_code, url, str(n), str(concurrency)], env)
+            rounds.append({"load": load, "ours": ours, "bare": bare, "ratio": bare / ours})
+            print(
+                f"{name}, {state_name}, round {i + 1}: load {load:.2f}, ours {ours:.2f} s, bare {bare:.2f} s",
+                flush=True,
+            )
+        rows.append(
+            {
+                "path": name,
+                "state": state_name,
+                "ours_s": statistics.median(r["ours"] for r in rounds),
+                "bare_s": statistics.median(r["bare"] for r in rounds),
+                "ratio": statistics.median(r["ratio"] for r in rounds),
+                "rounds": rounds,
+            }
+        )
+    print(
+        f"# whole command, {n:,} changes, concurrency {concurrency}, {args.repeat} rounds; {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print("| path | state | ours s | bare s | ratio | ratio per round | load per round |")
+    print("|---|---|---:|---:|---:|---|---|")
+    for row in rows:
+        per = ", ".join(f"{r['ratio']:.2f}" for r in row["rounds"])
+        loads = ", ".join(f"{r['load']:.1f}" for r in row["rounds"])
+        print(
+            f"| {row['path']} | {row['state']} | {row['ours_s']:.2f} | {row['bare_s']:.2f} | {row['ratio']:.2f} | "
+            f"{per} | {loads} |"
+        )
+    print(json.dumps({"whole_command": rows}))
+
+
 def medians(rounds: list[tuple[float, float]]) -> tuple[float, float, float, list[float]]:
     """Median of ours, of the bare loop's, and of the per-round ratios (each round measures both back to back,
     so the ratio of a round is the least disturbed by other work on the machine); and those ratios."""
@@ -242,15 +406,24 @@ def medians(rounds: list[tuple[float, float]]) -> tuple[float, float, float, lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--changes", type=int, default=100_000)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--changes", type=int, help="default 100,000; 20,000 with --whole-command")
+    parser.add_argument("--concurrency", type=int, help="default 8; 4 with --whole-command")
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--paths", default="gist,segment,rate", help="which measurements, comma-separated")
     parser.add_argument(
-        "--repeat", type=int, default=1, help="rounds of (ours, bare) per path; the table shows medians"
+        "--repeat",
+        type=int,
+        help="rounds of (ours, bare) per path; the table shows medians (default 1; 3 with --whole-command)",
     )
     parser.add_argument("--pg-url", help="keep the state in a fresh schema of this PostgreSQL database per run")
+    parser.add_argument(
+        "--whole-command", action="store_true", help="time `audience-sync run` and the bare loop as whole processes"
+    )
     args = parser.parse_args()
+    whole = args.whole_command
+    args.changes = args.changes if args.changes is not None else (20_000 if whole else 100_000)
+    args.concurrency = args.concurrency if args.concurrency is not None else (4 if whole else 8)
+    args.repeat = args.repeat if args.repeat is not None else (3 if whole else 1)
     paths = set(args.paths.split(","))
     port = free_port()
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], stdout=subprocess.PIPE, text=True)
@@ -260,6 +433,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             build_warehouse(work / "wh.db", args.changes)
+            if whole:
+                whole_command(work, url, args, paths)
+                return
             gist = (
                 f'[[destinations]]\nname = "gist"\ntype = "gist"\napi_key_env = "GIST_API_KEY"\n'
                 f'endpoint = "{url}"\nconcurrency = {args.concurrency}\n'
