@@ -53,6 +53,32 @@ def _pg_load(value_type: str, uid: str = "user_id") -> Any:
     return load
 
 
+def typed_views(casts: dict[str, str]) -> list[str]:
+    """``CREATE VIEW src_<i>``: the raw rows with the value cast to each type of ``casts`` (type -> expression)."""
+    return [
+        f"CREATE VIEW src_{i} AS SELECT user_id, email, ({cast})::{value_type} AS value FROM raw"
+        for i, (value_type, cast) in enumerate(casts.items())
+    ]
+
+
+def typed_traits(casts: dict[str, str]) -> str:
+    """The audience of :data:`BODY` and one trait per type of ``casts``, ``score_<i>`` reading ``src_<i>``."""
+    audience = BODY[: BODY.index("[[computed_traits]]")].replace("FROM src", "FROM src_0")
+    return audience + "".join(
+        f'[[computed_traits]]\nname = "Score {i}"\nsql = "SELECT user_id, email, value FROM src_{i}"\n'
+        for i in range(len(casts))
+    )
+
+
+def _pg_load_all(url: str) -> None:
+    _pg_exec(
+        url,
+        "CREATE TABLE raw (user_id text, email text, value text)",
+        PG_ROWS.replace("INSERT INTO src", "INSERT INTO raw"),
+        *typed_views(PG_CASTS),
+    )
+
+
 def _pg_change(url: str) -> None:
     _pg_exec(
         url,
@@ -68,20 +94,23 @@ def _sqlite_state(tmp: Path) -> str:
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("state", ["postgres", "sqlite"])
-@pytest.mark.parametrize("value_type", list(PG_CASTS))
 def test_a_postgres_source_landed_by_copy_stages_what_streaming_stages(
-    pg_schema_url: Any, tmp_path: Path, value_type: str, state: str, caplog: pytest.LogCaptureFixture
+    pg_schema_url: Any, tmp_path: Path, state: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A PostgreSQL source in another schema (another URL): its rows are copied into the state (PostgreSQL: as
     COPY gives them; SQLite: read as CSV by Arrow) and pushed down; snapshot, outbox, lines and source figures are
-    those of streaming. Types the pushdown does not render as Python would are streamed."""
+    those of streaming, for a trait of every value type at once. Types the pushdown does not render as Python
+    would are streamed."""
     caplog.set_level("INFO", "audience_sync.run")
     state_for = pg_schema_url if state == "postgres" else _sqlite_state
-    _compare(state_for, tmp_path, _pg_load(value_type), _pg_change, pg_schema_url)
-    streamed = value_type in ("double precision", "numeric", "jsonb") or (state, value_type) == ("sqlite", "boolean")
-    assert _landed(caplog) == ({"members"} if streamed else {"members", "score"})
-    if streamed:
-        assert any("score: streaming (column 'value' has PostgreSQL type" in m for m in _fallbacks(caplog))
+    _compare(state_for, tmp_path, _pg_load_all, _pg_change, pg_schema_url, typed_traits(PG_CASTS))
+    types = list(PG_CASTS)
+    streamed = {"double precision", "numeric", "jsonb"} | ({"boolean"} if state == "sqlite" else set())
+    assert _landed(caplog) == {"members"} | {f"score_{i}" for i, t in enumerate(types) if t not in streamed}
+    fallbacks = _fallbacks(caplog)
+    for i, value_type in enumerate(types):
+        if value_type in streamed:
+            assert any(f"score_{i}: streaming (column 'value' has PostgreSQL type" in m for m in fallbacks), value_type
 
 
 @pytest.mark.postgres

@@ -82,15 +82,17 @@ def _config(url: str, tmp: Path, body: str, push: bool | None, source: str | Non
     )
 
 
-def _lines(tmp: Path) -> list[str]:
+def _lines(tmp: Path) -> list[tuple[str, str]]:
+    """The calls written, without their timestamps, sorted: a user's calls for several computations of one change
+    class come in the order the diff numbered them, which follows the database's plan for that statement."""
     import json
 
     out = []
     for line in (tmp / "out.jsonl").read_text(encoding="utf-8").split("\n")[:-1]:  # lines end at \n only
         call = json.loads(line)
         call.pop("timestamp")
-        out.append(json.dumps(call, sort_keys=True))
-    return out
+        out.append((str(call.get("userId")), json.dumps(call, sort_keys=True)))
+    return sorted(out)
 
 
 BODY = """
@@ -123,10 +125,13 @@ def _same_install(url: str) -> None:
     engine.dispose()
 
 
-def _compare(make_url_for: Any, tmp_path: Path, load: Any, change: Any, source_for: Any = None) -> None:
+def _compare(
+    make_url_for: Any, tmp_path: Path, load: Any, change: Any, source_for: Any = None, body: str | None = None
+) -> None:
     """Run the same two syncs with pushdown and with streaming; everything they store and send must agree.
     ``source_for(tmp)`` gives the source's URL when it is not the state database (the default setting then
-    pushes down what can be: ``pushdown = true`` is for the state database and attached files only)."""
+    pushes down what can be: ``pushdown = true`` is for the state database and attached files only). ``body``:
+    the computations, :data:`BODY` by default."""
     results: dict[bool | None, Any] = {}
     for push in (None if source_for else True, False):
         tmp = tmp_path / str(push)
@@ -135,7 +140,7 @@ def _compare(make_url_for: Any, tmp_path: Path, load: Any, change: Any, source_f
         source = source_for(tmp) if source_for else url
         load(source)
         _same_install(url)
-        config = _config(url, tmp, BODY, push, source if source_for else None)
+        config = _config(url, tmp, body or BODY, push, source if source_for else None)
         first = run_sync(config)
         change(source)
         second = run_sync(config)
