@@ -6,6 +6,7 @@ from tests.harness import (  # noqa: F401  (pytest finds fixtures and hooks by n
     pg_server,
     pg_url,
     pytest_collection_modifyitems,
+    pytest_xdist_auto_num_workers,
     receiver,
     restore_logging,
     state_url,

@@ -38,6 +38,12 @@ settings.register_profile("audience-sync", deadline=None, suppress_health_check=
 settings.load_profile("audience-sync")
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker more than the machine has cores. Much of the suite waits rather than computes (on
+    real deadlines, lock leases, subprocesses, loopback servers), so one more worker fills the waits."""
+    return (os.cpu_count() or 1) + 1
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the tests marked ``slow`` first (in their usual order): a worker that is done steals from the other
     (``--dist worksteal``), so the run ends on short tests instead of one long test running alone."""
