@@ -6,10 +6,8 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import signal
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -20,6 +18,7 @@ from ..config import ALERTS, Config, load_config
 from ..errors import AudienceSyncError
 from ..ops.attempts import attempt_of
 from ..ops.postrun import after_run
+from ..ops.signals import graceful_stop, interrupt
 from ..run.plan import Mode, RunFilters
 from ..run.progress import NoProgress, Progress
 from ..run.sync import RunResult, run_sync
@@ -44,27 +43,8 @@ def _progress() -> Progress | RichProgress:
     return RichProgress(stderr) if stderr.is_terminal else NoProgress()
 
 
-@contextlib.contextmanager
-def _graceful_stop() -> Iterator[threading.Event]:
-    """An event set by the first SIGTERM or SIGINT, so a run finishes the requests in flight and stops cleanly;
-    a second signal interrupts at once (the run is still recorded, as failed)."""
-    stop = threading.Event()
-
-    def handle(signum: int, _frame: object) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        log.warning(
-            "%s: finishing the changes in flight, then stopping (the rest stays pending for the next run)",
-            signal.Signals(signum).name,
-        )
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+#: what the first SIGTERM/SIGINT of a run says it will do
+FINISHING = "finishing the changes in flight, then stopping (the rest stays pending for the next run)"
 
 
 def _config_for(config_path: str | None, destinations: tuple[str, ...]) -> Config:
@@ -85,7 +65,10 @@ def _run(
     scope = attempt_of(config, filters.destinations or None, filters.audiences or None, dry_run=filters.dry_run)
     progress = _progress()
     try:
-        with _graceful_stop() as stop, progress if isinstance(progress, RichProgress) else contextlib.nullcontext():
+        with (
+            graceful_stop(interrupt, FINISHING) as stop,
+            progress if isinstance(progress, RichProgress) else contextlib.nullcontext(),
+        ):
             result = run_sync(
                 config,
                 mode=mode,
@@ -210,17 +193,13 @@ def schedule(config_path: str | None, metrics_file: Path | None, run_now: bool, 
         return
     commands.upgrade_database(config)  # fail fast (exit 1) when the state database is unreachable
 
-    def handle(signum: int, _frame: object) -> None:
-        if stop.is_set():
-            log.warning("%s again: stopping at once", signal.Signals(signum).name)
-            logging.shutdown()
-            os._exit(130)  # the interrupted run is marked abandoned by the next run
-        stop.set()
-        log.warning("%s: finishing the run in progress, then stopping", signal.Signals(signum).name)
+    def exit_now(name: str) -> None:
+        log.warning("%s again: stopping at once", name)
+        logging.shutdown()
+        os._exit(130)  # the interrupted run is marked abandoned by the next run
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handle)
-    service.serve()
+    with graceful_stop(exit_now, "finishing the run in progress, then stopping", stop):
+        service.serve()
 
 
 @cli.command()
