@@ -5,7 +5,9 @@ member of 97.5 % of A audiences, plus a computed trait (``ltv``) for every user,
 memberships. By default the source is the state database itself, so audience-sync pushes each query down into
 it; ``--source sqlite-file`` puts the tables in a SQLite file of their own (the warehouse path: attached to a
 SQLite state and pushed down, streamed into a PostgreSQL one), and the baseline then reads them from that file
-too (ATTACHed on SQLite).
+too (ATTACHed on SQLite). ``--source duckdb`` builds them in a DuckDB file (audience-sync lands its Arrow batches
+in the state and pushes down from there); the baseline's staging then reads the same queries' Arrow batches
+from DuckDB and inserts them into its keyed staging table in one transaction, the rest as before.
 
 Three phases, each timed twice: ``audience-sync run`` as a subprocess (wall time of the whole process, its
 peak RSS), then a bare-SQL baseline in this process doing the same work on the same engine with its own tables:
@@ -21,6 +23,7 @@ streamed to a file), and the snapshot upsert.
     python benchmarks/scale.py --engine postgresql --memberships 1000000 \\
         --pg-url "postgresql://postgres@127.0.0.1:5432/test" --schema bench_scale
     python benchmarks/scale.py --engine sqlite --source sqlite-file --memberships 1000000
+    python benchmarks/scale.py --engine sqlite --source duckdb --memberships 1000000
 
 The PostgreSQL schema is created and dropped (``--keep`` keeps it). ``--stream`` sets ``[source] pushdown =
 false``, so rows stream through Python and are loaded with COPY or batches.
@@ -138,14 +141,56 @@ def baseline_setup(db: Any, eng: Engine) -> None:
     db.commit()
 
 
-def baseline_run(db: Any, eng: Engine, audiences: int, out: Path) -> int:
-    """One run of the bare-SQL pipeline; returns how many changes it wrote."""
+def duckdb_build(path: Path, users: int, audiences: int) -> None:
+    """The same tables as :func:`sqlite_build`, in a DuckDB file."""
+    import duckdb
+
+    with duckdb.connect(str(path)) as db:
+        db.execute(
+            f"CREATE TABLE users AS SELECT i AS id, 'user' || i || '@example.com' AS email, i % 997 AS ltv "
+            f"FROM range(1, {users + 1}) t(i)"
+        )
+        db.execute(
+            f"CREATE TABLE members AS SELECT a.i::INTEGER AS aud, u.id AS user_id, u.email FROM "
+            f"range(0, {audiences}) a(i), users AS u WHERE (u.id + a.i) % 40 <> 1 ORDER BY 1, 2"
+        )
+
+
+def _stage_from_duckdb(db: Any, eng: Engine, duck: Path, audiences: int) -> None:
+    """The baseline's staging from a DuckDB file: each query's Arrow batches inserted in one transaction
+    (SQLite: ``executemany``; PostgreSQL: ``COPY``, the source giving each user once)."""
+    import duckdb
+
+    with duckdb.connect(str(duck), read_only=True) as src:
+        for key, _cls, select in computations(audiences):
+            relation = src.sql(select.replace("CAST(user_id AS TEXT)", "CAST(user_id AS VARCHAR)"))
+            reader = relation.to_arrow_reader(100_000) if hasattr(relation, "to_arrow_reader") else None
+            reader = reader or relation.fetch_arrow_reader(100_000)
+            if eng.name == "postgresql":
+                with db.cursor().copy("COPY base_staging (k, user_id, email, value) FROM STDIN") as copy:
+                    for batch in reader:
+                        for row in zip(*[c.to_pylist() for c in batch.columns], strict=True):
+                            copy.write_row((key, *row))
+                continue
+            for batch in reader:
+                columns = [c.to_pylist() for c in batch.columns]
+                db.executemany(
+                    f"INSERT INTO base_staging VALUES ('{key}', ?, ?, ?) ON CONFLICT DO NOTHING",
+                    zip(*columns, strict=True),
+                )
+
+
+def baseline_run(db: Any, eng: Engine, audiences: int, out: Path, duck: Path | None = None) -> int:
+    """One run of the bare-SQL pipeline; returns how many changes it wrote. ``duck``: read the source from this
+    DuckDB file instead of the tables beside the state."""
     pg = eng.name == "postgresql"
     db.execute(
         "CREATE TABLE base_staging (k TEXT, user_id TEXT, email TEXT, value TEXT, PRIMARY KEY (k, user_id))"
         + eng.without_rowid
     )
-    for key, _cls, select in computations(audiences):
+    if duck is not None:
+        _stage_from_duckdb(db, eng, duck, audiences)
+    for key, _cls, select in [] if duck is not None else computations(audiences):
         db.execute(f"INSERT INTO base_staging SELECT '{key}', * FROM ({select}) AS q WHERE true ON CONFLICT DO NOTHING")
     if pg:
         db.execute("ANALYZE base_staging")
@@ -319,10 +364,24 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                 source_path.unlink(missing_ok=True)
                 move_to_sqlite_file(db, eng, source_path)
                 source = f"sqlite:///{source_path}"
+            duck = None
+            if args.source == "duckdb":
+                duck = work / "source.duckdb"
+                duck.unlink(missing_ok=True)
+                duckdb_build(duck, users, audiences)
+                source = f"duckdb:///{duck}"
             write_config(config, eng.url, work / "out.jsonl", audiences, args.chunk_size, source, args.stream)
             for phase in ("initial", "no change", "5 % churn"):
                 if phase == "5 % churn":
-                    if source is not None and eng.name == "postgresql":  # the file, and the baseline's copy
+                    if duck is not None:
+                        import duckdb
+
+                        with duckdb.connect(str(duck)) as src:
+                            for stmt in CHURN:
+                                src.execute(stmt)
+                    if (
+                        source is not None and eng.name == "postgresql" and duck is None
+                    ):  # the file, the baseline's copy
                         with sqlite3.connect(source_path) as src:
                             for stmt in CHURN:
                                 src.execute(stmt)
@@ -336,7 +395,7 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                 profile = work / f"profile-{phase.replace(' ', '_').replace('%', 'pct')}.out" if args.profile else None
                 ours, rss, result = timed_run(config, work, profile)
                 t = time.perf_counter()
-                sent_base = baseline_run(db, eng, audiences, work / "baseline.jsonl")
+                sent_base = baseline_run(db, eng, audiences, work / "baseline.jsonl", duck)
                 base = time.perf_counter() - t
                 sent = result["counts"]["sent"]
                 row = {
@@ -380,9 +439,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--smoke", action="store_true", help="fail unless every run sent what the baseline sent")
     parser.add_argument(
         "--source",
-        choices=["state", "sqlite-file"],
+        choices=["state", "sqlite-file", "duckdb"],
         default="state",
-        help="where the audience tables are: the state database itself, or a SQLite file of their own",
+        help="where the audience tables are: the state database itself, a SQLite file of their own, or DuckDB",
     )
     parser.add_argument(
         "--stream",

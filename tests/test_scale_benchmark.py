@@ -35,7 +35,7 @@ def _check(rows: list[dict[str, object]]) -> None:
     assert initial > 9_000 and unchanged == 0 and 0 < churn < initial // 10
 
 
-@pytest.mark.parametrize("source", ["state", "sqlite-file"])
+@pytest.mark.parametrize("source", ["state", "sqlite-file", "duckdb"])
 def test_scale_benchmark_sqlite(tmp_path: Path, source: str) -> None:
     args = ["--engine", "sqlite", "--source", source, "--memberships", "10000", "--smoke"]
     _check(_scale().main([*args, "--workdir", str(tmp_path)]))
