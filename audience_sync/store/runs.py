@@ -123,15 +123,19 @@ def abandon_stale_runs(conn: Connection, destinations: Sequence[str], *, reason:
     notices it lost its lock.
     """
     mine = set(destinations)
-    rows = conn.execute(select(runs.c.id, runs.c.destinations).where(runs.c.status == "running")).all()
-    stale = [r.id for r in rows if mine & set(r.destinations or [])]
-    for run_id in stale:
-        conn.execute(
+    rows = conn.execute(select(runs.c.id, runs.c.destinations).where(runs.c.status == RunStatus.RUNNING)).all()
+    abandoned = []
+    for run_id in [r.id for r in rows if mine & set(r.destinations or [])]:
+        # still running when updated: a run that noticed its lost lock may have closed its own row, with its own
+        # reason, since the select above; that account is kept (PostgreSQL rechecks the row after waiting for it)
+        closed = conn.execute(
             update(runs)
-            .where(runs.c.id == run_id)
+            .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING)
             .values(status=RunStatus.FAILED, finished_at=utcnow(), error=reason, counts=count_changes(conn, run_id))
         )
-    return stale
+        if closed.rowcount:
+            abandoned.append(run_id)
+    return abandoned
 
 
 def run_exists(conn: Connection, run_id: int) -> bool:
