@@ -168,7 +168,7 @@ def stage(
         if conflict is not None:
             user, first, second = conflict
             raise SourceError(
-                f"trait {comp.name!r} ({comp.key}): user {user!r} has two different values "
+                f"{comp.label}: user {user!r} has two different values "
                 f"({first} and {second}); a trait needs one value per user",
                 computation=comp.key,
                 user_id=user,

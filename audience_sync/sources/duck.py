@@ -62,7 +62,7 @@ def connected(path: Path) -> Iterator[Any]:
 
 def _failed(comp: Computation, exc: Exception) -> SourceError:
     return SourceError(
-        f"{comp.computation_class} {comp.name!r} ({comp.key}): query failed: {scrub(' '.join(str(exc).split()))}",
+        f"{comp.label}: query failed: {scrub(' '.join(str(exc).split()))}",
         computation=comp.key,
     )
 
@@ -77,7 +77,7 @@ def read_duckdb(path: Path, comp: Computation, chunk_size: int) -> Iterator[list
             result = conn.execute(comp.sql)
             if result.description is None:
                 raise SourceError(
-                    f"{comp.computation_class} {comp.name!r} ({comp.key}): the query returns no rows (is it a SELECT?)",
+                    f"{comp.label}: the query returns no rows (is it a SELECT?)",
                     computation=comp.key,
                 )
             uid, email, value = locate(comp, [d[0] for d in result.description], "the query")

@@ -127,7 +127,7 @@ def normalize(comp: Computation, raw_rows: Iterable[RawRow], stats: SourceStats)
                 continue
             except (TypeError, ValueError) as exc:
                 raise SourceError(
-                    f"trait {comp.name!r} ({comp.key}): user {uid!r} has a value of unusable type: {exc}",
+                    f"{comp.label}: user {uid!r} has a value of unusable type: {exc}",
                     computation=comp.key,
                     user_id=uid,
                 ) from None
