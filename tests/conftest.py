@@ -3,6 +3,7 @@
 from tests.harness import (  # noqa: F401  (pytest finds fixtures and hooks by name here)
     gist,
     harness,
+    migrations_as_marked,
     pg_server,
     pg_url,
     pytest_collection_modifyitems,

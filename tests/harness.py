@@ -22,6 +22,7 @@ from audience_sync.config import Config, parse_config
 from audience_sync.run.sync import RunResult, run_sync
 from tests.fakes.capture import CaptureServer
 from tests.fakes.gist import FakeGist
+from tests.schema_clone import install_cloning, real_migrations
 
 PG_URL = os.environ.get("AUDIENCE_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -37,6 +38,9 @@ if "TMPDIR" not in os.environ and os.access("/dev/shm", os.W_OK):
 settings.register_profile("audience-sync", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("audience-sync")
 
+# a new state database is a clone of one migrated once per test process (AUDIENCE_SYNC_TEST_MIGRATE=1: migrated)
+install_cloning()
+
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto``: one worker more than the machine has cores. Much of the suite waits rather than computes (on
@@ -48,6 +52,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the tests marked ``slow`` first (in their usual order): a worker that is done steals from the other
     (``--dist worksteal``), so the run ends on short tests instead of one long test running alone."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(autouse=True)
+def migrations_as_marked(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test marked ``real_migrations`` migrates every new state database for real instead of cloning it."""
+    if request.node.get_closest_marker("real_migrations") is None:
+        yield
+        return
+    with real_migrations():
+        yield
 
 
 @pytest.fixture(autouse=True)

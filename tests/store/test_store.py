@@ -22,6 +22,9 @@ from audience_sync.store.migrate import alembic_config, compare_type, current_re
 from audience_sync.store.schema import Base
 from tests.harness import Harness, Warehouse
 
+# the migrations themselves are under test: every new database here is migrated, never cloned
+pytestmark = pytest.mark.real_migrations
+
 
 def test_migrations_build_exactly_the_models_schema(state_url: str) -> None:
     engine = create_engine(state_url)
