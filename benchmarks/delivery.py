@@ -20,7 +20,7 @@ collections charged to the Segment path).
 
     python benchmarks/delivery.py [--changes N] [--concurrency C] [--rate R] [--paths gist,segment,rate]
                                   [--repeat K] [--pg-url postgresql://postgres@127.0.0.1:5432/test]
-                                  [--whole-command]
+                                  [--whole-command [--against DIR]]
 
 The state database is a fresh SQLite file per run, or with ``--pg-url`` a fresh schema in that PostgreSQL
 database per run (created, then dropped).
@@ -35,6 +35,8 @@ timed as a whole process, from its start to its exit: ours is ``python -m audien
 delivery, recording), the bare loop a ``python -c`` process that imports httpx, builds the same bodies in memory
 (no database) and posts them on a thread pool of the same size. Rounds alternate ours, bare, ours, bare; the table
 shows the medians of the seconds and ratio = bare seconds / our seconds, with the load average before each round.
+``--against DIR`` (a checkout of another revision, say the branch point) adds to each round a run of that
+checkout's command, in alternating order with ours, and a row of its own: before and after, in the same rounds.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy import create_engine
@@ -322,10 +325,10 @@ client.close()
 """
 
 
-def timed_process(command: list[str], env: dict[str, str]) -> tuple[float, str]:
+def timed_process(command: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, str]:
     """Wall seconds of one process from its start to its exit, and its standard output; fails unless it exits 0."""
     start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{command[:4]} exited {proc.returncode}: {proc.stderr[-2000:]}")
@@ -333,11 +336,15 @@ def timed_process(command: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 
 def whole_command(work: Path, url: str, args: argparse.Namespace, paths: set[str]) -> None:
-    """Rounds of (ours, bare) as whole processes per path; prints a table and a JSON line."""
+    """Rounds of (ours, bare) as whole processes per path; prints a table and a JSON line. With ``--against DIR``
+    each round also runs the command of the checkout in DIR (``PYTHONPATH=DIR``), in alternating order with ours."""
     env = {**os.environ, "GIST_API_KEY": "k", "SEGMENT_WRITE_KEY": "k"}
+    # (label, checkout): ours is the code this script imports; the other one is started outside any checkout, so
+    # that ``python -m`` finds the package through PYTHONPATH and not in the working directory
+    trees: list[tuple[str, str | None]] = [("ours", None)] + ([("against", args.against)] if args.against else [])
     n, concurrency = args.changes, args.concurrency
     state_name = "PostgreSQL" if args.pg_url else "SQLite"
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, bare_code in (("gist", BARE_GIST), ("segment", BARE_SEGMENT)):
         if name not in paths:
             continue
@@ -345,25 +352,34 @@ def whole_command(work: Path, url: str, args: argparse.Namespace, paths: set[str
         rounds: list[dict[str, float]] = []
         for i in range(args.repeat):
             load = os.getloadavg()[0]
-            with fresh_state(work, f"whole_{name}{i}.db", args.pg_url) as state_url:
-                config = work / f"whole_{name}{i}.toml"
-                config.write_text(
-                    f'[state]\nurl = "{state_url}"\n[source]\nurl = "sqlite:///{work / "wh.db"}"\n'
-                    f'[[destinations]]\nname = "{name}"\ntype = "{name}"\n{secret}\n'
-                    f'endpoint = "{url}"\nconcurrency = {concurrency}\n'
-                    '[[audiences]]\nname = "Everyone"\nsql = "SELECT id AS user_id, email FROM users"\n'
-                )
-                command = [sys.executable, "-m", "audience_sync", "run", "--json", "--config", str(config)]
-                gc.collect()
-                ours, out = timed_process(command, env)
-                sent = json.loads(out)["counts"]["sent"]
-                if sent != n:
-                    raise SystemExit(f"{name}: the run sent {sent} of {n}: {out[-2000:]}")
+            seconds: dict[str, float] = {}
+            for label, tree in trees if i % 2 == 0 else trees[::-1]:
+                with fresh_state(work, f"whole_{name}{i}{label}.db", args.pg_url) as state_url:
+                    config = work / f"whole_{name}{i}{label}.toml"
+                    config.write_text(
+                        f'[state]\nurl = "{state_url}"\n[source]\nurl = "sqlite:///{work / "wh.db"}"\n'
+                        f'[[destinations]]\nname = "{name}"\ntype = "{name}"\n{secret}\n'
+                        f'endpoint = "{url}"\nconcurrency = {concurrency}\n'
+                        '[[audiences]]\nname = "Everyone"\nsql = "SELECT id AS user_id, email FROM users"\n'
+                    )
+                    command = [sys.executable, "-m", "audience_sync", "run", "--json", "--config", str(config)]
+                    gc.collect()
+                    if tree is None:
+                        seconds[label], out = timed_process(command, env)
+                    else:
+                        seconds[label], out = timed_process(command, {**env, "PYTHONPATH": tree}, cwd=work)
+                    sent = json.loads(out)["counts"]["sent"]
+                    if sent != n:
+                        raise SystemExit(f"{name} ({label}): the run sent {sent} of {n}: {out[-2000:]}")
             gc.collect()
             bare, _ = timed_process([sys.executable, "-c", bare_code, url, str(n), str(concurrency)], env)
+            ours = seconds["ours"]
             rounds.append({"load": load, "ours": ours, "bare": bare, "ratio": bare / ours})
+            if "against" in seconds:
+                rounds[-1] |= {"against": seconds["against"], "against_ratio": bare / seconds["against"]}
+            against = f", against {seconds['against']:.2f} s" if "against" in seconds else ""
             print(
-                f"{name}, {state_name}, round {i + 1}: load {load:.2f}, ours {ours:.2f} s, bare {bare:.2f} s",
+                f"{name}, {state_name}, round {i + 1}: load {load:.2f}, ours {ours:.2f} s{against}, bare {bare:.2f} s",
                 flush=True,
             )
         rows.append(
@@ -376,6 +392,9 @@ def whole_command(work: Path, url: str, args: argparse.Namespace, paths: set[str
                 "rounds": rounds,
             }
         )
+        if args.against:
+            rows[-1]["against_s"] = statistics.median(r["against"] for r in rounds)
+            rows[-1]["against_ratio"] = statistics.median(r["against_ratio"] for r in rounds)
     print(
         f"# whole command, {n:,} changes, concurrency {concurrency}, {args.repeat} rounds; {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}"
@@ -389,6 +408,13 @@ def whole_command(work: Path, url: str, args: argparse.Namespace, paths: set[str
             f"| {row['path']} | {row['state']} | {row['ours_s']:.2f} | {row['bare_s']:.2f} | {row['ratio']:.2f} | "
             f"{per} | {loads} |"
         )
+    for row in rows:
+        if "against_s" in row:
+            per = ", ".join(f"{r['against_ratio']:.2f}" for r in row["rounds"])
+            print(
+                f"| {row['path']}, against {args.against} | {row['state']} | {row['against_s']:.2f} | "
+                f"{row['bare_s']:.2f} | {row['against_ratio']:.2f} | {per} | |"
+            )
     print(json.dumps({"whole_command": rows}))
 
 
@@ -418,6 +444,11 @@ def main() -> None:
     parser.add_argument("--pg-url", help="keep the state in a fresh schema of this PostgreSQL database per run")
     parser.add_argument(
         "--whole-command", action="store_true", help="time `audience-sync run` and the bare loop as whole processes"
+    )
+    parser.add_argument(
+        "--against",
+        metavar="DIR",
+        help="with --whole-command: also run, in each round, the command of the checkout in DIR (before/after)",
     )
     args = parser.parse_args()
     whole = args.whole_command

@@ -13,6 +13,7 @@ imports nothing from the adapters, the store or the run: the config loader may i
 
 from __future__ import annotations
 
+import gc
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,9 +45,19 @@ class DestinationType:
     required_identifiers: tuple[str, ...] = ()
 
     def factory(self) -> Callable[..., Destination]:
-        """The adapter class, imported now."""
+        """The adapter class, imported now.
+
+        In a process that froze what its imports created (the command run as the program, :func:`gc.freeze`),
+        what this import creates is frozen too: the adapter's modules (the HTTP client and its dependencies,
+        about 13,000 objects) live until the process ends, and would otherwise be walked by every later full
+        collection and by the interpreter's collections at exit. The freeze takes every object tracked at that
+        moment, so what the run made before it and still holds (its config, engines, plan) is frozen with them.
+        """
         module, _, attr = self.adapter.partition(":")
+        refreeze = gc.get_freeze_count() > 0
         built: Callable[..., Destination] = getattr(importlib.import_module(module, __package__), attr)
+        if refreeze:
+            gc.freeze()
         return built
 
 

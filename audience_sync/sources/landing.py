@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -51,7 +50,9 @@ DUCKDB_LANDED = {
 
 def errors() -> tuple[type[Exception], ...]:
     """The errors a landing may meet on either side: each means "stream instead", and the streamed path says it
-    again in its own words (a query that fails, a file missing, data the state refuses)."""
+    again in its own words (a query that fails, a file missing, data the state refuses). The drivers are imported
+    here, when a landing is tried, not with the module: a run on SQLite alone never needs psycopg."""
+    import psycopg
     import pyarrow
 
     found: tuple[type[Exception], ...] = (SQLAlchemyError, psycopg.Error, pyarrow.ArrowException)

@@ -18,7 +18,14 @@ from sqlalchemy import Connection, create_engine, inspect, text
 
 from audience_sync.errors import LockHeld, StoreError
 from audience_sync.store.lock import acquire, release, run_lock
-from audience_sync.store.migrate import alembic_config, compare_type, current_revision, migrations_dir, upgrade
+from audience_sync.store.migrate import (
+    HEAD,
+    alembic_config,
+    compare_type,
+    current_revision,
+    migrations_dir,
+    upgrade,
+)
 from audience_sync.store.schema import Base
 from tests.harness import Harness, Warehouse
 
@@ -237,6 +244,50 @@ def test_migration_0008_gives_held_locks_and_in_flight_notes_their_place_in_the_
         assert conn.execute(text("SELECT count(*) FROM diffs")).scalar_one() == 1
         columns = {c["name"] for c in inspect(conn).get_columns("run_locks")}
         assert "token" not in columns and "run_lock_tokens" not in inspect(conn).get_table_names()
+    engine.dispose()
+
+
+def test_the_head_known_without_alembic_is_alembics_head() -> None:
+    """``migrate.HEAD`` lets a run on an up-to-date database skip importing Alembic: a new migration updates it."""
+    assert ScriptDirectory(str(migrations_dir())).get_current_head() == HEAD, (
+        "a migration was added: set HEAD in audience_sync/store/migrate.py to its revision"
+    )
+
+
+def test_a_database_at_head_is_checked_without_importing_alembic(state_url: str) -> None:
+    engine = create_engine(state_url)
+    upgrade(engine)
+    engine.dispose()
+    code = (
+        "import sys\n"
+        "from sqlalchemy import create_engine\n"
+        "from audience_sync.store.migrate import upgrade\n"
+        f"print(upgrade(create_engine({state_url!r})), 'alembic' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == [HEAD, "False"]
+
+
+@pytest.mark.parametrize(
+    "rows", [["0001"], [HEAD, "0001"], []], ids=["an older revision", "two revisions", "an empty version table"]
+)
+def test_a_version_table_not_exactly_at_head_goes_through_alembic(state_url: str, rows: list[str]) -> None:
+    """Only the one answer Alembic would also accept as current skips it; every other state is Alembic's to judge."""
+    engine = create_engine(state_url)
+    command.upgrade(alembic_config(engine), "0001")
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM alembic_version"))
+        for row in rows:
+            conn.execute(text("INSERT INTO alembic_version VALUES (:v)"), {"v": row})
+    if len(rows) > 1:
+        with pytest.raises(Exception, match="more than one head"):  # as before: Alembic refuses
+            upgrade(engine)
+    elif rows:
+        assert upgrade(engine) == HEAD
+        assert current_revision(engine) == HEAD
+    else:  # no revision but the tables of 0001: Alembic starts from the beginning and meets them
+        with pytest.raises(StoreError, match="migrating the state database"):
+            upgrade(engine)
     engine.dispose()
 
 
