@@ -16,6 +16,8 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
+from .engine import read_only_uri
+
 #: the schema name the source file is attached under (never written to)
 SOURCE_SCHEMA = "as_source"
 
@@ -26,12 +28,13 @@ def attached(engine: Engine, source: Path) -> Iterator[Connection]:
 
     Guarantees: the file is attached only for this connection's use and detached before the connection goes
     back to the pool, whatever happened (an open transaction is rolled back first: SQLite cannot detach inside
-    one). ``FileNotFoundError`` when ``source`` is not a file: attaching would create an empty database.
+    one); it is attached read-only (the state's connections take URI filenames), so no statement on the connection
+    can write it. ``FileNotFoundError`` when ``source`` is not a file: attaching would create an empty database.
     """
     if not source.is_file():
         raise FileNotFoundError(str(source))
     with engine.connect() as conn:
-        conn.exec_driver_sql(f"ATTACH DATABASE ? AS {SOURCE_SCHEMA}", (str(source),))
+        conn.exec_driver_sql(f"ATTACH DATABASE ? AS {SOURCE_SCHEMA}", (read_only_uri(source),))
         conn.commit()
         try:
             yield conn

@@ -1,0 +1,80 @@
+"""A SQLite source file is only ever read: whatever its queries say, a run neither creates, changes nor writes it,
+and a query pushed down with the file attached to the state reads the file's tables, never the state's."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from audience_sync.errors import SourceError
+from audience_sync.run.sync import run_sync
+from audience_sync.store.attach import attached
+from audience_sync.store.engine import create_state_engine
+from tests.sources.test_pushdown import BODY, SQLITE_ROWS, _config, _sqlite_load
+
+#: the files a run may add next to the source: the state database's and the sink's
+STATE_FILES = {"state.db", "state.db-wal", "state.db-shm", "out.jsonl"}
+
+
+def _urls(tmp: Path) -> tuple[str, str]:
+    return f"sqlite:///{tmp / 'state.db'}", f"sqlite:///{tmp / 'warehouse.db'}"
+
+
+def _audience(sql: str) -> str:
+    return f'[[audiences]]\nname = "Members"\nsql = "{sql}"\n'
+
+
+def _source_rows(tmp: Path) -> int:
+    with sqlite3.connect(tmp / "warehouse.db") as db:
+        return int(db.execute("SELECT count(*) FROM src").fetchone()[0])
+
+
+@pytest.mark.parametrize("push", [None, False])
+def test_a_query_that_writes_fails_and_leaves_the_source_file_as_it_was(tmp_path: Path, push: bool | None) -> None:
+    """Pushed down or streamed (``push``), a computation whose query writes (DDL runs outside any transaction in
+    SQLite's driver, so it would stick) or attaches a file fails naming the computation; the source keeps every row,
+    its journal mode, and no file appears."""
+    state, source = _urls(tmp_path)
+    _sqlite_load(SQLITE_ROWS)(source)
+    before = _source_rows(tmp_path)
+    files = set(tmp_path.iterdir())
+    for sql, reason in [
+        ("DROP TABLE src", "attempt to write a readonly database"),
+        ("DELETE FROM src RETURNING user_id", "attempt to write a readonly database"),
+        (f"ATTACH DATABASE '{tmp_path / 'new.db'}' AS other", "too many attached databases"),
+    ]:
+        with pytest.raises(SourceError, match=rf"audience 'Members' \(members\): query failed: {reason}"):
+            run_sync(_config(state, tmp_path, _audience(sql), push, source))
+    assert _source_rows(tmp_path) == before
+    run_sync(_config(state, tmp_path, BODY, push, source))  # a run that succeeds leaves the journal mode alone
+    with sqlite3.connect(tmp_path / "warehouse.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert {p.name for p in set(tmp_path.iterdir()) - files} <= STATE_FILES
+
+
+@pytest.mark.parametrize("push", [None, False])
+def test_a_missing_source_file_is_named_and_not_created(tmp_path: Path, push: bool | None) -> None:
+    state, source = _urls(tmp_path)
+    missing = tmp_path / "warehouse.db"
+    with pytest.raises(SourceError, match=rf"query failed: the source file {missing} does not exist"):
+        run_sync(_config(state, tmp_path, BODY, push, source))
+    assert not missing.exists()
+
+
+def test_the_attached_file_is_read_only(tmp_path: Path) -> None:
+    _, source = _urls(tmp_path)
+    _sqlite_load(SQLITE_ROWS)(source)
+    before = _source_rows(tmp_path)
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        with (
+            attached(engine, tmp_path / "warehouse.db") as conn,
+            pytest.raises(OperationalError, match="attempt to write a readonly database"),
+        ):
+            conn.exec_driver_sql("DELETE FROM as_source.src")
+    finally:
+        engine.dispose()
+    assert _source_rows(tmp_path) == before
