@@ -151,7 +151,8 @@ def stage(
         if comp.builder is not None:
             pushed = push and _push_down(connect, run_id, comp, st, builder.plan)
         else:
-            pushed = push and comp.sql is not None and _push_down(connect, run_id, comp, st)
+            pushed = push and comp.sql is not None and _reads_source(sqla, source_file, comp)
+            pushed = pushed and _push_down(connect, run_id, comp, st)
             move = land.lander(sqla, duckdb, comp, config.source_chunk_size) if landing else None
             pushed = pushed or (move is not None and land.land(engine, run_id, comp, move, st))
         if pushed:
@@ -192,6 +193,18 @@ def stage(
             "skipped": len(st.skips),
         }
     return stats
+
+
+def _reads_source(source: Engine | None, source_file: Path | None, comp: Computation) -> bool:
+    """Whether ``comp``'s query, pushed down with ``source_file`` attached, reads the tables streaming would: those
+    of the source file, not a state table of a name the file lacks (SQLite would look that up in the state)."""
+    if source_file is None or source is None or comp.sql is None:
+        return True
+    with source.connect() as conn:
+        alone = attach.compiles_alone(conn, pushdown.query_text(comp.sql))
+    if not alone:
+        log.info("%s: streaming (its query does not compile on the source file alone)", comp.key)
+    return alone
 
 
 def _attachable(engine: Engine, source_file: Path) -> bool:

@@ -64,6 +64,22 @@ def test_a_missing_source_file_is_named_and_not_created(tmp_path: Path, push: bo
     assert not missing.exists()
 
 
+def test_an_attached_query_never_reads_a_state_table_the_source_lacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite looks an unqualified name up in the state before the attached file: a query naming a table only the
+    state has (``snapshot``, ``sync_runs``) would send the state's own rows. It fails as streaming it does."""
+    caplog.set_level("INFO", "audience_sync.run.stage")
+    state, source = _urls(tmp_path)
+    _sqlite_load(SQLITE_ROWS)(source)
+    assert run_sync(_config(state, tmp_path, BODY, None, source)).status == "succeeded"  # the snapshot has rows
+    for table, column in [("snapshot", "user_id"), ("sync_runs", "id AS user_id")]:
+        sql = f"SELECT {column} FROM {table}"
+        with pytest.raises(SourceError, match=rf"audience 'Members' \(members\): query failed: no such table: {table}"):
+            run_sync(_config(state, tmp_path, _audience(sql), None, source))
+    assert any("does not compile on the source file alone" in r.getMessage() for r in caplog.records)
+
+
 def test_the_attached_file_is_read_only(tmp_path: Path) -> None:
     _, source = _urls(tmp_path)
     _sqlite_load(SQLITE_ROWS)(source)
