@@ -154,19 +154,30 @@ def land_postgres(source: Engine, comp: Computation, conn: Connection) -> int:
     inner = query_text(comp.sql)
     postgres = is_postgresql(conn)
     with source.connect() as source_conn:
-        raw: Any = source_conn.connection.driver_connection
-        with raw.cursor() as cur:
-            names, oids = _pg_probe(cur, inner)
-            used = used_columns(comp, names)
-            columns = [(canonical, _pg_type(canonical, oids[i], names[i], postgres)) for canonical, i in used]
-            landing.create(conn, columns if postgres else [(name, "") for name, _ in columns])
-            selected = ", ".join(f"src.{_quote(names[i])}" for _, i in used)
-            copy_out = f"COPY (SELECT {selected} FROM ({inner}) AS src) TO STDOUT"
-            with cur.copy(copy_out if postgres else f"{copy_out} (FORMAT csv)") as out:
-                blocks: Iterator[Any] = iter(out)
-                if postgres:
-                    return landing.copy_blocks(conn, [c for c, _ in columns], blocks, csv=False)
-                return _insert_batches(conn, [c for c, _ in columns], _csv_batches(blocks, columns, 1 << 22))
+        try:
+            return _copy_out(source_conn.connection.driver_connection, inner, comp, conn, postgres)
+        except NotLandable:  # found by the probe, the connection idle
+            raise
+        except BaseException:
+            # the driver's own connection, used behind SQLAlchemy's back, may be dead (terminated mid-COPY) or still
+            # in a COPY: never back to the pool, whose reset would fail on it (a traceback) or hand it out again
+            source_conn.invalidate()
+            raise
+
+
+def _copy_out(raw: Any, inner: str, comp: Computation, conn: Connection, postgres: bool) -> int:
+    with raw.cursor() as cur:
+        names, oids = _pg_probe(cur, inner)
+        used = used_columns(comp, names)
+        columns = [(canonical, _pg_type(canonical, oids[i], names[i], postgres)) for canonical, i in used]
+        landing.create(conn, columns if postgres else [(name, "") for name, _ in columns])
+        selected = ", ".join(f"src.{_quote(names[i])}" for _, i in used)
+        copy_out = f"COPY (SELECT {selected} FROM ({inner}) AS src) TO STDOUT"
+        with cur.copy(copy_out if postgres else f"{copy_out} (FORMAT csv)") as out:
+            blocks: Iterator[Any] = iter(out)
+            if postgres:
+                return landing.copy_blocks(conn, [c for c, _ in columns], blocks, csv=False)
+            return _insert_batches(conn, [c for c, _ in columns], _csv_batches(blocks, columns, 1 << 22))
 
 
 def _insert_batches(conn: Connection, names: list[str], batches: Iterator[Any]) -> int:
