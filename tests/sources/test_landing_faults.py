@@ -1,5 +1,5 @@
 """Landing a PostgreSQL source when things go wrong under it, through the real command line: the source's
-connection terminated in the middle of its COPY.
+connection terminated in the middle of its COPY, the run killed or interrupted while its COPY runs.
 
 Each run's query waits on an advisory lock the test holds, after the probe that types its columns (a ``LIMIT 0``
 reads no row): the COPY has begun and sits there until the test acts, which it does once the database shows the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -118,3 +119,59 @@ def test_a_source_connection_terminated_mid_copy_is_streamed_without_a_traceback
         assert cli.wait() == 0, cli.stderr
     assert json.loads(cli.stdout)["counts"]["sources"]["score"]["members"] == USERS
     assert "Traceback" not in cli.stderr, cli.stderr
+
+
+def _state(url: str) -> dict[str, Any]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {
+                "runs": [tuple(r) for r in conn.execute(text("SELECT id, status, error FROM sync_runs ORDER BY id"))],
+                "staging": conn.execute(text("SELECT count(*) FROM staging")).scalar_one(),
+                "diffs": conn.execute(text("SELECT count(*) FROM diffs")).scalar_one(),
+            }
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_sigterm_while_a_source_is_landed_cancels_its_query_and_stores_no_diff(
+    blocked: BlockedSource, pg_schema_url: Any, tmp_path: Path, kind: str
+) -> None:
+    """The first SIGTERM asks for a clean stop: a landing waiting on its source (or moving rows for an hour) does not
+    go on until its query ends. Its query is cancelled, nothing is staged nor any diff stored (exit 3, as when
+    streaming is stopped between chunks), and the lock the source query waits on is never released meanwhile."""
+    url = _state_url(kind, tmp_path, pg_schema_url)
+    config = _config(tmp_path, url, blocked)
+    with _run(config) as cli:
+        blocked.copy_waiting()
+        cli.signal(signal.SIGTERM)
+        assert cli.wait(timeout=30) == 3, cli.stderr
+    assert "asked to stop (SIGTERM/SIGINT) while reading score; nothing was sent and no diff stored" in cli.stderr
+    assert "Traceback" not in cli.stderr, cli.stderr
+    state = _state(url)
+    assert state["staging"] == state["diffs"] == 0
+    assert [status for _, status, _ in state["runs"]] == ["failed"]
+    blocked.release()
+    with _run(config) as cli:
+        assert cli.wait() == 0, cli.stderr
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_run_killed_while_a_source_is_landed_is_recovered_by_the_next(
+    blocked: BlockedSource, pg_schema_url: Any, tmp_path: Path, kind: str
+) -> None:
+    """SIGKILL in the middle of the COPY: the landed table and the uncommitted staging die with the process; the
+    next run takes the lock over, calls the killed run abandoned and stages everything."""
+    url = _state_url(kind, tmp_path, pg_schema_url)
+    config = _config(tmp_path, url, blocked)
+    with _run(config) as cli:
+        blocked.copy_waiting()
+        assert cli.kill() == -signal.SIGKILL
+    blocked.release()
+    with _run(config) as cli:
+        assert cli.wait() == 0, cli.stderr
+    assert json.loads(cli.stdout)["counts"]["sources"]["score"]["members"] == USERS
+    state = _state(url)
+    assert state["runs"] == [(1, "failed", "abandoned: its process stopped before finishing"), (2, "succeeded", None)]
+    assert state["staging"] == 0 and state["diffs"] == USERS
