@@ -94,3 +94,18 @@ def test_the_attached_file_is_read_only(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert _source_rows(tmp_path) == before
+
+
+def test_a_query_ending_in_a_comment_is_still_pushed_down(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Wrapped as a subquery, a query's last-line comment would swallow the wrapping's closing parenthesis: the
+    computation would silently be streamed (the slow path), as would every landed query on another database."""
+    caplog.set_level("INFO", "audience_sync.run.stage")
+    state, source = _urls(tmp_path)
+    _sqlite_load(SQLITE_ROWS)(source)
+    body = _audience("SELECT user_id, email FROM src -- the whole table\\n;\\n")
+    streamed = run_sync(_config(f"sqlite:///{tmp_path / 'streamed.db'}", tmp_path, body, False, source))
+    caplog.clear()
+    pushed = run_sync(_config(state, tmp_path, body, None, source))
+    assert pushed.status == streamed.status == "succeeded"
+    assert pushed.counts["sources"] == streamed.counts["sources"]
+    assert not [r.getMessage() for r in caplog.records if "streaming" in r.getMessage()]
