@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from .engine import read_only_uri
+from .engine import read_only_uri, recover_hot_journal
 
 #: the schema name the source file is attached under (never written to)
 SOURCE_SCHEMA = "as_source"
@@ -36,6 +36,7 @@ def attached(engine: Engine, source: Path) -> Iterator[Connection]:
     """
     if not source.is_file():
         raise FileNotFoundError(str(source))
+    recover_hot_journal(source)  # a read-only attachment could not, and would fail
     with engine.connect() as conn:
         conn.exec_driver_sql(f"ATTACH DATABASE ? AS {SOURCE_SCHEMA}", (read_only_uri(source),))
         conn.commit()

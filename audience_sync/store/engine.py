@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -78,21 +78,46 @@ def create_state_engine(url: str, *, what: str = "state database") -> Engine:
     return engine
 
 
-def read_only_uri(path: Path) -> str:
-    """The SQLite URI filename that opens ``path`` read-only, every character of the path taken literally."""
-    return f"file:{quote(str(path.resolve()))}?mode=ro"
+#: SQLite's extended result code for a read-only connection that meets a hot journal it may not roll back
+SQLITE_READONLY_ROLLBACK = 776
+
+
+def read_only_uri(path: Path, mode: str = "ro") -> str:
+    """The SQLite URI filename that opens ``path`` read-only (or in another ``mode`` that never creates it: ``rw``),
+    every character of the path taken literally."""
+    return f"file:{quote(str(path.resolve()))}?mode={mode}"
+
+
+def _open(path: Path, mode: str, timeout: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> sqlite3.Connection:
+    return sqlite3.connect(read_only_uri(path, mode), uri=True, timeout=timeout, check_same_thread=False)
+
+
+def recover_hot_journal(path: Path) -> bool:
+    """Roll back the hot journal a writer that died mid-transaction left beside the SQLite file ``path``, as any
+    reader with write access would on its first read (a read-only connection may not, and fails): True when there
+    was one. Nothing else is written; the file is never created."""
+    with closing(_open(path, "ro", timeout=0)) as probe:  # a file locked by a live writer holds no hot journal
+        try:
+            probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return False
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != SQLITE_READONLY_ROLLBACK:
+                return False  # another error: the query meets it again and says so
+    with closing(_open(path, "rw")) as writer:
+        writer.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return True
 
 
 def _read_only_sqlite(path: Path) -> Callable[[], sqlite3.Connection]:
     """A connection factory for the SQLite file ``path``, read-only: never created when missing (an OperationalError
-    naming it), never written (a statement that would write fails, an ``ATTACH`` too, which could create a file)."""
+    naming it), never written (a statement that would write fails, an ``ATTACH`` too, which could create a file),
+    except that a hot journal a crashed writer left is rolled back first, as SQLite means every reader to."""
 
     def connect() -> sqlite3.Connection:
         if not path.is_file():
             raise sqlite3.OperationalError(f"the source file {path} does not exist")
-        conn = sqlite3.connect(
-            read_only_uri(path), uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False
-        )
+        recover_hot_journal(path)
+        conn = _open(path, "ro")
         conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         register_sqlite_functions(conn)
         return conn

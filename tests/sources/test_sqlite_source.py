@@ -4,6 +4,8 @@ and a query pushed down with the file attached to the state reads the file's tab
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,36 @@ def test_a_query_ending_in_a_comment_is_still_pushed_down(tmp_path: Path, caplog
     assert pushed.status == streamed.status == "succeeded"
     assert pushed.counts["sources"] == streamed.counts["sources"]
     assert not [r.getMessage() for r in caplog.records if "streaming" in r.getMessage()]
+
+
+@pytest.mark.parametrize("push", [None, False])
+def test_a_hot_journal_left_by_a_crashed_writer_is_rolled_back_and_the_file_read(
+    tmp_path: Path, push: bool | None
+) -> None:
+    """A writer killed in the middle of a transaction that spilled to the file leaves a hot journal: a read-only
+    connection may not roll it back and would fail ("attempt to write a readonly database"). The run rolls it back
+    as any SQLite reader would, then reads the rows as they were committed."""
+    state, source = _urls(tmp_path)
+    _sqlite_load([(f"u{i}", None, i) for i in range(2000)])(source)
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys\n"
+            f"db = sqlite3.connect({str(tmp_path / 'warehouse.db')!r}, isolation_level=None)\n"
+            "db.execute('PRAGMA cache_size=1'); db.execute('BEGIN')\n"
+            "db.execute('UPDATE src SET value = hex(randomblob(100))')\n"
+            "print('spilled', flush=True); sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None and writer.stdout.readline() == "spilled\n"
+    writer.kill()
+    writer.wait()
+    assert (tmp_path / "warehouse.db-journal").exists()
+    result = run_sync(_config(state, tmp_path, BODY, push, source))
+    assert result.status == "succeeded" and result.counts["sources"]["members"]["members"] == 2000
+    with sqlite3.connect(tmp_path / "warehouse.db") as db:
+        assert db.execute("SELECT sum(value) FROM src").fetchone()[0] == sum(range(2000))
