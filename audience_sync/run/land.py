@@ -12,12 +12,14 @@ the computation is streamed: its errors and skipped rows are then the streamed p
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
 from ..config import Computation
+from ..errors import RunStopped
 from ..sources import SourceStats, pushdown
 from ..sources.landing import NotLandable, errors, land_duckdb, land_postgres
 from ..store import landing, loading
@@ -29,16 +31,32 @@ log = logging.getLogger(__name__)
 Lander = Callable[[Connection], int]
 
 
-def lander(source: Engine | None, duckdb: Path | None, comp: Computation, batch_rows: int) -> Lander | None:
+def lander(
+    source: Engine | None,
+    duckdb: Path | None,
+    comp: Computation,
+    batch_rows: int,
+    stop: threading.Event | None = None,
+) -> Lander | None:
     """How ``comp``'s rows can be landed in the state database from ``source`` (a SQLAlchemy source: PostgreSQL)
-    or from the DuckDB file ``duckdb``, in Arrow batches of ``batch_rows``; None when they must be streamed."""
+    or from the DuckDB file ``duckdb``, in Arrow batches of ``batch_rows``; None when they must be streamed.
+    Setting ``stop`` cancels the source's query."""
     if comp.sql is None or comp.builder is not None or comp.file is not None:
         return None
     if duckdb is not None:
-        return lambda conn: land_duckdb(duckdb, comp, conn, batch_rows)
+        return lambda conn: land_duckdb(duckdb, comp, conn, batch_rows, stop)
     if source is not None and is_postgresql(source):
-        return lambda conn: land_postgres(source, comp, conn)
+        return lambda conn: land_postgres(source, comp, conn, stop)
     return None
+
+
+def stopped(run_id: int, comp: Computation) -> RunStopped:
+    """The error of a run asked to stop while it read ``comp``."""
+    return RunStopped(
+        f"run {run_id} was asked to stop (SIGTERM/SIGINT) while reading {comp.key}; nothing was sent "
+        f"and no diff stored: the next run starts over",
+        run_id=run_id,
+    )
 
 
 def record(stats: SourceStats, pushed: loading.PushedDown) -> None:
@@ -68,11 +86,19 @@ def _stage_landed(conn: Connection, run_id: int, comp: Computation, move: Lander
     return pushed
 
 
-def land(engine: Engine, run_id: int, comp: Computation, move: Lander, stats: SourceStats) -> bool:
+def land(
+    engine: Engine,
+    run_id: int,
+    comp: Computation,
+    move: Lander,
+    stats: SourceStats,
+    stop: threading.Event | None = None,
+) -> bool:
     """Stage ``comp`` by landing its rows with ``move`` and pushing them down from the landed table.
 
     Guarantees: True when staged, with the same rows and figures as streaming; False with nothing staged
-    (one transaction, rolled back) when it must be streamed instead.
+    (one transaction, rolled back) when it must be streamed instead. RunStopped, nothing staged, when ``stop`` was
+    set while it ran (``move`` cancels the source's query then): streaming would run the query again.
     """
     pushed = None
     try:
@@ -89,6 +115,8 @@ def land(engine: Engine, run_id: int, comp: Computation, move: Lander, stats: So
         log.info("%s: streaming (%s)", comp.key, exc)
         return False
     except errors() as exc:  # the streamed path reports the query's own error, or a value's
+        if stop is not None and stop.is_set():
+            raise stopped(run_id, comp) from None
         log.info("%s: landing failed (%s); streaming instead", comp.key, " ".join(str(exc).split())[:200])
         return False
     if pushed is None:

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Computation, Config
-from ..errors import ConfigError, RunStopped, SourceError
+from ..errors import ConfigError, SourceError
 from ..model import SourceFigures
 from ..sources import RawRow, SourceStats, normalize, pushdown, read_rows
 from ..sources.builder import BuilderSource
@@ -70,14 +70,6 @@ def _push_down(
     return True
 
 
-def _stopped(run_id: int, comp: Computation) -> RunStopped:
-    return RunStopped(
-        f"run {run_id} was asked to stop (SIGTERM/SIGINT) while reading {comp.key}; nothing was sent "
-        f"and no diff stored: the next run starts over",
-        run_id=run_id,
-    )
-
-
 def _stream(
     engine: Engine,
     source: Engine | Path,
@@ -102,7 +94,7 @@ def _stream(
     def chunks() -> Iterator[list[StagedRow]]:
         for raw in raws:
             if stop is not None and stop.is_set():
-                raise _stopped(run_id, comp)
+                raise land.stopped(run_id, comp)
             yield normalize(comp, raw, stats)
             advance(len(raw))
 
@@ -147,13 +139,14 @@ def stage(
         progress.begin(task)
         st = SourceStats()
         if stop is not None and stop.is_set():
-            raise _stopped(run_id, comp)
+            raise land.stopped(run_id, comp)
         if comp.builder is not None:
             pushed = push and _push_down(connect, run_id, comp, st, builder.plan)
         else:
-            pushed = push and comp.sql is not None and _push_down(connect, run_id, comp, st)
-            move = land.lander(sqla, duckdb, comp, config.source_chunk_size) if landing else None
-            pushed = pushed or (move is not None and land.land(engine, run_id, comp, move, st))
+            pushed = push and comp.sql is not None and _reads_source(sqla, source_file, comp)
+            pushed = pushed and _push_down(connect, run_id, comp, st)
+            move = land.lander(sqla, duckdb, comp, config.source_chunk_size, stop) if landing else None
+            pushed = pushed or (move is not None and land.land(engine, run_id, comp, move, st, stop))
         if pushed:
             progress.advance(task, st.rows)
         else:
@@ -192,6 +185,18 @@ def stage(
             "skipped": len(st.skips),
         }
     return stats
+
+
+def _reads_source(source: Engine | None, source_file: Path | None, comp: Computation) -> bool:
+    """Whether ``comp``'s query, pushed down with ``source_file`` attached, reads the tables streaming would: those
+    of the source file, not a state table of a name the file lacks (SQLite would look that up in the state)."""
+    if source_file is None or source is None or comp.sql is None:
+        return True
+    with source.connect() as conn:
+        alone = attach.compiles_alone(conn, pushdown.query_text(comp.sql))
+    if not alone:
+        log.info("%s: streaming (its query does not compile on the source file alone)", comp.key)
+    return alone
 
 
 def _attachable(engine: Engine, source_file: Path) -> bool:

@@ -29,7 +29,7 @@ from ..sources.builder.windows import as_utc
 from ..sources.duck import duckdb_file
 from ..store import outbox, registry, runs, sizes, staging
 from ..store.dialect import analyze
-from ..store.engine import create_state_engine, store_error
+from ..store.engine import create_source_engine, create_state_engine, store_error
 from ..store.lock import HeldLock, run_lock
 from ..store.migrate import upgrade
 from .deliver import DeliveryReport, deliver_all
@@ -99,7 +99,7 @@ def run_sync(
     # the source: the state's own engine, a DuckDB file read with DuckDB's own API, or an engine of its own
     source: Engine | Path = engine
     if config.source_url != config.state_url:
-        source = duckdb_file(config.source_url) or create_state_engine(config.source_url, what="source database")
+        source = duckdb_file(config.source_url) or create_source_engine(config.source_url)
     try:
         upgrade(engine)
         with engine.connect() as conn:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import io
 import itertools
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,37 @@ def errors() -> tuple[type[Exception], ...]:
 
 class NotLandable(Exception):
     """The computation's rows cannot be landed (a column type, a column missing): stream them instead."""
+
+
+#: how often a landing looks whether the run was asked to stop, in seconds (its query is then cancelled)
+STOP_POLL = 0.1
+
+
+@contextmanager
+def cancelled_on(stop: threading.Event | None, cancel: Callable[[], None]) -> Iterator[None]:
+    """While inside, ``cancel`` (the source's own way to interrupt its running query, callable from another thread)
+    is called once ``stop`` is set: a landing that waits on its source, or moves rows for a long time, ends as soon
+    as the run is asked to stop, with the driver's error for a cancelled query."""
+    if stop is None:
+        yield
+        return
+    done, lock = threading.Event(), threading.Lock()
+
+    def watch() -> None:
+        while not done.is_set():
+            if stop.wait(STOP_POLL):
+                with lock:  # never once the landing is over: the connection may be running something else
+                    if not done.is_set():
+                        cancel()
+                return
+
+    # not joined on the way out (that could cost a poll per landing): once ``done`` is set it cancels nothing
+    threading.Thread(target=watch, name="landing-stop", daemon=True).start()
+    try:
+        yield
+    finally:
+        with lock:
+            done.set()
 
 
 def _quote(name: str) -> str:
@@ -143,31 +176,45 @@ def _csv_batches(blocks: Iterator[Any], columns: list[tuple[str, str]], batch_by
     yield from reader
 
 
-def land_postgres(source: Engine, comp: Computation, conn: Connection) -> int:
+def land_postgres(source: Engine, comp: Computation, conn: Connection, stop: threading.Event | None = None) -> int:
     """Copy ``comp``'s query rows from the PostgreSQL ``source`` into the landed table on ``conn`` (the state,
     inside a transaction); return the rows copied.
 
     NotLandable when a used column's type is not one of :data:`PG_LANDED` (on SQLite: not a boolean, a uuid only
     as the user id). Raises the driver's error (``psycopg.Error``) when the query fails on the source or its data
-    is refused by the state, Arrow's when it cannot read the CSV.
+    is refused by the state, Arrow's when it cannot read the CSV. Setting ``stop`` cancels the source's query (the
+    driver's ``QueryCanceled``).
     """
     assert comp.sql is not None
     inner = query_text(comp.sql)
     postgres = is_postgresql(conn)
     with source.connect() as source_conn:
-        raw: Any = source_conn.connection.driver_connection
-        with raw.cursor() as cur:
-            names, oids = _pg_probe(cur, inner)
-            used = used_columns(comp, names)
-            columns = [(canonical, _pg_type(canonical, oids[i], names[i], postgres)) for canonical, i in used]
-            landing.create(conn, columns if postgres else [(name, "") for name, _ in columns])
-            selected = ", ".join(f"src.{_quote(names[i])}" for _, i in used)
-            copy_out = f"COPY (SELECT {selected} FROM ({inner}) AS src) TO STDOUT"
-            with cur.copy(copy_out if postgres else f"{copy_out} (FORMAT csv)") as out:
-                blocks: Iterator[Any] = iter(out)
-                if postgres:
-                    return landing.copy_blocks(conn, [c for c, _ in columns], blocks, csv=False)
-                return _insert_batches(conn, [c for c, _ in columns], _csv_batches(blocks, columns, 1 << 22))
+        try:
+            raw: Any = source_conn.connection.driver_connection
+            with cancelled_on(stop, raw.cancel_safe):
+                return _copy_out(raw, inner, comp, conn, postgres)
+        except NotLandable:  # found by the probe, the connection idle
+            raise
+        except BaseException:
+            # the driver's own connection, used behind SQLAlchemy's back, may be dead (terminated mid-COPY) or still
+            # in a COPY: never back to the pool, whose reset would fail on it (a traceback) or hand it out again
+            source_conn.invalidate()
+            raise
+
+
+def _copy_out(raw: Any, inner: str, comp: Computation, conn: Connection, postgres: bool) -> int:
+    with raw.cursor() as cur:
+        names, oids = _pg_probe(cur, inner)
+        used = used_columns(comp, names)
+        columns = [(canonical, _pg_type(canonical, oids[i], names[i], postgres)) for canonical, i in used]
+        landing.create(conn, columns if postgres else [(name, "") for name, _ in columns])
+        selected = ", ".join(f"src.{_quote(names[i])}" for _, i in used)
+        copy_out = f"COPY (SELECT {selected} FROM ({inner}) AS src) TO STDOUT"
+        with cur.copy(copy_out if postgres else f"{copy_out} (FORMAT csv)") as out:
+            blocks: Iterator[Any] = iter(out)
+            if postgres:
+                return landing.copy_blocks(conn, [c for c, _ in columns], blocks, csv=False)
+            return _insert_batches(conn, [c for c, _ in columns], _csv_batches(blocks, columns, 1 << 22))
 
 
 def _insert_batches(conn: Connection, names: list[str], batches: Iterator[Any]) -> int:
@@ -195,19 +242,22 @@ def _duckdb_columns(relation: Any, used: list[tuple[str, int]], postgres: bool) 
     return columns
 
 
-def land_duckdb(path: Path, comp: Computation, conn: Connection, batch_rows: int) -> int:
+def land_duckdb(
+    path: Path, comp: Computation, conn: Connection, batch_rows: int, stop: threading.Event | None = None
+) -> int:
     """Read ``comp``'s query rows from the DuckDB file ``path`` as Arrow batches of ``batch_rows`` and land
     them on ``conn`` (the state, inside a transaction); return the rows landed.
 
     NotLandable when a used column's type is not one of :data:`DUCKDB_LANDED`. Raises ``duckdb.Error`` when the
-    query fails, the driver's error when the state refuses the data.
+    query fails, the driver's error when the state refuses the data. Setting ``stop`` interrupts the query
+    (``duckdb.InterruptException``).
     """
     import pyarrow.csv
 
     assert comp.sql is not None
     inner = query_text(comp.sql)
     postgres = is_postgresql(conn)
-    with duck.connected(path) as source:
+    with duck.connected(path) as source, cancelled_on(stop, source.interrupt):
         relation = source.sql(inner)
         used = used_columns(comp, list(relation.columns))
         columns = _duckdb_columns(relation, used, postgres)

@@ -245,8 +245,9 @@ def _pg_columns(
 
 
 def query_text(sql: str) -> str:
-    """The query as it can stand inside a subquery (trailing semicolons removed)."""
-    return sql.strip().rstrip(";").rstrip()
+    """The query as it can stand inside a subquery: a trailing semicolon removed, and a line end after it, so that a
+    comment on its last line (``-- ...``) does not swallow what follows it."""
+    return sql.strip().rstrip(";").rstrip() + "\n"
 
 
 def plan(conn: Connection, comp: Computation) -> Pushdown | None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -64,7 +66,8 @@ def create_state_engine(url: str, *, what: str = "state database") -> Engine:
             parsed = parsed.set(drivername="postgresql+psycopg")
         kwargs: dict[str, Any] = {"future": True}
         if _embedded(parsed.get_backend_name()):
-            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+            # URI filenames: a source file is attached read-only by one (``store/attach.py``); a plain path is a path
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "uri": True}
         else:
             kwargs["pool_pre_ping"] = True
         engine = create_engine(parsed, **kwargs)
@@ -73,6 +76,72 @@ def create_state_engine(url: str, *, what: str = "state database") -> Engine:
     if _embedded(engine):
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+#: SQLite's extended result code for a read-only connection that meets a hot journal it may not roll back
+SQLITE_READONLY_ROLLBACK = 776
+
+
+def read_only_uri(path: Path, mode: str = "ro") -> str:
+    """The SQLite URI filename that opens ``path`` read-only (or in another ``mode`` that never creates it: ``rw``),
+    every character of the path taken literally."""
+    return f"file:{quote(str(path.resolve()))}?mode={mode}"
+
+
+def _open(path: Path, mode: str, timeout: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> sqlite3.Connection:
+    return sqlite3.connect(read_only_uri(path, mode), uri=True, timeout=timeout, check_same_thread=False)
+
+
+def recover_hot_journal(path: Path) -> bool:
+    """Roll back the hot journal a writer that died mid-transaction left beside the SQLite file ``path``, as any
+    reader with write access would on its first read (a read-only connection may not, and fails): True when there
+    was one. Nothing else is written; the file is never created."""
+    with closing(_open(path, "ro", timeout=0)) as probe:  # a file locked by a live writer holds no hot journal
+        try:
+            probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return False
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != SQLITE_READONLY_ROLLBACK:
+                return False  # another error: the query meets it again and says so
+    with closing(_open(path, "rw")) as writer:
+        writer.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return True
+
+
+def _read_only_sqlite(path: Path) -> Callable[[], sqlite3.Connection]:
+    """A connection factory for the SQLite file ``path``, read-only: never created when missing (an OperationalError
+    naming it), never written (a statement that would write fails, an ``ATTACH`` too, which could create a file),
+    except that a hot journal a crashed writer left is rolled back first, as SQLite means every reader to."""
+
+    def connect() -> sqlite3.Connection:
+        if not path.is_file():
+            raise sqlite3.OperationalError(f"the source file {path} does not exist")
+        recover_hot_journal(path)
+        conn = _open(path, "ro")
+        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        register_sqlite_functions(conn)
+        return conn
+
+    return connect
+
+
+def create_source_engine(url: str) -> Engine:
+    """An engine for a SQL source at ``url``. A SQLite file is opened read-only with a busy timeout: a missing file
+    is an error naming it (not an empty database created in its place), its journal mode is left as it is, and a
+    query cannot change it (a DDL statement, ``VACUUM`` and ``ATTACH`` fail). Other databases: as
+    :func:`create_state_engine` makes them. Raises ConfigError as that does."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"source database URL {redact_url(url)!r} is not usable: {scrub(str(exc))}") from None
+    database = parsed.database or ""
+    if not _embedded(parsed.get_backend_name()) or database in ("", ":memory:") or database.startswith("file:"):
+        return create_state_engine(url, what="source database")
+    path = Path(database)
+    try:
+        return create_engine(parsed.set(database=None), creator=_read_only_sqlite(path))
+    except (ArgumentError, ImportError, ValueError) as exc:
+        raise ConfigError(f"source database URL {redact_url(url)!r} is not usable: {scrub(str(exc))}") from None
 
 
 #: how psycopg quotes a query streamed through a server-side cursor: the cursor's name is the driver's own

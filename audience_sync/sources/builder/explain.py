@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import distinct, func, select
 
 from ...errors import ConfigError
-from ...store.engine import create_state_engine
+from ...store.engine import create_source_engine
 from .source import BuilderSource
 from .windows import as_utc
 
@@ -37,7 +37,7 @@ def explain(config: Config, key: str, as_of: dt.datetime | None = None) -> dict[
             path=config.path,
         )
     instant = as_utc(as_of or dt.datetime.now(dt.UTC))
-    source = create_state_engine(config.source_url, what="source database")
+    source = create_source_engine(config.source_url)
     try:
         builder = BuilderSource(config, source, [comp], instant)
         sql = builder.sql(comp)
