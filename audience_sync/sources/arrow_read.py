@@ -55,9 +55,8 @@ def adbc_driver(url: URL) -> str | None:
     ``sqlite`` -> ``adbc_driver_sqlite``, ``postgresql`` -> ``adbc_driver_postgresql``, ``snowflake`` ->
     ``adbc_driver_snowflake``, ``bigquery`` -> ``adbc_driver_bigquery``; an in-memory SQLite database has none.
     """
-    backend = url.get_backend_name()
-    module = ADBC_DRIVERS.get(backend)
-    if module is None or (backend == "sqlite" and url.database in (None, "", ":memory:")):
+    module = ADBC_DRIVERS.get(url.get_backend_name())
+    if module is None or (module == ADBC_DRIVERS["sqlite"] and url.database in (None, "", ":memory:")):
         return None
     return module if _installed(module) and _installed("adbc_driver_manager") else None
 
@@ -87,29 +86,40 @@ def adbc_connect(url: URL, module: str) -> Iterator[Any]:
       (without it, the default Google credentials).
     """
     driver: Any = importlib.import_module(f"{module}.dbapi")
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        path = Path(url.database or "").resolve()
-        conn = driver.connect(f"file:{quote(str(path))}?mode=ro")
-    elif backend == "postgresql":
-        conn = driver.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
-    elif backend == "snowflake":
-        conn = driver.connect(url.render_as_string(hide_password=False).split("://", 1)[1])
-    elif backend == "bigquery":
-        options = {"adbc.bigquery.sql.project_id": url.host or ""}
-        if url.database:
-            options["adbc.bigquery.sql.dataset_id"] = url.database
-        credentials = url.query.get("credentials_path")
-        if isinstance(credentials, str):
-            options["adbc.bigquery.sql.auth_type"] = "adbc.bigquery.sql.auth_type.json_credential_file"
-            options["adbc.bigquery.sql.auth_credentials"] = credentials
-        conn = driver.connect(db_kwargs=options)
-    else:  # pragma: no cover - adbc_driver names no other
-        raise ValueError(f"no ADBC connection for {backend!r}")
+    conn = _CONNECT[url.get_backend_name()](driver, url)
     try:
         yield conn
     finally:
         conn.close()
+
+
+def _sqlite(driver: Any, url: URL) -> Any:
+    return driver.connect(f"file:{quote(str(Path(url.database or '').resolve()))}?mode=ro")
+
+
+def _postgresql(driver: Any, url: URL) -> Any:
+    return driver.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
+
+
+def _snowflake(driver: Any, url: URL) -> Any:
+    return driver.connect(url.render_as_string(hide_password=False).split("://", 1)[1])
+
+
+def _bigquery(driver: Any, url: URL) -> Any:
+    options = {"adbc.bigquery.sql.project_id": url.host or ""}
+    if url.database:
+        options["adbc.bigquery.sql.dataset_id"] = url.database
+    credentials = url.query.get("credentials_path")
+    if isinstance(credentials, str):
+        options["adbc.bigquery.sql.auth_type"] = "adbc.bigquery.sql.auth_type.json_credential_file"
+        options["adbc.bigquery.sql.auth_credentials"] = credentials
+    return driver.connect(db_kwargs=options)
+
+
+#: how each backend's URL is handed to its ADBC driver's ``dbapi.connect`` (:func:`adbc_connect`)
+_CONNECT = {"sqlite": _sqlite, "postgresql": _postgresql, "snowflake": _snowflake, "bigquery": _bigquery}
+#: backends whose ADBC driver converts a column's later values to its first rows' type (``typeof()`` checked)
+_TYPEOF_CHECKED = {"sqlite"}
 
 
 def _quote(name: str) -> str:
@@ -142,7 +152,7 @@ def adbc_batches(url: URL, module: str, comp: Computation, batch_rows: int) -> I
     with adbc_connect(url, module) as conn:
         cur = conn.cursor()
         try:
-            if url.get_backend_name() == "sqlite":
+            if url.get_backend_name() in _TYPEOF_CHECKED:
                 cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
                 cur.execute(f"SELECT * FROM ({inner}) AS src LIMIT 0")
                 names = list(cur.fetch_record_batch().schema.names)
