@@ -193,4 +193,7 @@ def land_duckdb(path: Path, comp: Computation, conn: Connection, batch_rows: int
                 raise NotLandable(f"column {names[i]!r} has DuckDB type {types[i]}, which is not landed")
         selected = ", ".join(f"src.{_quote(names[i])}" for _, i in used)
         reader = duck.arrow_reader(source, f"SELECT {selected} FROM ({inner}) AS src", batch_rows)
-        return arrow_ingest.land(conn, comp, [names[i] for _, i in used], reader, "DuckDB's Arrow")
+        try:
+            return arrow_ingest.land(conn, comp, [names[i] for _, i in used], reader, "DuckDB's Arrow")
+        finally:  # not left to an error's traceback, which would keep the file open after the connection closes
+            reader.close()

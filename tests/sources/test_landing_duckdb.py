@@ -270,3 +270,45 @@ def test_batches_of_a_few_rows_stage_what_one_batch_stages(
         outcomes.append((_state(state)["snapshot"], result.counts["sources"]))
     assert outcomes[0] == outcomes[1]
     assert _landed(caplog) == {"members", "score"}
+
+
+#: (DuckDB type, value expression, landed): types the ingest renders, and values it cannot render exactly
+MORE = [
+    ("HUGEINT", "length(value) * 100000000000000000000000::HUGEINT", True),
+    ("UBIGINT", "length(value) + 18446744073709551000::UBIGINT", True),
+    ("FLOAT", "length(value) / 3.0", True),
+    ("DATE", "DATE '2026-01-01' + to_days(length(value)::INTEGER)", True),
+    ("TIMESTAMP_NS", "TIMESTAMP_NS '2026-01-01 00:00:00.123456' + to_days(length(value))", True),
+    ("INTEGER[]", "[length(value), NULL]", True),
+    ("DOUBLE", "CASE WHEN length(value) > 3 THEN 'nan'::DOUBLE ELSE 1.5 END", False),  # NaN: the user is skipped
+    ("TIMESTAMP_NS", "TIMESTAMP_NS '2026-01-01 00:00:00.123456789' + to_days(length(value))", False),
+]
+
+
+@pytest.mark.parametrize("kind", STATES)
+def test_more_duckdb_types_land_and_unrenderable_values_stream(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Integers beyond int64, floats, dates, nanosecond timestamps and lists land; a NaN (a user streaming skips)
+    and a nanosecond a Python datetime cannot hold are streamed, with the streamed path's figures."""
+    caplog.set_level("INFO", "audience_sync.run")
+
+    def load(url: str) -> None:
+        with duckdb.connect(_path(url)) as db:
+            db.execute("CREATE TABLE raw (user_id VARCHAR, email VARCHAR, value VARCHAR)")
+            db.executemany("INSERT INTO raw VALUES (?, ?, ?)", ROWS)
+            for i, (value_type, cast, _) in enumerate(MORE):
+                db.execute(f"CREATE VIEW src_{i} AS SELECT user_id, email, ({cast})::{value_type} AS value FROM raw")
+
+    _compare(
+        lambda tmp: _state_for(kind, request, tmp),
+        tmp_path,
+        load,
+        _change,
+        _source,
+        typed_traits({f"{t} {i}": c for i, (t, c, _) in enumerate(MORE)}),  # one trait per entry of MORE
+    )
+    assert _landed(caplog) == {"members"} | {f"score_{i}" for i, (_, _, landed) in enumerate(MORE) if landed}
+    fallbacks = _fallbacks(caplog)
+    assert any("has a NaN or an infinity" in m for m in fallbacks)
+    assert any("finer than a microsecond" in m for m in fallbacks)
