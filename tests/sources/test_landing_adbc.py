@@ -118,3 +118,19 @@ def test_adbc_drivers_for_urls(tmp_path: Path) -> None:
     assert arrow_read.adbc_driver(make_url("sqlite://")) is None
     assert arrow_read.adbc_driver(make_url("postgresql+psycopg://u@h/db")) == "adbc_driver_postgresql"
     assert arrow_read.adbc_driver(make_url("mysql://u@h/db")) is None
+
+
+def test_a_postgres_url_is_read_by_its_adbc_driver_in_its_schema(pg_schema_url: Any, tmp_path: Path) -> None:
+    """The URL as libpq reads it (driver name dropped, ``options`` kept): the query sees the URL's schema.
+    (The lander keeps ``COPY`` for PostgreSQL sources; this is the reader others may use.)"""
+    import pyarrow as pa
+    from sqlalchemy.engine import make_url
+
+    from tests.sources.test_pushdown import _pg_exec
+
+    url = pg_schema_url(tmp_path)
+    _pg_exec(url, "CREATE TABLE src AS SELECT 'u1'::text AS user_id, NULL::text AS email, 5::bigint AS value")
+    comp = next(c for c in _config(url, tmp_path, BODY, None, url).computations if c.key == "score")
+    with arrow_read.adbc_batches(make_url(url), "adbc_driver_postgresql", comp, 100) as (names, batches):
+        assert names == ["user_id", "email", "value"]
+        assert pa.Table.from_batches(list(batches)).to_pylist() == [{"user_id": "u1", "email": None, "value": 5}]
