@@ -1,5 +1,5 @@
 """Arrow record batches of a query on "any other engine": a SQLAlchemy source that is neither the state database,
-nor a SQLite file attached to a SQLite state, nor PostgreSQL (whose ``COPY`` pipe is faster, ``landing.py``).
+nor a SQLite file attached to a SQLite state, nor PostgreSQL (read by its ``COPY`` pipe, ``landing.py``).
 
 - **ADBC**, when the driver package for the URL's backend is installed (the ``adbc`` extra brings those for
   SQLite and PostgreSQL; ``adbc-driver-snowflake`` and ``adbc-driver-bigquery`` install the same way), see
