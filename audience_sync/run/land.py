@@ -21,14 +21,15 @@ from sqlalchemy import Connection, Engine
 from ..config import Computation
 from ..errors import RunStopped
 from ..sources import SourceStats, pushdown
+from ..sources.arrow_read import land_arrow
 from ..sources.landing import NotLandable, errors, land_duckdb, land_postgres
 from ..store import landing, loading
 from ..store.dialect import is_postgresql
 
 log = logging.getLogger(__name__)
 
-#: moves a computation's raw rows into the landed table on a state connection; returns the rows moved
-Lander = Callable[[Connection], int]
+#: moves a computation's raw rows into the landed table on a state connection; says what it moved
+Lander = Callable[[Connection], landing.Landed]
 
 
 def lander(
@@ -38,15 +39,18 @@ def lander(
     batch_rows: int,
     stop: threading.Event | None = None,
 ) -> Lander | None:
-    """How ``comp``'s rows can be landed in the state database from ``source`` (a SQLAlchemy source: PostgreSQL)
-    or from the DuckDB file ``duckdb``, in Arrow batches of ``batch_rows``; None when they must be streamed.
-    Setting ``stop`` cancels the source's query."""
+    """How ``comp``'s rows can be landed in the state database from ``source`` (a SQLAlchemy source: PostgreSQL
+    by ``COPY``, any other as Arrow batches, ``sources/arrow_read.py``) or from the DuckDB file ``duckdb``, in
+    Arrow batches of ``batch_rows``; None when they must be streamed. Setting ``stop`` cancels the source's query
+    (PostgreSQL and DuckDB; another engine's read stops at its next batch, when the run checks ``stop``)."""
     if comp.sql is None or comp.builder is not None or comp.file is not None:
         return None
     if duckdb is not None:
         return lambda conn: land_duckdb(duckdb, comp, conn, batch_rows, stop)
     if source is not None and is_postgresql(source):
         return lambda conn: land_postgres(source, comp, conn, stop)
+    if source is not None:
+        return lambda conn: land_arrow(source, comp, conn, batch_rows)
     return None
 
 
@@ -71,7 +75,8 @@ def _stage_landed(conn: Connection, run_id: int, comp: Computation, move: Lander
     """Land and push down in one transaction of ``conn``; None (rolled back) when the rows must be streamed."""
     with conn.begin() as transaction:
         landed = move(conn)
-        plan = pushdown.plan_table(conn, comp, landing.TABLE)
+        landed_as = (landed.rows, landed.via)
+        plan = pushdown.plan_table(conn, comp, landing.TABLE, landed.value_is_json)
         if plan is None:
             transaction.rollback()
             log.info("%s: streaming (its column types cannot be pushed down once landed)", comp.key)
@@ -82,7 +87,7 @@ def _stage_landed(conn: Connection, run_id: int, comp: Computation, move: Lander
             log.info("%s: streaming, to report %d rows it cannot stage", comp.key, pushed.unusable)
             return None
         landing.drop(conn)
-    log.info("%s: landed %d rows in the state database and pushed down", comp.key, landed)
+    log.info("%s: landed %d rows in the state database (read with %s) and pushed down", comp.key, *landed_as)
     return pushed
 
 

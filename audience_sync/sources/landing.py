@@ -9,8 +9,11 @@ moved in bulk into a temporary table of the state database (``store/landing.py``
   written unchanged into ``COPY ... FROM STDIN`` on the state (text format, which round-trips these types).
 - **PostgreSQL to SQLite** (:func:`land_postgres`): the same ``COPY``, as CSV, read by Arrow's CSV reader
   into record batches of the probed types, given column by column to one ``executemany``.
-- **DuckDB to either** (:func:`land_duckdb`): the query's Arrow record batches, written as CSV into ``COPY``
-  on a PostgreSQL state, or given column by column to one ``executemany`` on a SQLite state.
+- **DuckDB to either** (:func:`land_duckdb`): the query's Arrow record batches, rendered and landed by
+  ``sources/arrow_ingest.py`` (text ``COPY`` on a PostgreSQL state, ``executemany`` on SQLite), for the DuckDB
+  types whose Python objects that module renders as streaming would (:data:`DUCKDB_LANDED`).
+- **Any other SQLAlchemy source** (``sources/arrow_read.py``): Arrow batches from an ADBC driver, or built from
+  the dialect's rows, landed the same way.
 
 Only the columns the computation uses are landed, under their canonical names, and only with types the pushdown
 handles; any other type raises :class:`NotLandable`, and the computation is streamed as before.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,24 +34,24 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Computation
-from ..errors import SourceError
 from ..store import landing
 from ..store.dialect import is_postgresql
-from . import duck
-from .columns import locate
+from . import arrow_ingest, duck
+from .arrow_ingest import NotLandable, used_columns
 from .pushdown import query_text
+
+__all__ = ["PG_LANDED", "NotLandable", "errors", "land_duckdb", "land_postgres", "used_columns"]
 
 #: PostgreSQL type OIDs landed, with the type of the landed column: those ``sources/pushdown.py`` renders as
 #: Python would (integers, text and varchar, boolean, uuid)
 PG_LANDED = {20: "bigint", 21: "bigint", 23: "bigint", 25: "text", 1043: "text", 16: "boolean", 2950: "uuid"}
-#: DuckDB column types landed, with the type of the landed column on a PostgreSQL state: integers that fit a
-#: ``bigint``, text, booleans. On SQLite, whose pushdown reads each value's own type, columns are left untyped
-#: and booleans are not landed (SQLite would keep 1, which the pushdown renders ``1``, not ``true``).
-DUCKDB_LANDED = {
-    **dict.fromkeys(["TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"], "bigint"),
-    "VARCHAR": "text",
-    "BOOLEAN": "boolean",
-}
+#: DuckDB column types landed through Arrow (``sources/arrow_ingest.py``): those whose Arrow form renders as
+#: DuckDB's Python objects are encoded, and lists of them. Not UUID (exported to Arrow as text, a ``UUID`` in
+#: Python), BLOB, INTERVAL, TIME, JSON, nested types.
+DUCKDB_LANDED = re.compile(
+    r"(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|UBIGINT|BOOLEAN|VARCHAR|FLOAT|DOUBLE"
+    r"|DECIMAL\(\d+,\d+\)|DATE|TIMESTAMP|TIMESTAMP_S|TIMESTAMP_MS|TIMESTAMP_NS|TIMESTAMP WITH TIME ZONE)(\[\])?"
+)
 
 
 def errors() -> tuple[type[Exception], ...]:
@@ -57,12 +61,10 @@ def errors() -> tuple[type[Exception], ...]:
     import psycopg
     import pyarrow
 
+    from . import arrow_read
+
     found: tuple[type[Exception], ...] = (SQLAlchemyError, psycopg.Error, pyarrow.ArrowException)
-    return found + (duck.errors() if duck.installed() else ())
-
-
-class NotLandable(Exception):
-    """The computation's rows cannot be landed (a column type, a column missing): stream them instead."""
+    return found + (duck.errors() if duck.installed() else ()) + arrow_read.errors()
 
 
 #: how often a landing looks whether the run was asked to stop, in seconds (its query is then cancelled)
@@ -98,18 +100,6 @@ def cancelled_on(stop: threading.Event | None, cancel: Callable[[], None]) -> It
 
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def used_columns(comp: Computation, names: list[str]) -> list[tuple[str, int]]:
-    """The landed names of the columns ``comp`` uses and their positions among the query's ``names``.
-
-    NotLandable when a required column is missing (the streamed path then reports it in its own words).
-    """
-    try:
-        found = locate(comp, names, "the query")
-    except SourceError as exc:  # said again, in the same words, by the streamed path
-        raise NotLandable(str(exc)) from None
-    return [(canonical, i) for canonical, i in zip(landing.COLUMNS, found, strict=True) if i is not None]
 
 
 def _pg_probe(cur: Any, inner: str) -> tuple[list[str], list[int]]:
@@ -176,7 +166,9 @@ def _csv_batches(blocks: Iterator[Any], columns: list[tuple[str, str]], batch_by
     yield from reader
 
 
-def land_postgres(source: Engine, comp: Computation, conn: Connection, stop: threading.Event | None = None) -> int:
+def land_postgres(
+    source: Engine, comp: Computation, conn: Connection, stop: threading.Event | None = None
+) -> landing.Landed:
     """Copy ``comp``'s query rows from the PostgreSQL ``source`` into the landed table on ``conn`` (the state,
     inside a transaction); return the rows copied.
 
@@ -202,7 +194,7 @@ def land_postgres(source: Engine, comp: Computation, conn: Connection, stop: thr
             raise
 
 
-def _copy_out(raw: Any, inner: str, comp: Computation, conn: Connection, postgres: bool) -> int:
+def _copy_out(raw: Any, inner: str, comp: Computation, conn: Connection, postgres: bool) -> landing.Landed:
     with raw.cursor() as cur:
         names, oids = _pg_probe(cur, inner)
         used = used_columns(comp, names)
@@ -213,8 +205,9 @@ def _copy_out(raw: Any, inner: str, comp: Computation, conn: Connection, postgre
         with cur.copy(copy_out if postgres else f"{copy_out} (FORMAT csv)") as out:
             blocks: Iterator[Any] = iter(out)
             if postgres:
-                return landing.copy_blocks(conn, [c for c, _ in columns], blocks, csv=False)
-            return _insert_batches(conn, [c for c, _ in columns], _csv_batches(blocks, columns, 1 << 22))
+                return landing.Landed(landing.copy_blocks(conn, [c for c, _ in columns], blocks, csv=False), "COPY")
+            batches = _csv_batches(blocks, columns, 1 << 22)
+            return landing.Landed(_insert_batches(conn, [c for c, _ in columns], batches), "COPY as CSV")
 
 
 def _insert_batches(conn: Connection, names: list[str], batches: Iterator[Any]) -> int:
@@ -231,48 +224,28 @@ def _insert_batches(conn: Connection, names: list[str], batches: Iterator[Any]) 
     return rows
 
 
-def _duckdb_columns(relation: Any, used: list[tuple[str, int]], postgres: bool) -> list[tuple[str, str]]:
-    names, types = relation.columns, [str(t) for t in relation.types]
-    columns = []
-    for canonical, i in used:
-        sql_type = DUCKDB_LANDED.get(types[i])
-        if sql_type is None or (sql_type == "boolean" and not postgres):
-            raise NotLandable(f"column {names[i]!r} has DuckDB type {types[i]}, which is not landed")
-        columns.append((canonical, sql_type if postgres else ""))
-    return columns
-
-
 def land_duckdb(
     path: Path, comp: Computation, conn: Connection, batch_rows: int, stop: threading.Event | None = None
-) -> int:
+) -> landing.Landed:
     """Read ``comp``'s query rows from the DuckDB file ``path`` as Arrow batches of ``batch_rows`` and land
-    them on ``conn`` (the state, inside a transaction); return the rows landed.
+    them on ``conn`` (the state, inside a transaction), their values as canonical JSON; return what was landed.
 
-    NotLandable when a used column's type is not one of :data:`DUCKDB_LANDED`. Raises ``duckdb.Error`` when the
-    query fails, the driver's error when the state refuses the data. Setting ``stop`` interrupts the query
-    (``duckdb.InterruptException``).
+    NotLandable when a used column's type is not one of :data:`DUCKDB_LANDED`, or a value cannot be rendered as
+    streaming would (``sources/arrow_ingest.py``). Raises ``duckdb.Error`` when the query fails, the driver's
+    error when the state refuses the data. Setting ``stop`` interrupts the query (``duckdb.InterruptException``).
     """
-    import pyarrow.csv
-
     assert comp.sql is not None
     inner = query_text(comp.sql)
-    postgres = is_postgresql(conn)
     with duck.connected(path) as source, cancelled_on(stop, source.interrupt):
         relation = source.sql(inner)
-        used = used_columns(comp, list(relation.columns))
-        columns = _duckdb_columns(relation, used, postgres)
-        landing.create(conn, columns)
-        names = [c for c, _ in columns]
-        selected = ", ".join(f"src.{_quote(relation.columns[i])}" for _, i in used)
+        names, types = list(relation.columns), [str(t) for t in relation.types]
+        used = used_columns(comp, names)
+        for _, i in used:
+            if not DUCKDB_LANDED.fullmatch(types[i]):
+                raise NotLandable(f"column {names[i]!r} has DuckDB type {types[i]}, which is not landed")
+        selected = ", ".join(f"src.{_quote(names[i])}" for _, i in used)
         reader = duck.arrow_reader(source, f"SELECT {selected} FROM ({inner}) AS src", batch_rows)
-
-        def csv_blocks() -> Iterator[bytes]:
-            options = pyarrow.csv.WriteOptions(include_header=False)  # text quoted, NULL unquoted and empty
-            for batch in reader:
-                out = io.BytesIO()
-                pyarrow.csv.write_csv(batch, out, options)
-                yield out.getvalue()
-
-        if postgres:
-            return landing.copy_blocks(conn, names, csv_blocks(), csv=True)
-        return _insert_batches(conn, names, iter(reader))
+        try:
+            return arrow_ingest.land(conn, comp, [names[i] for _, i in used], reader, "DuckDB's Arrow")
+        finally:  # not left to an error's traceback, which would keep the file open after the connection closes
+            reader.close()

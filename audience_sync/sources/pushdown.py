@@ -263,10 +263,12 @@ def plan(conn: Connection, comp: Computation) -> Pushdown | None:
     return _plan(conn, comp, query_text(comp.sql), None)
 
 
-def plan_table(conn: Connection, comp: Computation, table: str) -> Pushdown | None:
+def plan_table(conn: Connection, comp: Computation, table: str, value_is_json: bool = False) -> Pushdown | None:
     """The pushed-down form of ``comp`` read from ``table`` of the state database (rows landed there from
-    another source, ``run/land.py``): the same normalising SQL, fallbacks and counts as :func:`plan`."""
-    return _plan(conn, comp, f"SELECT * FROM {_quote(table)}", None)
+    another source, ``run/land.py``): the same normalising SQL, fallbacks and counts as :func:`plan`.
+    ``value_is_json``: the table's ``value`` column is text holding each value's canonical JSON already (Arrow
+    batches rendered by ``sources/arrow_ingest.py``), taken as it is."""
+    return _plan(conn, comp, f"SELECT * FROM {_quote(table)}", None, value_is_json)
 
 
 def plan_statement(conn: Connection, comp: Computation, text: str, params: Mapping[str, Any]) -> Pushdown | None:
@@ -279,12 +281,14 @@ def plan_statement(conn: Connection, comp: Computation, text: str, params: Mappi
     return _plan(conn, comp, text, params)
 
 
-def _plan(conn: Connection, comp: Computation, inner: str, params: Mapping[str, Any] | None) -> Pushdown | None:
+def _plan(
+    conn: Connection, comp: Computation, inner: str, params: Mapping[str, Any] | None, json_values: bool = False
+) -> Pushdown | None:
     dialect = conn.dialect.name
     probe = f"SELECT * FROM ({inner}) AS src LIMIT 0"
     if params is None:
         probe = literal_sql(conn.dialect, probe)
-    value_is_json = params is not None
+    value_is_json = params is not None or json_values
     complete = params is not None
     try:
         result = conn.exec_driver_sql(probe, dict(params or {}))

@@ -14,6 +14,7 @@ another scan), which is the order the pushdown settles repeated users by, as str
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
@@ -25,6 +26,17 @@ TABLE = "as_landed"
 
 #: the columns a landed table may have, in this order
 COLUMNS = ("user_id", "email", "value")
+
+
+@dataclass(frozen=True)
+class Landed:
+    """What a landing wrote into :data:`TABLE`: its rows, how they were read (for the log), and whether its
+    ``value`` column holds each value's canonical JSON text already (rendered from Arrow) rather than the
+    source's own value."""
+
+    rows: int
+    via: str
+    value_is_json: bool = False
 
 
 def create(conn: Connection, columns: Sequence[tuple[str, str]]) -> None:

@@ -81,7 +81,8 @@ def _sqlite_state(tmp: Path) -> str:
     return f"sqlite:///{tmp / 'state.db'}"
 
 
-STREAMED = {"DOUBLE", "DECIMAL(10,2)", "VARCHAR[]", "TIMESTAMPTZ"}
+#: value types streamed rather than landed: none of these (``sources/arrow_ingest.py`` renders them all)
+STREAMED: set[str] = set()
 
 
 def _load_all(url: str) -> None:
@@ -96,12 +97,10 @@ def _load_all(url: str) -> None:
 def test_a_duckdb_file_landed_in_sqlite_stages_what_streaming_stages(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A trait of every value type at once: landed, or streamed where the pushdown could not render it."""
+    """A trait of every value type at once: landed (values rendered as canonical JSON in Arrow, booleans too)."""
     caplog.set_level("INFO", "audience_sync.run")
     _compare(_sqlite_state, tmp_path, _load_all, _change, _source, typed_traits(CASTS))
-    # SQLite keeps a boolean as 1, which is not how a boolean reads: streamed, as the types SQL cannot render
-    streamed = STREAMED | {"BOOLEAN"}
-    assert _landed(caplog) == {"members"} | {f"score_{i}" for i, t in enumerate(CASTS) if t not in streamed}
+    assert _landed(caplog) == {"members"} | {f"score_{i}" for i, t in enumerate(CASTS) if t not in STREAMED}
 
 
 @pytest.mark.postgres
@@ -271,3 +270,44 @@ def test_batches_of_a_few_rows_stage_what_one_batch_stages(
         outcomes.append((_state(state)["snapshot"], result.counts["sources"]))
     assert outcomes[0] == outcomes[1]
     assert _landed(caplog) == {"members", "score"}
+
+
+#: (DuckDB type, value expression, landed): types the ingest renders, and values it cannot render exactly
+MORE = [
+    ("HUGEINT", "length(value) * 100000000000000000000000::HUGEINT", True),
+    ("UBIGINT", "length(value) + 18446744073709551000::UBIGINT", True),
+    ("DATE", "DATE '2026-01-01' + to_days(length(value)::INTEGER)", True),
+    ("TIMESTAMP_NS", "TIMESTAMP_NS '2026-01-01 00:00:00.123456' + to_days(length(value))", True),
+    ("DOUBLE", "CASE WHEN length(value) > 3 THEN 'nan'::DOUBLE ELSE 1.5 END", False),  # NaN: the user is skipped
+    ("TIMESTAMP_NS", "TIMESTAMP_NS '2026-01-01 00:00:00.123456789' + to_days(length(value))", False),
+]
+
+
+@pytest.mark.parametrize("kind", STATES)
+def test_more_duckdb_types_land_and_unrenderable_values_stream(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Integers beyond int64, dates and nanosecond timestamps land (other types: ``test_arrow_ingest.py``); a
+    NaN (a user streaming skips) and a nanosecond a Python datetime cannot hold are streamed, with the streamed
+    path's figures."""
+    caplog.set_level("INFO", "audience_sync.run")
+
+    def load(url: str) -> None:
+        with duckdb.connect(_path(url)) as db:
+            db.execute("CREATE TABLE raw (user_id VARCHAR, email VARCHAR, value VARCHAR)")
+            db.executemany("INSERT INTO raw VALUES (?, ?, ?)", ROWS)
+            for i, (value_type, cast, _) in enumerate(MORE):
+                db.execute(f"CREATE VIEW src_{i} AS SELECT user_id, email, ({cast})::{value_type} AS value FROM raw")
+
+    _compare(
+        lambda tmp: _state_for(kind, request, tmp),
+        tmp_path,
+        load,
+        _change,
+        _source,
+        typed_traits({f"{t} {i}": c for i, (t, c, _) in enumerate(MORE)}),  # one trait per entry of MORE
+    )
+    assert _landed(caplog) == {"members"} | {f"score_{i}" for i, (_, _, landed) in enumerate(MORE) if landed}
+    fallbacks = _fallbacks(caplog)
+    assert any("has a NaN or an infinity" in m for m in fallbacks)
+    assert any("finer than a microsecond" in m for m in fallbacks)
