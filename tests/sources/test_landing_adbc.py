@@ -105,9 +105,10 @@ def test_the_adbc_reader_falls_back_with_the_streamed_errors(pg_schema_url: Any,
     assert errors[0] == errors[1]
     assert any(m.startswith("members: landing failed") for m in _fallbacks(caplog))
     (tmp_path / "warehouse.db").unlink()
-    with pytest.raises(SourceError, match="no such table: src"):
+    with pytest.raises(SourceError, match=r"query failed: the source file .*warehouse\.db does not exist"):
         run_sync(_config(state, tmp_path, BODY, None, source))
-    # read-only: ADBC does not create the missing file (the streamed path's driver then reports the table)
+    assert not (tmp_path / "warehouse.db").exists()
+    # read-only: ADBC does not create the missing file (nor does the streamed path, which then names it)
     assert any("landing failed (IO: failed to open" in m for m in _fallbacks(caplog))
 
 
