@@ -280,12 +280,20 @@ def land(conn: Connection, comp: Computation, names: Sequence[str], batches: Ite
 
         landing.copy_blocks(conn, landed, blocks(), csv=True)
     else:
-
-        def columns() -> Iterator[list[list[Any]]]:
-            nonlocal rows
-            for batch in batches_out:
-                rows += batch.num_rows
-                yield [column.to_pylist() for column in batch.columns]
-
-        landing.insert_columns(conn, landed, columns())
+        rows = insert_batches(conn, landed, batches_out)
     return landing.Landed(rows, via, value_is_json=True)
+
+
+def insert_batches(conn: Connection, names: list[str], batches: Iterable[Any]) -> int:
+    """SQLite: land Arrow ``batches`` (columns ``names``) column by column in one ``executemany`` per batch;
+    return the rows landed."""
+    rows = 0
+
+    def columns() -> Iterator[list[list[Any]]]:
+        nonlocal rows
+        for batch in batches:
+            rows += batch.num_rows
+            yield [column.to_pylist() for column in batch.columns]
+
+    landing.insert_columns(conn, names, columns())
+    return rows

@@ -207,21 +207,7 @@ def _copy_out(raw: Any, inner: str, comp: Computation, conn: Connection, postgre
             if postgres:
                 return landing.Landed(landing.copy_blocks(conn, [c for c, _ in columns], blocks, csv=False), "COPY")
             batches = _csv_batches(blocks, columns, 1 << 22)
-            return landing.Landed(_insert_batches(conn, [c for c, _ in columns], batches), "COPY as CSV")
-
-
-def _insert_batches(conn: Connection, names: list[str], batches: Iterator[Any]) -> int:
-    """SQLite: land Arrow ``batches`` column by column; return the rows landed."""
-    rows = 0
-
-    def columns() -> Iterator[list[list[Any]]]:
-        nonlocal rows
-        for batch in batches:
-            rows += batch.num_rows
-            yield [column.to_pylist() for column in batch.columns]
-
-    landing.insert_columns(conn, names, columns())
-    return rows
+            return landing.Landed(arrow_ingest.insert_batches(conn, [c for c, _ in columns], batches), "COPY as CSV")
 
 
 def land_duckdb(
