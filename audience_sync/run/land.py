@@ -76,7 +76,7 @@ def land(engine: Engine, run_id: int, comp: Computation, move: Lander, stats: So
     """
     pushed = None
     try:
-        with engine.connect() as conn:
+        with engine.connect() as conn, landing.unprepared(conn):
             try:
                 pushed = _stage_landed(conn, run_id, comp, move)
             finally:  # the connection goes back to the pool without the landed table, whatever happened
