@@ -8,6 +8,12 @@ SQLite state and pushed down, streamed into a PostgreSQL one), and the baseline 
 too (ATTACHed on SQLite). ``--source duckdb`` builds them in a DuckDB file (audience-sync lands its Arrow batches
 in the state and pushes down from there); the baseline's staging then reads the same queries' Arrow batches
 from DuckDB and inserts them into its keyed staging table in one transaction, the rest as before.
+``--source postgres-db`` builds them in another database of the same PostgreSQL server (``<schema>_source``,
+created and dropped by the script): audience-sync lands each query's rows in the state (``COPY (query) TO
+STDOUT`` piped into ``COPY FROM STDIN`` on PostgreSQL, read as CSV by Arrow into one ``executemany`` on SQLite)
+and pushes down from there; the baseline's staging pipes the same ``COPY (query) TO STDOUT`` into ``COPY
+base_staging FROM STDIN`` on a PostgreSQL state (the blocks as they come, no Python per row), or reads its CSV
+with Arrow into ``executemany`` on a SQLite state, the rest as before.
 
 Three phases, each timed twice: ``audience-sync run`` as a subprocess (wall time of the whole process, its
 peak RSS), then a bare-SQL baseline in this process doing the same work on the same engine with its own tables:
@@ -24,16 +30,18 @@ streamed to a file), and the snapshot upsert.
         --pg-url "postgresql://postgres@127.0.0.1:5432/test" --schema bench_scale
     python benchmarks/scale.py --engine sqlite --source sqlite-file --memberships 1000000
     python benchmarks/scale.py --engine sqlite --source duckdb --memberships 1000000
+    python benchmarks/scale.py --engine postgresql --source postgres-db --memberships 1000000
 
-The PostgreSQL schema is created and dropped (``--keep`` keeps it). ``--stream`` sets ``[source] pushdown =
-false``, so rows stream through Python and are loaded with COPY or batches.
-``--smoke`` checks that the runs succeeded and sent what the baseline sent (the test suite runs it at 10k
-memberships).
+The PostgreSQL schema (and the source database) is created and dropped (``--keep`` keeps them). ``--stream``
+sets ``[source] pushdown = false``, so rows stream through Python and are loaded with COPY or batches.
+``--smoke`` checks that the runs succeeded and sent what the baseline sent, and that a DuckDB or PostgreSQL
+database source was landed (the test suite runs it at 10k memberships).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -44,7 +52,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,9 +188,68 @@ def _stage_from_duckdb(db: Any, eng: Engine, duck: Path, audiences: int) -> None
                 )
 
 
-def baseline_run(db: Any, eng: Engine, audiences: int, out: Path, duck: Path | None = None) -> int:
+class _CopyOut(io.RawIOBase):
+    """The blocks of a ``COPY ... TO STDOUT`` as a binary file, for Arrow's CSV reader."""
+
+    def __init__(self, blocks: Iterator[Any]) -> None:
+        self._blocks, self._pending = blocks, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view, filled = memoryview(buffer).cast("B"), 0
+        while filled < len(view):
+            if not self._pending:
+                block = next(self._blocks, None)
+                if block is None:
+                    break
+                self._pending = bytes(block)
+            size = min(len(view) - filled, len(self._pending))
+            view[filled : filled + size] = self._pending[:size]
+            self._pending, filled = self._pending[size:], filled + size
+        return filled
+
+
+def _stage_from_postgres(db: Any, eng: Engine, source_url: str, audiences: int) -> None:
+    """The baseline's staging from a PostgreSQL source database: each query's ``COPY ... TO STDOUT`` piped block
+    by block into ``COPY base_staging FROM STDIN`` (PostgreSQL state, the source giving each user once), or read
+    as CSV by Arrow into batches inserted in one transaction (SQLite state)."""
+    import psycopg
+    import pyarrow
+    import pyarrow.csv
+
+    with psycopg.connect(source_url) as src:
+        for key, _cls, select in computations(audiences):
+            if eng.name == "postgresql":
+                with (
+                    src.cursor().copy(f"COPY (SELECT '{key}', * FROM ({select}) AS q) TO STDOUT") as out,
+                    db.cursor().copy("COPY base_staging (k, user_id, email, value) FROM STDIN") as into,
+                ):
+                    for block in out:
+                        into.write(block)
+                continue
+            with src.cursor().copy(f"COPY ({select}) TO STDOUT (FORMAT csv)") as out:
+                names = ["user_id", "email", "value"]
+                reader = pyarrow.csv.open_csv(
+                    _CopyOut(iter(out)),
+                    read_options=pyarrow.csv.ReadOptions(column_names=names, block_size=1 << 22),
+                    convert_options=pyarrow.csv.ConvertOptions(
+                        column_types=dict.fromkeys(names, pyarrow.string()), strings_can_be_null=True
+                    ),
+                )
+                for batch in reader:
+                    db.executemany(
+                        f"INSERT INTO base_staging VALUES ('{key}', ?, ?, ?) ON CONFLICT DO NOTHING",
+                        zip(*[c.to_pylist() for c in batch.columns], strict=True),
+                    )
+
+
+def baseline_run(
+    db: Any, eng: Engine, audiences: int, out: Path, duck: Path | None = None, source_db: str | None = None
+) -> int:
     """One run of the bare-SQL pipeline; returns how many changes it wrote. ``duck``: read the source from this
-    DuckDB file instead of the tables beside the state."""
+    DuckDB file instead of the tables beside the state; ``source_db``: from this PostgreSQL database (a URL)."""
     pg = eng.name == "postgresql"
     db.execute(
         "CREATE TABLE base_staging (k TEXT, user_id TEXT, email TEXT, value TEXT, PRIMARY KEY (k, user_id))"
@@ -190,7 +257,9 @@ def baseline_run(db: Any, eng: Engine, audiences: int, out: Path, duck: Path | N
     )
     if duck is not None:
         _stage_from_duckdb(db, eng, duck, audiences)
-    for key, _cls, select in [] if duck is not None else computations(audiences):
+    if source_db is not None:
+        _stage_from_postgres(db, eng, source_db, audiences)
+    for key, _cls, select in [] if duck is not None or source_db is not None else computations(audiences):
         db.execute(f"INSERT INTO base_staging SELECT '{key}', * FROM ({select}) AS q WHERE true ON CONFLICT DO NOTHING")
     if pg:
         db.execute("ANALYZE base_staging")
@@ -276,8 +345,11 @@ def write_config(
     path.write_text("".join(body), encoding="utf-8")
 
 
-def timed_run(config: Path, cwd: Path, profile: Path | None = None) -> tuple[float, float, dict[str, Any]]:
-    """Wall seconds and peak RSS (MB) of one ``audience-sync run`` process, and its JSON result."""
+def timed_run(
+    config: Path, cwd: Path, profile: Path | None = None, log: list[str] | None = None
+) -> tuple[float, float, dict[str, Any]]:
+    """Wall seconds and peak RSS (MB) of one ``audience-sync run`` process, and its JSON result. ``log``: run
+    with ``--log-level info`` and append its log lines there."""
     prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
     code = (
         "import resource, subprocess, sys, time; t = time.perf_counter(); "
@@ -288,7 +360,8 @@ def timed_run(config: Path, cwd: Path, profile: Path | None = None) -> tuple[flo
     )
     target = ["-m", "audience_sync"]
     proc = subprocess.run(
-        [sys.executable, "-c", code, *prefix, *target, "run", "--json", "--config", str(config)],
+        [sys.executable, "-c", code, *prefix, *target, "run", "--json", "--config", str(config)]
+        + (["--log-level", "info"] if log is not None else []),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -298,6 +371,8 @@ def timed_run(config: Path, cwd: Path, profile: Path | None = None) -> tuple[flo
     seconds, rss_kb, rc = first.split()
     if rc not in ("0",):
         raise SystemExit(f"audience-sync run failed ({rc}): {rest[-2000:]} {proc.stderr[-2000:]}")
+    if log is not None:
+        log.extend(proc.stderr.splitlines())
     return float(seconds), int(rss_kb) / 1024, json.loads(rest)
 
 
@@ -336,6 +411,36 @@ def engine_for(kind: str, work: Path, pg_url: str, schema: str, keep: bool) -> I
                 admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+@contextmanager
+def postgres_source(pg_url: str, name: str, keep: bool) -> Iterator[str]:
+    """A database ``name`` of its own on the server of ``pg_url``, created empty, dropped afterwards unless
+    ``keep``; yields its psycopg URL."""
+    import psycopg
+
+    base, _, query = pg_url.partition("?")
+    url = base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url
+    finally:
+        if not keep:
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def churn_postgres(url: str) -> None:
+    """The 5 % churn in the PostgreSQL database at ``url``."""
+    import psycopg
+
+    with psycopg.connect(url) as src:
+        for stmt in CHURN:
+            src.execute(stmt)
+        src.execute("ANALYZE members")
+        src.execute("ANALYZE users")
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -347,10 +452,20 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="as-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        with engine_for(args.engine, work, args.pg_url, args.schema, args.keep) as eng:
+        with ExitStack() as stack:
+            eng = stack.enter_context(engine_for(args.engine, work, args.pg_url, args.schema, args.keep))
+            source_db = None
+            if args.source == "postgres-db":  # the tables in another database of the PostgreSQL server
+                source_db = stack.enter_context(postgres_source(args.pg_url, f"{args.schema}_source", args.keep))
             db = eng.connect()
             t = time.perf_counter()
-            (sqlite_build if eng.name == "sqlite" else pg_build)(db, users, audiences)
+            if source_db is not None:
+                import psycopg
+
+                with psycopg.connect(source_db) as src:
+                    pg_build(src, users, audiences)
+            else:
+                (sqlite_build if eng.name == "sqlite" else pg_build)(db, users, audiences)
             print(
                 f"# {eng.name}: {users:,} users x ({audiences} audiences + 1 trait) = "
                 f"{users * (audiences + 1):,} memberships, built in {time.perf_counter() - t:.1f} s",
@@ -370,9 +485,13 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                 duck.unlink(missing_ok=True)
                 duckdb_build(duck, users, audiences)
                 source = f"duckdb:///{duck}"
+            if source_db is not None:
+                source = source_db.replace("postgresql://", "postgresql+psycopg://", 1)
             write_config(config, eng.url, work / "out.jsonl", audiences, args.chunk_size, source, args.stream)
             for phase in ("initial", "no change", "5 % churn"):
-                if phase == "5 % churn":
+                if phase == "5 % churn" and source_db is not None:
+                    churn_postgres(source_db)
+                elif phase == "5 % churn":
                     if duck is not None:
                         import duckdb
 
@@ -393,9 +512,14 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                     db.commit()
                 before = load()
                 profile = work / f"profile-{phase.replace(' ', '_').replace('%', 'pct')}.out" if args.profile else None
-                ours, rss, result = timed_run(config, work, profile)
+                # --smoke on a landed source: every computation must have been landed, none streamed
+                landed_check = args.smoke and args.source in ("duckdb", "postgres-db") and not args.stream
+                log: list[str] | None = [] if landed_check else None
+                ours, rss, result = timed_run(config, work, profile, log)
+                if log is not None and sum(": landed " in line for line in log) != audiences + 1:
+                    raise SystemExit(f"{phase}: not every computation was landed: {log}")
                 t = time.perf_counter()
-                sent_base = baseline_run(db, eng, audiences, work / "baseline.jsonl", duck)
+                sent_base = baseline_run(db, eng, audiences, work / "baseline.jsonl", duck, source_db)
                 base = time.perf_counter() - t
                 sent = result["counts"]["sent"]
                 row = {
@@ -439,9 +563,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--smoke", action="store_true", help="fail unless every run sent what the baseline sent")
     parser.add_argument(
         "--source",
-        choices=["state", "sqlite-file", "duckdb"],
+        choices=["state", "sqlite-file", "duckdb", "postgres-db"],
         default="state",
-        help="where the audience tables are: the state database itself, a SQLite file of their own, or DuckDB",
+        help="where the audience tables are: the state database itself, a SQLite file of their own, DuckDB, or "
+        "another database of the PostgreSQL server (<schema>_source, created and dropped)",
     )
     parser.add_argument(
         "--stream",

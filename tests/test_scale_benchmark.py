@@ -35,15 +35,25 @@ def _check(rows: list[dict[str, object]]) -> None:
     assert initial > 9_000 and unchanged == 0 and 0 < churn < initial // 10
 
 
-@pytest.mark.parametrize("source", ["state", "sqlite-file", "duckdb"])
-def test_scale_benchmark_sqlite(tmp_path: Path, source: str) -> None:
+def _pg_args() -> list[str]:
+    """A schema of its own on the test server (and, for ``--source postgres-db``, a database ``<schema>_source``)."""
+    url = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+    return ["--pg-url", url, "--schema", f"as_bench_{uuid.uuid4().hex[:12]}"]
+
+
+@pytest.mark.parametrize(
+    "source", ["state", "sqlite-file", "duckdb", pytest.param("postgres-db", marks=pytest.mark.postgres)]
+)
+def test_scale_benchmark_sqlite(tmp_path: Path, source: str, request: pytest.FixtureRequest) -> None:
     args = ["--engine", "sqlite", "--source", source, "--memberships", "10000", "--smoke"]
+    if source == "postgres-db":
+        request.getfixturevalue("pg_server")
+        args += _pg_args()
     _check(_scale().main([*args, "--workdir", str(tmp_path)]))
 
 
 @pytest.mark.postgres
-def test_scale_benchmark_postgres(tmp_path: Path, pg_server: str) -> None:
-    schema = f"as_bench_{uuid.uuid4().hex[:12]}"
-    url = PG_URL.replace("postgresql+psycopg://", "postgresql://")
-    args = ["--engine", "postgresql", "--memberships", "10000", "--smoke", "--workdir", str(tmp_path)]
-    _check(_scale().main([*args, "--pg-url", url, "--schema", schema]))
+@pytest.mark.parametrize("source", ["state", "duckdb", "postgres-db"])
+def test_scale_benchmark_postgres(tmp_path: Path, pg_server: str, source: str) -> None:
+    args = ["--engine", "postgresql", "--source", source, "--memberships", "10000", "--smoke"]
+    _check(_scale().main([*args, "--workdir", str(tmp_path), *_pg_args()]))

@@ -107,7 +107,7 @@ def land(
     """
     pushed = None
     try:
-        with engine.connect() as conn:
+        with engine.connect() as conn, landing.unprepared(conn):
             try:
                 pushed = _stage_landed(conn, run_id, comp, move)
             finally:  # the connection goes back to the pool without the landed table, whatever happened

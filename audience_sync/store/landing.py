@@ -13,13 +13,14 @@ another scan), which is the order the pushdown settles repeated users by, as str
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
 
-from .dialect import temporary_schema
+from .dialect import is_postgresql, temporary_schema
 
 #: the temporary table rows are landed in (one per connection, dropped when the load ends)
 TABLE = "as_landed"
@@ -37,6 +38,28 @@ class Landed:
     rows: int
     via: str
     value_is_json: bool = False
+
+
+@contextmanager
+def unprepared(conn: Connection) -> Iterator[None]:
+    """No server-side prepared statements on ``conn`` (PostgreSQL) while it lands.
+
+    psycopg prepares a statement once its text has run five times on a connection. Each landing creates
+    :data:`TABLE` anew with one computation's columns and types, so a statement of the same text (the pushdown's
+    probe, ``SELECT * FROM as_landed``) may read a table of another shape than the one it was prepared for:
+    PostgreSQL then refuses it ("cached plan must not change result type") and the computation, landed for
+    nothing, is streamed. Without preparation each statement is planned for the table it reads.
+    """
+    raw: Any = conn.connection.driver_connection if is_postgresql(conn) else None
+    threshold = getattr(raw, "prepare_threshold", None)
+    if threshold is None:
+        yield
+        return
+    raw.prepare_threshold = None
+    try:
+        yield
+    finally:
+        raw.prepare_threshold = threshold
 
 
 def create(conn: Connection, columns: Sequence[tuple[str, str]]) -> None:

@@ -3,9 +3,12 @@ but not recorded leaves it in doubt, and the next run re-sends the current truth
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
 from audience_sync.destinations.jsonl import JsonlSink
@@ -64,8 +67,6 @@ def test_a_death_after_writing_a_chunk_is_repaired(
 def test_lines_are_compact_json_on_either_state_database(harness: Harness, warehouse: Warehouse) -> None:
     """Each line is written as ``json.dumps(..., separators=(",", ":"))`` would write it, PostgreSQL state too
     (whose JSON builders put spaces around ``:`` and after ``,``); strings keep their spaces and escapes."""
-    import json
-
     warehouse.set_members("VIP", {"u 1": 'a, "b" : c@x.io', "u2": "b@x.io"})
     warehouse.set_trait("Score", {"u2": ("b@x.io", 12.5)})
     config = harness.config(
@@ -90,3 +91,24 @@ def test_compact_keeps_strings_and_numbers_byte_for_byte() -> None:
         b'{"a":"x , y : \\" z","b":[1,2.50],"c":{"d":null}}'
     )
     assert compact(b'{"a":"b"}') == b'{"a":"b"}'
+    # without a backslash (split at the quotes): whitespace inside strings, even next to a quote, is kept
+    assert compact(b'{"a" : " : x, ", "b" : [1, 2.50, true], "c" : {" d " : null}} ') == (
+        b'{"a":" : x, ","b":[1,2.50,true],"c":{" d ":null}}'
+    )
+    assert compact(b'{"k" : "\\u00e9 , \\\\", "l" : 1}') == b'{"k":"\\u00e9 , \\\\","l":1}'
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(_JSON, st.booleans())
+def test_compact_is_what_json_dumps_writes_compact(value: object, ascii_only: bool) -> None:
+    """Whatever the strings hold (quotes, backslashes, spaces, separators), with or without escapes."""
+    from audience_sync.destinations.jsonl import compact
+
+    spaced = json.dumps(value, separators=(", ", " : "), ensure_ascii=ascii_only).encode()
+    assert compact(spaced) == json.dumps(value, separators=(",", ":"), ensure_ascii=ascii_only).encode()

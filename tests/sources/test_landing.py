@@ -114,6 +114,28 @@ def test_a_postgres_source_landed_by_copy_stages_what_streaming_stages(
 
 
 @pytest.mark.postgres
+def test_each_landing_is_planned_for_its_own_table(
+    pg_schema_url: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every landing creates the landed table anew on the pooled connection, with its computation's columns. A
+    statement psycopg prepared once its text had run five times (the pushdown's probe of the table) must not be
+    used for a table of another shape: nine audiences, then a trait with a value column, are all landed."""
+    caplog.set_level("INFO", "audience_sync.run")
+    state, source = pg_schema_url(tmp_path), pg_schema_url(tmp_path)
+    _pg_exec(
+        source,
+        "CREATE TABLE src AS SELECT 'u' || i AS user_id, 'e' || i || '@x.io' AS email, i::bigint AS value "
+        "FROM generate_series(1, 20) AS i",
+    )
+    audiences = "".join(f'[[audiences]]\nname = "A{i}"\nsql = "SELECT user_id, email FROM src"\n' for i in range(9))
+    body = audiences + '[[computed_traits]]\nname = "Score"\nsql = "SELECT user_id, email, value FROM src"\n'
+    result = run_sync(_config(state, tmp_path, body, None, source))
+    assert result.status == "succeeded" and result.counts["sent"] == 200
+    assert _landed(caplog) == {f"a{i}" for i in range(9)} | {"score"}
+    assert not _fallbacks(caplog)
+
+
+@pytest.mark.postgres
 @pytest.mark.parametrize(
     "uid",
     [
