@@ -75,7 +75,6 @@ def _stage_landed(conn: Connection, run_id: int, comp: Computation, move: Lander
     """Land and push down in one transaction of ``conn``; None (rolled back) when the rows must be streamed."""
     with conn.begin() as transaction:
         landed = move(conn)
-        landed_as = (landed.rows, landed.via)
         plan = pushdown.plan_table(conn, comp, landing.TABLE, landed.value_is_json)
         if plan is None:
             transaction.rollback()
@@ -87,7 +86,9 @@ def _stage_landed(conn: Connection, run_id: int, comp: Computation, move: Lander
             log.info("%s: streaming, to report %d rows it cannot stage", comp.key, pushed.unusable)
             return None
         landing.drop(conn)
-    log.info("%s: landed %d rows in the state database (read with %s) and pushed down", comp.key, *landed_as)
+    log.info(
+        "%s: landed %d rows in the state database (read with %s) and pushed down", comp.key, landed.rows, landed.via
+    )
     return pushed
 
 
