@@ -222,7 +222,6 @@ def report_command(
 ) -> None:
     """Write a self-contained HTML report: runs over time, each audience's size and churn per run, the latest
     failures, the pending outbox and the guard's holds. Nothing in it is loaded from the network."""
-    from ..inspection import html
     from ..inspection import report as inspect
 
     try:
@@ -231,6 +230,8 @@ def report_command(
         raise click.BadParameter(str(exc), param_hint="--since") from None
     config = load_config(config_path, secrets_for=())
     data = inspect.build_report(config, destination=destination, since=when, limit=limit, audiences=audiences)
+    from ..inspection import html  # matplotlib's import, paid once the input has been accepted
+
     page = html.render(data)
     try:
         html.write(out, page)
