@@ -3,7 +3,6 @@ with no data and capped at scale; and ``report`` on the command line. (The brows
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import sqlite3
 import time
@@ -182,37 +181,33 @@ def test_a_fresh_database_gives_a_readable_empty_report(tmp_path: Path, state_ur
 def test_thousands_of_runs_and_hundreds_of_keys_are_capped_and_the_page_says_so(
     tmp_path: Path, warehouse: Warehouse
 ) -> None:
-    """2,000 runs of 150 keys (300,000 size rows, written straight into the tables): the page charts the newest
-    200 runs and 24 keys, lists every key, says what it left out, and stays small."""
+    """2,000 runs of 150 keys (300,000 size rows, written straight into the tables by two set-based statements):
+    the page charts the newest 200 runs and 24 keys, lists every key, says what it left out, and stays small."""
     runs, keys = 2_000, 150
     state = tmp_path / "state.db"
     upgrade(create_engine(f"sqlite:///{state}"))
-    start = dt.datetime(2026, 1, 1)
+    # run r starts at 2026-01-01 + 3r hours (the text SQLite's datetime() writes, as str(datetime) would)
     with sqlite3.connect(state) as db:
-        db.executemany(
+        db.execute(
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < :runs) "
             "INSERT INTO sync_runs (id, mode, trigger, status, started_at, finished_at, destinations, computations, "
             "counts, host, pid) "
-            "VALUES (?, 'incremental', 'schedule', 'succeeded', ?, ?, '[\"file\"]', '[]', ?, 'h', 1)",
-            [
-                (
-                    r,
-                    str(start + dt.timedelta(hours=3 * r)),
-                    str(start + dt.timedelta(hours=3 * r, minutes=1)),
-                    f'{{"sent": {r % 97}, "failed": {r % 3}, "skipped": 1}}',
-                )
-                for r in range(1, runs + 1)
-            ],
+            "SELECT n, 'incremental', 'schedule', 'succeeded', datetime('2026-01-01', (3 * n) || ' hours'), "
+            "datetime('2026-01-01', (3 * n) || ' hours', '1 minutes'), '[\"file\"]', '[]', "
+            "json_object('sent', n % 97, 'failed', n % 3, 'skipped', 1), 'h', 1 FROM r",
+            {"runs": runs},
         )
-        db.executemany(
+        db.execute(
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < :runs), "
+            "k(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM k WHERE n < :keys - 1) "
             "INSERT INTO size_history (destination, computation_key, run_id, computation_class, size, entered, "
             "exited, changed, sent, failed, skipped, pending, held, recorded_at) "
-            "VALUES ('file', ?, ?, 'audience', ?, ?, ?, 0, 0, 0, 0, 0, 0, ?)",
-            (
-                (f"k{k:03}", r, 1000 + (r * k) % 50, (r + k) % 7, (r * k) % 5, str(start + dt.timedelta(hours=3 * r)))
-                for r in range(1, runs + 1)
-                for k in range(keys)
-            ),
+            "SELECT 'file', printf('k%03d', k.n), r.n, 'audience', 1000 + (r.n * k.n) % 50, (r.n + k.n) % 7, "
+            "(r.n * k.n) % 5, 0, 0, 0, 0, 0, 0, datetime('2026-01-01', (3 * r.n) || ' hours') "
+            "FROM r CROSS JOIN k ORDER BY r.n, k.n",
+            {"runs": runs, "keys": keys},
         )
+        assert db.execute("SELECT count(*) FROM size_history").fetchone() == (runs * keys,)
     body = "".join(
         f'[[audiences]]\nname = "K{k:03}"\nkey = "k{k:03}"\nsql = "{Warehouse.audience_sql("x")}"\n'
         for k in range(keys)
