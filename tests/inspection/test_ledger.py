@@ -101,15 +101,16 @@ def test_members_at_and_user_on_the_command_line(harness: Harness, gist: FakeGis
     )
     path = harness.config_file(body)
     env = {**KEY_ENV}
+    config = harness.config(body, environ=env)  # the runs in this process, the questions on the command line
     gist.user_faults["u3"] = Fault(422, {"errors": [{"code": "parameter_invalid", "message": "bad contact"}]})
-    assert cli("run", "--config", str(path), cwd=harness.tmp_path, env=env).returncode == 3  # u3 failed
+    assert harness.run(config).status == "partial"  # u3 failed
     first = utcnow()
     gist.user_faults["u1"] = Fault(503)
     harness.warehouse.set_members("VIP", {"u2": None, "u3": "u3@x.io"})
     harness.warehouse.set_members("Big", {**dict(list(big.items())[:20]), "u1": "u1@x.io"})  # 180 of 200 leave
     harness.warehouse.set_trait("Score", {"u1": ("u1@x.io", 6)})
-    out = cli("run", "--config", str(path), cwd=harness.tmp_path, env=env)
-    assert out.returncode == 1, out.stderr  # the guard held Big
+    held = harness.run(config)
+    assert held.status == "failed" and held.counts["held"], held.error  # the guard held Big
 
     at = cli(
         "members",
