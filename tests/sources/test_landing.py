@@ -40,19 +40,6 @@ PG_CASTS = {
 }
 
 
-def _pg_load(value_type: str, uid: str = "user_id") -> Any:
-    def load(url: str) -> None:
-        _pg_exec(
-            url,
-            "CREATE TABLE raw (user_id text, email text, value text)",
-            PG_ROWS.replace("INSERT INTO src", "INSERT INTO raw"),
-            f"CREATE VIEW src AS SELECT {uid} AS user_id, email, ({PG_CASTS[value_type]})::{value_type} AS value "
-            "FROM raw",
-        )
-
-    return load
-
-
 def typed_views(casts: dict[str, str]) -> list[str]:
     """``CREATE VIEW src_<i>``: the raw rows with the value cast to each type of ``casts`` (type -> expression)."""
     return [
@@ -135,25 +122,49 @@ def test_each_landing_is_planned_for_its_own_table(
     assert not _fallbacks(caplog)
 
 
+#: user id expressions of every kind a PostgreSQL source can give: integers of each width, a UUID, a varchar
+IDS = [
+    "abs(hashtext(user_id))",
+    "(abs(hashtext(user_id)) % 30000)::smallint",
+    "abs(hashtext(user_id))::bigint * 1000000",
+    "md5(coalesce(user_id, 'x'))::uuid",
+    "user_id::varchar(40)",
+]
+
+
+def per_id(ids: list[str]) -> str:
+    """The audience and the trait of :data:`BODY` once per entry of ``ids``: ``members_<i>`` and ``score_<i>``
+    read the view ``src_<i>``, whose user ids are ``ids[i]``."""
+    return "".join(
+        BODY.replace("FROM src", f"FROM src_{i}")
+        .replace('name = "Members"', f'name = "Members {i}"')
+        .replace('name = "Score"', f'name = "Score {i}"')
+        for i in range(len(ids))
+    )
+
+
+def _pg_load_ids(url: str) -> None:
+    _pg_exec(
+        url,
+        "CREATE TABLE raw (user_id text, email text, value text)",
+        PG_ROWS.replace("INSERT INTO src", "INSERT INTO raw"),
+        *(
+            f"CREATE VIEW src_{i} AS SELECT {uid} AS user_id, email, length(value)::bigint AS value FROM raw"
+            for i, uid in enumerate(IDS)
+        ),
+    )
+
+
 @pytest.mark.postgres
-@pytest.mark.parametrize(
-    "uid",
-    [
-        "abs(hashtext(user_id))",
-        "(abs(hashtext(user_id)) % 30000)::smallint",
-        "abs(hashtext(user_id))::bigint * 1000000",
-        "md5(coalesce(user_id, 'x'))::uuid",
-        "user_id::varchar(40)",
-    ],
-)
 @pytest.mark.parametrize("state", ["postgres", "sqlite"])
 def test_integer_and_uuid_ids_are_landed_as_streaming_reads_them(
-    pg_schema_url: Any, tmp_path: Path, uid: str, state: str, caplog: pytest.LogCaptureFixture
+    pg_schema_url: Any, tmp_path: Path, state: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Every kind of user id of :data:`IDS` at once, an audience and a trait each."""
     caplog.set_level("INFO", "audience_sync.run")
     state_for = pg_schema_url if state == "postgres" else _sqlite_state
-    _compare(state_for, tmp_path, _pg_load("bigint", uid), _pg_change, pg_schema_url)
-    assert _landed(caplog) == {"members", "score"}
+    _compare(state_for, tmp_path, _pg_load_ids, _pg_change, pg_schema_url, per_id(IDS))
+    assert _landed(caplog) == {f"{name}_{i}" for i in range(len(IDS)) for name in ("members", "score")}
 
 
 @pytest.mark.postgres
