@@ -12,7 +12,7 @@ import pytest
 from audience_sync.errors import ConfigError, SourceError
 from audience_sync.run.sync import run_sync
 from audience_sync.sources.duck import duckdb_file
-from tests.sources.test_landing import _fallbacks, _landed, typed_traits, typed_views
+from tests.sources.test_landing import _fallbacks, _landed, per_id, typed_traits, typed_views
 from tests.sources.test_pushdown import BODY, _compare, _config, pg_schema_url
 
 assert pg_schema_url  # a fixture of these tests too
@@ -123,12 +123,25 @@ def _change_ids(url: str) -> None:
         db.execute(f"INSERT INTO raw VALUES ('{_uuid(99)}', 'new@x.io', 'hello')")
 
 
-@pytest.mark.parametrize("uid", ["('x' || user_id)[-12:]::BIGINT", "('x' || user_id)[-4:]::SMALLINT", "user_id::UUID"])
-def test_integer_ids_are_landed_and_uuids_streamed(tmp_path: Path, uid: str, caplog: pytest.LogCaptureFixture) -> None:
+#: user id expressions: integers of two widths (landed) and a UUID (streamed)
+IDS = {"('x' || user_id)[-12:]::BIGINT": True, "('x' || user_id)[-4:]::SMALLINT": True, "user_id::UUID": False}
+
+
+def test_integer_ids_are_landed_and_uuids_streamed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every kind of user id of :data:`IDS` at once, an audience and a trait each."""
     caplog.set_level("INFO", "audience_sync.run")
     rows = [(_uuid(i), f"{i}@x.io", str(i % 3)) for i in range(1, 40)] + [(None, None, "1")]
-    _compare(_sqlite_state, tmp_path, _load("VARCHAR", rows, uid), _change_ids, _source)
-    assert _landed(caplog) == ({"members", "score"} if "UUID" not in uid else set())
+
+    def load(url: str) -> None:
+        with duckdb.connect(_path(url)) as db:
+            db.execute("CREATE TABLE raw (user_id VARCHAR, email VARCHAR, value VARCHAR)")
+            db.executemany("INSERT INTO raw VALUES (?, ?, ?)", rows)
+            for i, uid in enumerate(IDS):
+                db.execute(f"CREATE VIEW src_{i} AS SELECT {uid} AS user_id, email, value FROM raw")
+
+    _compare(_sqlite_state, tmp_path, load, _change_ids, _source, per_id(list(IDS)))
+    landed = [i for i, is_landed in enumerate(IDS.values()) if is_landed]
+    assert _landed(caplog) == {f"{name}_{i}" for i in landed for name in ("members", "score")}
 
 
 def _state_for(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
