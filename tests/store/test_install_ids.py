@@ -8,10 +8,7 @@ Segment deduplicates by ``messageId`` as Segment does.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -31,6 +28,7 @@ from audience_sync.run.sync import run_sync
 from audience_sync.store.migrate import alembic_config, upgrade
 from tests.fakes.segment import FakeSegment
 from tests.harness import Harness, Warehouse
+from tests.processes import Cli
 
 ENV = {"SEGMENT_WRITE_KEY": "segment-write-key"}
 
@@ -211,23 +209,14 @@ class GatedSegment(FakeSegment):
 
 
 def _killed_mid_chunk(path: Path, segment: GatedSegment) -> None:
-    """Run the CLI and SIGKILL it while its first chunk is at Segment, unanswered."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "audience_sync", "run", "--config", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **ENV},
-    )
-    try:
+    """Run the CLI (forked ready-imported, tests/processes.py) and SIGKILL it while its first chunk is at Segment,
+    unanswered."""
+    with Cli(["run", "--config", str(path)], cwd=path.parent, env=ENV) as cli:
         deadline = time.monotonic() + 120
         while not segment.arrived.wait(0.05):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert cli.proc.poll() is None, cli.stderr
             assert time.monotonic() < deadline, "the run never reached Segment"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        assert cli.kill() == -signal.SIGKILL, cli.stderr
 
 
 def test_ids_repeat_within_an_install_after_a_kill_and_in_doubt_resends_stay_apart_across_installs(
