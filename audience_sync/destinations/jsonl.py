@@ -62,6 +62,23 @@ def compact(message: bytes) -> bytes:
     return b'"'.join(pieces)
 
 
+def lines(messages: Sequence[bytes]) -> bytes:
+    """``messages`` compacted, each followed by a newline: the bytes a chunk appends to the file.
+
+    A search of the joined chunk first: when neither of the separators :func:`compact` rewrites occurs in it,
+    no message holds one, every message is its own compact form (SQLite's JSON always), and the chunk is
+    written as joined, with no Python per message (a separator cannot span two messages: the newline between
+    them is in neither). A separator found (PostgreSQL's JSON) compacts message by message."""
+    if not messages:
+        return b""
+    joined = b"\n".join([*messages, b""])  # each followed by its newline, without copying the chunk once more
+    # both separators hold a space: looking for one byte first is a memchr (JSON's many quotes and commas make
+    # the searches for the separators themselves about 30 times slower); strings with spaces go on to them
+    if b" " not in joined or (b'" : ' not in joined and b", " not in joined):
+        return joined
+    return b"".join(compact(message) + b"\n" for message in messages)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -121,7 +138,7 @@ class JsonlSink(MessageDestination):
                 extra={"destination": self.name, "path": str(self.path), "bytes_cut": cut},
             )
         try:
-            _write_all(fd, b"".join(compact(message) + b"\n" for _, message in messages))
+            _write_all(fd, lines([message for _, message in messages]))
             os.fsync(fd)
         except OSError as exc:
             taken_back = self._take_back(fd, start)

@@ -254,7 +254,8 @@ def _steps(
             analyze(conn, "snapshot")
     with engine.begin() as conn:
         held.confirm(conn, dest_names)
-        counts = runs.count_changes(conn, run_id, after_id=before)
+        groups = runs.change_groups(conn, run_id, after_id=before)  # read once: the counts and the sizes
+        counts = runs.count_changes(conn, run_id, groups=groups)
         counts["sources"] = source_stats
         if plan.as_of is not None and any(c.builder is not None for c in comps):
             counts["as_of"] = plan.as_of.isoformat()  # kept with the run: the instant its builder computations saw
@@ -263,7 +264,7 @@ def _steps(
         error = "; ".join(errors) or None
         runs.close_run(conn, run_id, status=status, counts=counts, error=error)
         if not dry_run:  # the size each destination holds after the run, for `audiences --history`
-            sizes.record(conn, run_id, plan.pairs(), after_id=before)
+            sizes.record(conn, run_id, plan.pairs(), groups=groups)
         if plan.full and not dry_run:
             retired = registry.retire_missing(conn, [c.key for c in config.computations])
             if retired:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, func, literal_column, select, update
+from sqlalchemy import ColumnElement, Connection, case, func, literal_column, select, update
 
 from ..model import COUNT_KEYS, RunCounts, RunStatus
 from ..redact import scrub
+from ..values import TRUE
 from .schema import diffs, runs, utcnow
 
 __all__ = ["COUNT_KEYS"]  # re-exported: counted here, named in model.py
@@ -52,13 +53,32 @@ def last_change_id(conn: Connection) -> int:
     return int(conn.execute(select(func.coalesce(func.max(diffs.c.id), 0))).scalar_one())
 
 
-def count_changes(conn: Connection, run_id: int, *, after_id: int | None = None) -> RunCounts:
-    """Counts of a run's diff rows: totals, and the same per destination and per computation.
+class ChangeGroup(NamedTuple):
+    """The run's changes of one destination, key, kind and status: how many, and how many holders (audience:
+    ``true``; trait: a value) they add minus those they remove."""
 
-    ``entered``/``exited``/``changed`` count changes by kind; ``sent``/``failed``/``skipped``/``pending`` by
-    what became of them. A ``skipped`` change counts as skipped only, not by its kind: nothing of it reached the
-    destination. ``after_id``, :func:`last_change_id` from before the run wrote its changes, lets the
-    count read the run's rows in table order (a range of ids) instead of one index lookup per row.
+    destination: str
+    key: str
+    change: str
+    status: str
+    n: int
+    moved: int
+
+
+def _holds(value: Any, computation_class: Any) -> ColumnElement[int]:
+    """1 when ``value`` makes its user count in a size (audience: ``true``; trait: any value), else 0."""
+    return case(
+        (computation_class == "audience", case((value == TRUE, 1), else_=0)),
+        else_=case((value.is_not(None), 1), else_=0),
+    )
+
+
+def change_groups(conn: Connection, run_id: int, *, after_id: int | None = None) -> list[ChangeGroup]:
+    """The run's diff rows grouped by destination, key, kind and status, in one read of them: what
+    :func:`count_changes` and ``sizes.record`` both count, so that closing a run reads its rows once.
+
+    ``after_id``, :func:`last_change_id` from before the run wrote its changes, lets the read take the run's rows
+    in table order (a range of ids) instead of one index lookup per row.
     """
     mine = [diffs.c.run_id == run_id]
     if after_id is not None:
@@ -66,15 +86,30 @@ def count_changes(conn: Connection, run_id: int, *, after_id: int | None = None)
         mine = [diffs.c.id > after_id, (diffs.c.run_id + 0) == run_id]
     # grouped by an expression no index orders, or SQLite walks a whole index of the history to save a sort
     destination = diffs.c.destination.concat(literal_column("''"))
+    moved = _holds(diffs.c.new_value, diffs.c.computation_class) - _holds(diffs.c.old_value, diffs.c.computation_class)
     rows = conn.execute(
-        select(destination, diffs.c.computation_key, diffs.c.change, diffs.c.status, func.count())
+        select(destination, diffs.c.computation_key, diffs.c.change, diffs.c.status, func.count(), func.sum(moved))
         .where(*mine)
         .group_by(destination, diffs.c.computation_key, diffs.c.change, diffs.c.status)
     ).all()
+    return [ChangeGroup(str(d), str(k), str(c), str(s), int(n), int(m or 0)) for d, k, c, s, n, m in rows]
+
+
+def count_changes(
+    conn: Connection, run_id: int, *, after_id: int | None = None, groups: Sequence[ChangeGroup] | None = None
+) -> RunCounts:
+    """Counts of a run's diff rows: totals, and the same per destination and per computation.
+
+    ``entered``/``exited``/``changed`` count changes by kind; ``sent``/``failed``/``skipped``/``pending`` by
+    what became of them. A ``skipped`` change counts as skipped only, not by its kind: nothing of it reached the
+    destination. ``after_id`` as in :func:`change_groups`; ``groups``: that function's answer, already read.
+    """
+    if groups is None:
+        groups = change_groups(conn, run_id, after_id=after_id)
     totals: dict[str, int] = dict.fromkeys(COUNT_KEYS, 0)
     per_destination: dict[str, dict[str, int]] = {}
     per_computation: dict[str, dict[str, int]] = {}
-    for destination, key, change, status, n in rows:
+    for destination, key, change, status, n, _ in groups:
         for bucket in (
             totals,
             per_destination.setdefault(destination, dict.fromkeys(COUNT_KEYS, 0)),

@@ -25,11 +25,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, case, func, literal_column, select, tuple_
+from sqlalchemy import ColumnElement, Connection, and_, func, select, tuple_
 
 from ..model import COUNT_KEYS
 from ..values import TRUE
-from .schema import diffs, runs, sizes, snapshot, utcnow
+from .runs import ChangeGroup, change_groups
+from .schema import runs, sizes, snapshot, utcnow
 
 #: the change kinds and statuses a size row counts, besides ``size``
 TALLIES = tuple(k for k in COUNT_KEYS if k != "planned")  # a dry run records no sizes
@@ -50,35 +51,17 @@ class _Tally:
     delta: int = 0  # holders added minus removed by the acknowledged changes
 
 
-def _holds(value: Any, computation_class: Any) -> ColumnElement[int]:
-    """1 when ``value`` makes its user count in the size (audience: ``true``; trait: any value), else 0."""
-    return case(
-        (computation_class == "audience", case((value == TRUE, 1), else_=0)),
-        else_=case((value.is_not(None), 1), else_=0),
-    )
-
-
-def _changes(conn: Connection, run_id: int, after_id: int | None) -> dict[tuple[str, str], _Tally]:
+def _changes(groups: Sequence[ChangeGroup]) -> dict[tuple[str, str], _Tally]:
     """The run's changes per (destination, key): kinds, statuses, and the holders their acknowledged part moved."""
-    mine: list[ColumnElement[bool]] = [diffs.c.run_id == run_id]
-    if after_id is not None:  # as in runs.count_changes: read the run's rows as an id range, not through an index
-        mine = [diffs.c.id > after_id, (diffs.c.run_id + 0) == run_id]
-    destination = diffs.c.destination.concat(literal_column("''"))
-    moved = _holds(diffs.c.new_value, diffs.c.computation_class) - _holds(diffs.c.old_value, diffs.c.computation_class)
-    rows = conn.execute(
-        select(destination, diffs.c.computation_key, diffs.c.change, diffs.c.status, func.count(), func.sum(moved))
-        .where(*mine)
-        .group_by(destination, diffs.c.computation_key, diffs.c.change, diffs.c.status)
-    ).all()
     out: dict[tuple[str, str], _Tally] = {}
-    for dest, key, change, status, n, delta in rows:
+    for dest, key, change, status, n, moved in groups:
         tally = out.setdefault((dest, key), _Tally())
         if status != "skipped":  # as in runs.count_changes: a skipped change counts as skipped only
             tally.counts[change] = tally.counts.get(change, 0) + n
         if status in tally.counts:
             tally.counts[status] += n
         if status == "sent":
-            tally.delta += int(delta or 0)
+            tally.delta += moved
     return out
 
 
@@ -149,17 +132,25 @@ def _count(conn: Connection, pairs: Iterable[Pair]) -> dict[tuple[str, str], int
     return out
 
 
-def record(conn: Connection, run_id: int, pairs: Sequence[Pair], *, after_id: int | None = None) -> None:
+def record(
+    conn: Connection,
+    run_id: int,
+    pairs: Sequence[Pair],
+    *,
+    after_id: int | None = None,
+    groups: Sequence[ChangeGroup] | None = None,
+) -> None:
     """Record the size of every pair the run covered, and the run's changes of it, as the run closes.
 
     Call in the transaction that closes the run, while holding its destinations' locks, after its last chunk was
-    recorded: the sizes are then exactly what the snapshot holds. ``after_id``: as for ``runs.count_changes``.
+    recorded: the sizes are then exactly what the snapshot holds. ``after_id`` and ``groups``: as for
+    ``runs.count_changes`` (the run's grouped changes, when its close has read them already).
     A dry run changes no snapshot and is not recorded.
     """
     pairs = list(dict.fromkeys(pairs))  # a destination named twice on the command line is one destination
     if not pairs:
         return
-    changes = _changes(conn, run_id, after_id)
+    changes = _changes(change_groups(conn, run_id, after_id=after_id) if groups is None else groups)
     previous = _previous(conn, run_id, pairs)
     stale = _unrecorded(conn, run_id, previous)
     counted = _count(

@@ -112,3 +112,17 @@ def test_compact_is_what_json_dumps_writes_compact(value: object, ascii_only: bo
 
     spaced = json.dumps(value, separators=(", ", " : "), ensure_ascii=ascii_only).encode()
     assert compact(spaced) == json.dumps(value, separators=(",", ":"), ensure_ascii=ascii_only).encode()
+
+
+@given(st.lists(_JSON, max_size=5), st.booleans())
+def test_a_chunk_of_lines_is_each_message_compacted(values: list[object], spaced: bool) -> None:
+    """The chunk-wide shortcut (no separator anywhere: written as joined) gives the bytes of compacting each
+    message, for compact messages (SQLite's) and spaced ones (PostgreSQL's) alike."""
+    from audience_sync.destinations.jsonl import compact, lines
+
+    separators = (", ", " : ") if spaced else (",", ":")
+    messages = [json.dumps(v, separators=separators, ensure_ascii=False).encode() for v in values]
+    assert lines(messages) == b"".join(compact(m) + b"\n" for m in messages)
+    assert lines(messages) == b"".join(
+        json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for v in values
+    )

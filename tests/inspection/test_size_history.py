@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 
 from audience_sync.config import Config
 from audience_sync.destinations.jsonl import JsonlSink
@@ -334,4 +334,36 @@ def test_a_pair_named_twice_is_recorded_once(state_url: str) -> None:
         assert [(r["run_id"], r["destination"], r["computation_key"], r["size"]) for r in sizes.history(conn)] == [
             (1, "d", "k", 0)
         ]
+    engine.dispose()
+
+
+def test_a_run_reads_its_changes_once_as_it_closes(harness: Harness) -> None:
+    """The run's counts and its sizes come from one grouped read of its diff rows (a second read of every change
+    cost 0.3–1 s per million on an initial sync), and the two agree with the snapshot."""
+    harness.warehouse.set_members("VIP", {u: f"{u}@x.io" for u in POOL[:30]})
+    harness.warehouse.set_trait("Score", {u: (f"{u}@x.io", i) for i, u in enumerate(POOL[:20])})
+    config = harness.config(harness.jsonl_destination() + harness.audience("VIP") + harness.trait("Score"))
+    grouped: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        flat = " ".join(statement.split())
+        if flat.startswith("SELECT diffs.destination || ''") and "GROUP BY" in flat:  # the run's own reads
+            grouped.append(flat)
+
+    event.listen(Engine, "before_cursor_execute", note)
+    try:
+        result = harness.run(config)
+    finally:
+        event.remove(Engine, "before_cursor_execute", note)
+    assert result.status == "succeeded", result.error
+    assert len(grouped) == 1, grouped
+    assert (result.counts["entered"], result.counts["sent"]) == (50, 50)
+    engine = create_engine(harness.state_url)
+    with engine.connect() as conn:
+        recorded = {(r["destination"], r["computation_key"]): r for r in sizes.history(conn)}
+    assert {k: r["size"] for k, r in recorded.items()} == counted_sizes(engine)
+    assert {k: (r["entered"], r["sent"]) for k, r in recorded.items()} == {
+        ("file", "vip"): (30, 30),
+        ("file", "score"): (20, 20),
+    }
     engine.dispose()
