@@ -20,14 +20,16 @@ named) and names their directory in the command's environment (:func:`command_en
 installs the cloning from them before it runs (:func:`install_for_command`) and never makes a template itself
 (without one it migrates for real). A command started as a fresh interpreter (``AUDIENCE_SYNC_TEST_FRESH=1``,
 ``fresh=True``) migrates for real, and so does one given ``AUDIENCE_SYNC_TEST_MIGRATE=1`` in its environment
-(:data:`MIGRATE_FOR_REAL`: the crash test's kill while migrating).
+(:data:`MIGRATE_FOR_REAL`: the crash test's kill while migrating, ``db upgrade``'s own test).
 
 A clone is one transaction, as each real migration is, so a process killed while cloning leaves an empty database.
 Two processes that clone one new database at once (two commands started together, a test and its command) take
 a lock first, an advisory lock on PostgreSQL (in the cloning transaction) and an ``flock`` on the database's
 directory on SQLite (a directory: a run adds no file beside its database), and look at the database again under
 it: the second finds it made and leaves it to Alembic, which finds it at head. (The real migrations take no such
-lock: two processes migrating one new database at once can fail on a table the other made.)
+lock: of two processes migrating one new database at once, one usually fails, on SQLite with "database is locked",
+on PostgreSQL on a table or a version row the other made; each migration's transaction leaves the database at a
+known revision, and the next run applies the rest.)
 ``AUDIENCE_SYNC_TEST_MIGRATE=1`` turns the cloning off: every new database is then migrated for real.
 ``tests/store/test_schema_clone.py`` checks that a clone and a migrated database are the same, schema and rows.
 """
