@@ -45,7 +45,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +215,7 @@ def _clone_sqlite(conn: Connection) -> bool:
         return False
     # the main database's file, as SQLite opened it (the URL may be a URI filename); "" for one in memory
     file = next(row.file for row in conn.execute(text("PRAGMA database_list")) if row.name == "main")
-    with sqlite_clone_lock(Path(file)) if file else _nothing():
+    with sqlite_clone_lock(Path(file)) if file else nullcontext():
         if not _empty(conn):
             return False
         driver: Any = conn.connection.driver_connection
@@ -237,11 +237,6 @@ def _clone_postgres(conn: Connection) -> bool:
     _new_install_id(conn)
     conn.commit()
     return True
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _clone(engine: Engine) -> bool:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from audience_sync.store import migrate
 from audience_sync.store.engine import create_state_engine
-from tests.processes import Cli
+from tests.processes import FRESH, Cli
 from tests.schema_clone import ENABLED, POSTGRES_CLONE_LOCK, migrate_for_real, sqlite_clone_lock
 
 pytestmark = pytest.mark.skipif(not ENABLED, reason="AUDIENCE_SYNC_TEST_MIGRATE=1: nothing is cloned")
@@ -93,6 +93,10 @@ def test_a_cloned_postgres_schema_is_the_migrated_one(pg_server: str, pg_url: st
         admin.dispose()
 
 
+#: the tests of the commands' clones: a command started as a fresh interpreter migrates for real
+forked = pytest.mark.skipif(FRESH, reason="AUDIENCE_SYNC_TEST_FRESH=1: a command is a fresh interpreter")
+
+
 def _made_in_one_step(url: str) -> bool:
     """Whether the database was made at once (cloned), not migrated by one transaction per migration: SQLite's schema
     cookie counts the schema's changes (a backup makes one), and on PostgreSQL every catalogue row of the schema
@@ -144,6 +148,7 @@ def pg_server_if_postgres(request: pytest.FixtureRequest, state_url: str) -> str
     return str(request.getfixturevalue("pg_server")) if state_url.startswith("postgresql") else None
 
 
+@forked
 def test_a_command_clones_a_new_database_into_the_migrated_one(tmp_path: Path, state_url: str, other_url: str) -> None:
     with _upgrade_command(tmp_path, state_url) as command:
         assert command.wait() == 0, command.stderr
@@ -170,6 +175,7 @@ def _clone_lock(state_url: str) -> Iterator[None]:
         engine.dispose()
 
 
+@forked
 def test_two_commands_cloning_one_new_database_at_once_both_succeed(
     tmp_path: Path, state_url: str, other_url: str
 ) -> None:
@@ -185,6 +191,7 @@ def test_two_commands_cloning_one_new_database_at_once_both_succeed(
     _compare(other_url, state_url)  # one install row among the rest
 
 
+@forked
 def test_a_command_that_finds_the_database_made_while_it_waited_leaves_it_as_made(
     tmp_path: Path, state_url: str
 ) -> None:
