@@ -22,7 +22,7 @@ from audience_sync.config import Config, parse_config
 from audience_sync.run.sync import RunResult, run_sync
 from tests.fakes.capture import CaptureServer
 from tests.fakes.gist import FakeGist
-from tests.schema_clone import install_cloning, real_migrations
+from tests.schema_clone import expect_postgres, install_cloning, real_migrations
 
 PG_URL = os.environ.get("AUDIENCE_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -92,6 +92,7 @@ def pg_server() -> str:
         pytest.fail(f"PostgreSQL is not reachable at {PG_URL} ({exc}); start it (see .ci/run)")
     finally:
         engine.dispose()
+    expect_postgres(PG_URL)  # the commands the tests start clone their new schemas on it too
     return PG_URL
 
 

@@ -4,7 +4,8 @@ Every command a test runs is a real process (own pid, signals, exit status, stdi
 ``python -m audience_sync ARGS``. By default it is forked from a fork server (``tests/zygote.py``, one per test
 process) that has imported audience-sync once, so a command starts in milliseconds instead of paying one to two
 seconds of interpreter start-up and imports each time; ``AUDIENCE_SYNC_TEST_FRESH=1`` (or ``fresh=True``) starts
-a fresh interpreter instead, to check that the fork server hides nothing.
+a fresh interpreter instead, to check that the fork server hides nothing (it also migrates a new state database
+for real, where a forked command clones it as the test process does: ``tests/schema_clone.py``).
 
 :class:`Cli` lets a test act on the run's own progress (a log line on stderr, a fake server's gate) instead of on
 wall-clock delays, so that it behaves the same on a loaded machine.
@@ -28,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from tests import schema_clone
 from tests.fakes.loopback import GATE_TIMEOUT, Gate
 
 ZYGOTE = Path(__file__).with_name("zygote.py")
@@ -178,7 +180,11 @@ class Forked:
 def start(
     args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None, stdin: bool = False, fresh: bool = False
 ) -> Process:
-    """``python -m audience_sync ARGS`` in ``cwd`` with ``env`` added to this process's environment."""
+    """``python -m audience_sync ARGS`` in ``cwd`` with ``env`` added to this process's environment.
+
+    Forked, it clones a new state database from this process's templates, as this process does
+    (``tests/schema_clone.py``); a fresh interpreter, or ``env`` with ``schema_clone.MIGRATE_FOR_REAL``, migrates it.
+    """
     environ = {**os.environ, **(env or {})}
     if fresh or FRESH:
         return subprocess.Popen(
@@ -190,7 +196,7 @@ def start(
             cwd=cwd,
             env=environ,
         )
-    return Forked(args, cwd=cwd, env=environ, stdin=stdin)
+    return Forked(args, cwd=cwd, env={**schema_clone.command_environment(), **environ}, stdin=stdin)
 
 
 def run_cli(

@@ -12,8 +12,24 @@ every later one is made equal to it at once:
 Either way the migrations' own data comes along, and the one value that must differ between databases, the
 install id migration 0009 makes, is made again as 0009 makes it. Only ``command.upgrade(cfg, "head")`` on a
 database with no tables at all is cloned; every upgrade of an existing database (a database at an older revision)
-runs the real migrations, and so does every command line the tests run as a process of its own and every test
-marked ``real_migrations`` (the tests of the migrations themselves).
+runs the real migrations, and so does every test marked ``real_migrations`` (the tests of the migrations themselves).
+
+The command lines the tests run, forked from the fork server (``tests/zygote.py``), clone too: the test process
+makes its templates before it starts one (SQLite's, and PostgreSQL's for each server :func:`expect_postgres`
+named) and names their directory in the command's environment (:func:`command_environment`); the command
+installs the cloning from them before it runs (:func:`install_for_command`) and never makes a template itself
+(without one it migrates for real). A command started as a fresh interpreter (``AUDIENCE_SYNC_TEST_FRESH=1``,
+``fresh=True``) migrates for real, and so does one given ``AUDIENCE_SYNC_TEST_MIGRATE=1`` in its environment
+(:data:`MIGRATE_FOR_REAL`: the crash test's kill while migrating, ``db upgrade``'s own test).
+
+A clone is one transaction, as each real migration is, so a process killed while cloning leaves an empty database.
+Two processes that clone one new database at once (two commands started together, a test and its command) take
+a lock first, an advisory lock on PostgreSQL (in the cloning transaction) and an ``flock`` on the database's
+directory on SQLite (a directory: a run adds no file beside its database), and look at the database again under
+it: the second finds it made and leaves it to Alembic, which finds it at head. (The real migrations take no such
+lock: of two processes migrating one new database at once, one usually fails, on SQLite with "database is locked",
+on PostgreSQL on a table or a version row the other made; each migration's transaction leaves the database at a
+known revision, and the next run applies the rest.)
 ``AUDIENCE_SYNC_TEST_MIGRATE=1`` turns the cloning off: every new database is then migrated for real.
 ``tests/store/test_schema_clone.py`` checks that a clone and a migrated database are the same, schema and rows.
 """
@@ -21,24 +37,35 @@ marked ``real_migrations`` (the tests of the migrations themselves).
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import hashlib
 import os
 import sqlite3
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from alembic import command as alembic_command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import StaticPool
 
 from audience_sync.store import migrate
 from audience_sync.store.schema import install
 
-ENABLED = os.environ.get("AUDIENCE_SYNC_TEST_MIGRATE", "") in ("", "0")
+#: set (not "0"), every new database is migrated for real: in the test process's environment, or in a command's
+MIGRATE = "AUDIENCE_SYNC_TEST_MIGRATE"
+#: a command's environment that has it migrate its new state database for real
+MIGRATE_FOR_REAL = {MIGRATE: "1"}
+#: the directory of the test process's templates, in the environment of a command forked from the fork server
+TEMPLATES = "AUDIENCE_SYNC_TEST_TEMPLATES"
+
+ENABLED = os.environ.get(MIGRATE, "") in ("", "0")
 
 
 def _empty(conn: Connection) -> bool:
@@ -55,32 +82,50 @@ def _new_install_id(conn: Connection) -> None:
     conn.execute(insert(install).values(install_id=uuid.uuid4().hex, created_at=now))
 
 
+def _server(url: URL) -> str:
+    """A PostgreSQL URL without the options that pick its schema: the server (and database) it names."""
+    return url.difference_update_query(["options"]).render_as_string(hide_password=False)
+
+
 class _Templates:
-    """The migrated template of each backend, made on first use in this process."""
+    """The migrated template of each backend, files in one directory.
 
-    def __init__(self) -> None:
+    The test process's (``build``) are made on first use, each written whole under its final name at once; a
+    command's are the test process's, read and never made: a template that is not there is None."""
+
+    def __init__(self, directory: Path | None = None, *, build: bool = True) -> None:
         self._lock = threading.Lock()
-        self._dir = Path(tempfile.mkdtemp(prefix="as-schema-"))
-        self._sqlite: Path | None = None
-        self._postgres: dict[str, str] = {}  # server URL without options -> the migration's statements
+        self._dir = directory
+        self._build = build
+        self._postgres: dict[str, str | None] = {}  # server URL without options -> the migration's statements
 
-    def sqlite(self) -> Path:
+    def directory(self) -> Path:
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="as-schema-"))
+        return self._dir
+
+    def sqlite(self) -> Path | None:
         with self._lock:
-            if self._sqlite is None:
-                path = self._dir / "template.db"
-                engine = create_engine(f"sqlite:///{path}")
+            path = self.directory() / "template.db"
+            if self._build and not path.exists():
+                part = path.with_name("template.db.part")
+                engine = create_engine(f"sqlite:///{part}")  # no WAL: the file alone is the database
                 try:
                     migrate.upgrade(_unpatched(engine))
                 finally:
                     engine.dispose()
-                self._sqlite = path
-            return self._sqlite
+                part.replace(path)
+            return path if path.exists() else None
 
-    def postgres(self, engine: Engine) -> str:
-        server = engine.url.difference_update_query(["options"]).render_as_string(hide_password=False)
+    def postgres(self, server: str) -> str | None:
         with self._lock:
             if server not in self._postgres:
-                self._postgres[server] = _record_postgres(server)
+                path = self.directory() / f"postgres-{hashlib.sha256(server.encode()).hexdigest()[:16]}.sql"
+                if self._build and not path.exists():
+                    part = path.with_name(path.name + ".part")
+                    part.write_text(_record_postgres(server), encoding="utf-8")
+                    part.replace(path)
+                self._postgres[server] = path.read_text(encoding="utf-8") if path.exists() else None
             return self._postgres[server]
 
 
@@ -115,9 +160,9 @@ def _record_postgres(server: str) -> str:
 
 
 _templates = _Templates()
+_servers: set[str] = set()  # the PostgreSQL servers whose template a command is given
 _real_upgrade = alembic_command.upgrade
 _unpatched_engines: list[Engine] = []  # the templates' own engines, migrated for real
-_cloning = threading.Lock()  # two runs of this process on one new database: the second finds it made
 
 
 def _unpatched(engine: Engine) -> Engine:
@@ -130,25 +175,75 @@ def migrate_for_real(engine: Engine) -> str:
     return migrate.upgrade(_unpatched(engine))
 
 
-def _clone(engine: Engine) -> bool:
-    """Make the empty database of ``engine`` a copy of the template; False when it is not empty."""
-    with _cloning, engine.connect() as conn:
+@contextmanager
+def sqlite_clone_lock(database: Path) -> Iterator[None]:
+    """The lock a clone of the SQLite file ``database`` is made under: an ``flock`` on the directory it is in."""
+    fd = os.open(database.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # and the lock with it
+
+
+#: the advisory lock a clone of a PostgreSQL schema is made under, one per schema (as ``current_schema()``)
+POSTGRES_CLONE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('audience-sync clone ' || current_schema(), 0))"
+
+
+def _copy_sqlite(template: Path, into: sqlite3.Connection) -> None:
+    """The template copied into the database of ``into`` with an install id of its own, in one transaction there:
+    copied in memory first, given the id, then backed up onto ``into`` in one step."""
+    source = sqlite3.connect(f"{template.as_uri()}?mode=ro", uri=True)
+    copy = sqlite3.connect(":memory:")
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+    engine = create_engine("sqlite://", creator=lambda: copy, poolclass=StaticPool)
+    try:
+        with engine.begin() as conn:
+            _new_install_id(conn)
+        copy.backup(into)
+    finally:
+        engine.dispose()
+        copy.close()
+
+
+def _clone_sqlite(conn: Connection) -> bool:
+    template = _templates.sqlite()
+    if template is None:
+        return False
+    # the main database's file, as SQLite opened it (the URL may be a URI filename); "" for one in memory
+    file = next(row.file for row in conn.execute(text("PRAGMA database_list")) if row.name == "main")
+    with sqlite_clone_lock(Path(file)) if file else nullcontext():
         if not _empty(conn):
             return False
         driver: Any = conn.connection.driver_connection
-        if conn.dialect.name == "sqlite":
-            source = sqlite3.connect(_templates.sqlite())
-            try:
-                source.backup(driver)
-            finally:
-                source.close()
-        else:
-            script = _templates.postgres(engine)
-            with driver.cursor() as cursor:
-                cursor.execute(script)  # no parameters: the whole script in one round trip
-        _new_install_id(conn)
-        conn.commit()
+        _copy_sqlite(template, driver)
     return True
+
+
+def _clone_postgres(conn: Connection) -> bool:
+    script = _templates.postgres(_server(conn.engine.url))
+    if script is None:
+        return False
+    conn.execute(text(POSTGRES_CLONE_LOCK))  # held until the commit; every statement below sees what was committed
+    if not _empty(conn):
+        conn.rollback()
+        return False
+    driver: Any = conn.connection.driver_connection
+    with driver.cursor() as cursor:
+        cursor.execute(script)  # no parameters: the whole script in one round trip
+    _new_install_id(conn)
+    conn.commit()
+    return True
+
+
+def _clone(engine: Engine) -> bool:
+    """Make the empty database of ``engine`` a copy of the template; False when it is not empty (or there is no
+    template in a command for its server)."""
+    with engine.connect() as conn:
+        return _clone_sqlite(conn) if conn.dialect.name == "sqlite" else _clone_postgres(conn)
 
 
 def _upgrade(config: AlembicConfig, revision: str, sql: bool = False, tag: str | None = None) -> None:
@@ -177,3 +272,31 @@ def real_migrations() -> Iterator[None]:
         yield
     finally:
         install_cloning()
+
+
+def expect_postgres(server: str) -> None:
+    """Commands started from now on are given a template for new schemas on the PostgreSQL ``server`` too."""
+    _servers.add(_server(make_url(server)))
+
+
+def command_environment() -> dict[str, str]:
+    """The environment a command forked from the fork server needs to clone its new state databases: the directory
+    of this process's templates, made now if need be. Empty when this process migrates for real (cloning off, or a
+    test marked ``real_migrations``): so does the command then."""
+    if alembic_command.upgrade is not _upgrade:
+        return {}
+    _templates.sqlite()
+    for server in sorted(_servers):
+        _templates.postgres(server)
+    return {TEMPLATES: str(_templates.directory())}
+
+
+def install_for_command(environ: MutableMapping[str, str]) -> None:
+    """In a command forked from the fork server, before it runs: clone its new state databases from the templates
+    ``environ`` names (taken out of it, the command's environment is the test's), unless it says to migrate."""
+    directory = environ.pop(TEMPLATES, None)
+    if directory is None or environ.get(MIGRATE, "") not in ("", "0"):
+        return
+    global _templates
+    _templates = _Templates(Path(directory), build=False)
+    alembic_command.upgrade = _upgrade

@@ -10,10 +10,14 @@ interpreter start-up and imports are paid once instead of per command. Run by :m
 Protocol, one JSON object per packet. Test -> server: ``{"args", "cwd", "env"}`` with three file descriptors
 (stdin, stdout, stderr) attached. Server -> test: ``{"ready": pid}`` once, ``{"spawned": pid}`` per request in order,
 ``{"exit": pid, "code": returncode}`` (negative: killed by that signal) when a child has been reaped.
+
+A child makes a new state database as the test process does, cloned from the test process's templates
+(``tests/schema_clone.py``: the environment names them; the variable is taken out before the command runs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -46,6 +50,11 @@ def serve(fd: int) -> dict[str, Any] | None:
     """Serve requests until the test process hangs up (None); in a forked child, return its request."""
     sock = socket.socket(fileno=fd)
     import audience_sync.cli.main  # noqa: F401  (the expensive part, paid once)
+
+    # Alembic too, and the cloning of new state databases a child installs (tests/schema_clone.py); when tests/ is
+    # not on the path (not run from the checkout's root), children migrate their new databases for real
+    with contextlib.suppress(ImportError):
+        import tests.schema_clone  # noqa: F401
 
     # what was imported is never collected: frozen, a child's collections and its exit do not touch (and so do not
     # copy) those pages; a child's exit then takes milliseconds instead of a second
@@ -91,6 +100,9 @@ def become(request: dict[str, Any]) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    schema_clone = sys.modules.get("tests.schema_clone")
+    if schema_clone is not None:
+        schema_clone.install_for_command(os.environ)  # a new state database is cloned, as in the test process
     random.seed()  # every child would otherwise share the server's random state
     sys.path[0] = str(Path.cwd())  # as `python -m` puts the working directory first
     sys.argv = ["audience_sync", *request["args"]]

@@ -22,6 +22,7 @@ from sqlalchemy import create_engine, text
 from tests.fakes.segment import FakeSegment
 from tests.harness import Harness
 from tests.processes import Cli
+from tests.schema_clone import MIGRATE_FOR_REAL
 
 pytestmark = pytest.mark.slow  # two dozen real runs, each killed at its moment
 
@@ -94,11 +95,11 @@ def write_config(harness: Harness, segment: FakeSegment) -> Path:
     return path
 
 
-def start(config: Path, *extra: str) -> Cli:
+def start(config: Path, *extra: str, env: dict[str, str] | None = None) -> Cli:
     return Cli(
         ["run", "--json", "--config", str(config), *extra],
         cwd=config.parent,
-        env={"SEGMENT_WRITE_KEY": "segment-write-key"},
+        env={"SEGMENT_WRITE_KEY": "segment-write-key", **(env or {})},
     )
 
 
@@ -108,7 +109,9 @@ def kill_at(moment: Moment, config: Path, segment: FakeSegment) -> None:
     if moment.phase is not None:
         gate = segment.hold(first)  # nothing goes out before the kill lands
         line = r"upgrading state database" if moment.phase == "migrating" else PHASES[moment.phase]
-        with start(config, "--log-level", "debug") as cli:
+        # killed while migrating, the new database is migrated for real: a clone would be made in one step
+        env = MIGRATE_FOR_REAL if moment.phase == "migrating" else None
+        with start(config, "--log-level", "debug", env=env) as cli:
             cli.wait_for_line(line)
             code = cli.kill()
     else:

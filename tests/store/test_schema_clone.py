@@ -1,9 +1,13 @@
 """The tests' new state databases are clones of one migrated once (``tests/schema_clone.py``): a clone must be
-the database the migrations make, table for table, index for index, row for row, with an install id of its own."""
+the database the migrations make, table for table, index for index, row for row, with an install id of its own,
+whether the test process makes it or a command forked from the fork server does, and two processes cloning one
+new database at once both succeed."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,8 @@ from sqlalchemy.engine import make_url
 
 from audience_sync.store import migrate
 from audience_sync.store.engine import create_state_engine
-from tests.schema_clone import ENABLED, migrate_for_real
+from tests.processes import FRESH, Cli
+from tests.schema_clone import ENABLED, POSTGRES_CLONE_LOCK, migrate_for_real, sqlite_clone_lock
 
 pytestmark = pytest.mark.skipif(not ENABLED, reason="AUDIENCE_SYNC_TEST_MIGRATE=1: nothing is cloned")
 
@@ -86,3 +91,128 @@ def test_a_cloned_postgres_schema_is_the_migrated_one(pg_server: str, pg_url: st
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+#: the tests of the commands' clones: a command started as a fresh interpreter migrates for real
+forked = pytest.mark.skipif(FRESH, reason="AUDIENCE_SYNC_TEST_FRESH=1: a command is a fresh interpreter")
+
+
+def _made_in_one_step(url: str) -> bool:
+    """Whether the database was made at once (cloned), not migrated by one transaction per migration: SQLite's schema
+    cookie counts the schema's changes (a backup makes one), and on PostgreSQL every catalogue row of the schema
+    carries the transaction that wrote it last."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                return int(conn.execute(text("PRAGMA schema_version")).scalar_one()) == 1
+            query = (
+                "SELECT count(DISTINCT xmin::text) FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
+            )
+            return int(conn.execute(text(query)).scalar_one()) == 1
+    finally:
+        engine.dispose()
+
+
+def _upgrade_command(tmp_path: Path, state_url: str) -> Cli:
+    """``audience-sync db upgrade`` on ``state_url``, forked from the fork server; it logs before it migrates."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[state]\nurl = "{state_url}"\n')
+    return Cli(["db", "upgrade", "--log-level", "info", "--config", str(config)], cwd=tmp_path)
+
+
+@pytest.fixture
+def other_url(tmp_path: Path, state_url: str, pg_server_if_postgres: str | None) -> Iterator[str]:
+    """A second new state database on the backend of ``state_url``, to migrate for real."""
+    if pg_server_if_postgres is None:
+        yield f"sqlite:///{tmp_path / 'migrated.db'}"
+        return
+    schema = f"as_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_server_if_postgres, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield (
+            make_url(pg_server_if_postgres)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_server_if_postgres(request: pytest.FixtureRequest, state_url: str) -> str | None:
+    return str(request.getfixturevalue("pg_server")) if state_url.startswith("postgresql") else None
+
+
+@forked
+def test_a_command_clones_a_new_database_into_the_migrated_one(tmp_path: Path, state_url: str, other_url: str) -> None:
+    with _upgrade_command(tmp_path, state_url) as command:
+        assert command.wait() == 0, command.stderr
+    assert "state database at schema revision" in command.stdout
+    assert _made_in_one_step(state_url)  # cloned in the command, not migrated
+    _compare(other_url, state_url)
+    assert not _made_in_one_step(other_url)  # and the check above tells the two apart
+
+
+@contextmanager
+def _clone_lock(state_url: str) -> Iterator[None]:
+    """Hold the lock a clone of the database of ``state_url`` is made under."""
+    if state_url.startswith("sqlite"):
+        with sqlite_clone_lock(Path(make_url(state_url).database or "")):
+            yield
+        return
+    engine = create_engine(state_url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(POSTGRES_CLONE_LOCK))
+            yield
+            conn.rollback()
+    finally:
+        engine.dispose()
+
+
+@forked
+def test_two_commands_cloning_one_new_database_at_once_both_succeed(
+    tmp_path: Path, state_url: str, other_url: str
+) -> None:
+    """Both find the database empty; held at the clone's lock, they go on together: one clones, one finds it made."""
+    with _clone_lock(state_url):
+        first, second = _upgrade_command(tmp_path, state_url), _upgrade_command(tmp_path, state_url)
+        for command in (first, second):
+            command.wait_for_line(r"upgrading state database .* from None to")
+    for command in (first, second):
+        with command:
+            assert command.wait() == 0, command.stderr
+    assert _made_in_one_step(state_url)
+    _compare(other_url, state_url)  # one install row among the rest
+
+
+@forked
+def test_a_command_that_finds_the_database_made_while_it_waited_leaves_it_as_made(
+    tmp_path: Path, state_url: str
+) -> None:
+    """The command looks at the database again under the clone's lock: made meanwhile (here migrated for real by the
+    test), it is left as it is, install id included, and Alembic finds it at head."""
+    with _clone_lock(state_url):
+        command = _upgrade_command(tmp_path, state_url)
+        command.wait_for_line(r"upgrading state database .* from None to")
+        engine = create_engine(state_url)
+        try:
+            migrate_for_real(engine)
+            with engine.connect() as conn:
+                made = conn.execute(text("SELECT install_id FROM install")).scalar_one()
+        finally:
+            engine.dispose()
+    with command:
+        assert command.wait() == 0, command.stderr
+    assert not _made_in_one_step(state_url)
+    engine = create_engine(state_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT install_id FROM install")).scalars().all() == [made]
+    finally:
+        engine.dispose()
