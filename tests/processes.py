@@ -35,6 +35,9 @@ from tests.fakes.loopback import GATE_TIMEOUT, Gate
 ZYGOTE = Path(__file__).with_name("zygote.py")
 FRESH = os.environ.get("AUDIENCE_SYNC_TEST_FRESH", "") not in ("", "0")
 
+#: a child of the fork server: its pid and its serial number among the server's children (pids are reused)
+Child = tuple[int, int]
+
 
 class Process(Protocol):
     """What a test needs of a process: :class:`subprocess.Popen` and :class:`Forked` both have it."""
@@ -79,8 +82,10 @@ class _Server:
         theirs.close()
         self.sock = ours
         self.alive = True
-        self._spawned: queue.Queue[int] = queue.Queue()
-        self._exits: dict[int, int] = {}
+        self._spawned: queue.Queue[Child] = queue.Queue()
+        self._serial = 0  # children spawned so far: a child is (pid, serial), since the kernel reuses pids
+        self._current: dict[int, int] = {}  # pid -> the serial of the child that has it now
+        self._exits: dict[Child, int] = {}
         self._changed = threading.Condition()
         self._send_lock = threading.Lock()
         ready = self._receive()
@@ -103,16 +108,24 @@ class _Server:
     def _listen(self) -> None:
         while (message := self._receive()) is not None:
             if "spawned" in message:
-                self._spawned.put(int(message["spawned"]))
-            elif "exit" in message:
+                # a pid is given again only once its child was reaped, and the server reports that exit before
+                # this spawn: from here on the pid's exit is the new child's, not the one recorded earlier
+                pid = int(message["spawned"])
                 with self._changed:
-                    self._exits[int(message["exit"])] = int(message["code"])
+                    self._serial += 1
+                    self._current[pid] = self._serial
+                self._spawned.put((pid, self._serial))
+            elif "exit" in message:
+                pid = int(message["exit"])
+                with self._changed:
+                    self._exits[(pid, self._current.pop(pid, 0))] = int(message["code"])
                     self._changed.notify_all()
         with self._changed:
             self.alive = False
             self._changed.notify_all()
 
-    def spawn(self, args: Sequence[str], cwd: Path, env: Mapping[str, str], fds: Sequence[int]) -> int:
+    def spawn(self, args: Sequence[str], cwd: Path, env: Mapping[str, str], fds: Sequence[int]) -> Child:
+        """Fork a child running ``args``; it is known by its pid and its place among this server's children."""
         request = json.dumps({"args": list(args), "cwd": str(cwd), "env": dict(env)}).encode()
         with self._send_lock:  # requests and their "spawned" answers come in the same order
             socket.send_fds(self.sock, [request], list(fds))
@@ -121,13 +134,14 @@ class _Server:
             except queue.Empty:
                 raise RuntimeError(f"the fork server did not answer:\n{self.log()}") from None
 
-    def exit_code(self, pid: int, timeout: float | None) -> int | None:
-        """The child's return code once it has been reaped; None if it is still running after ``timeout``."""
+    def exit_code(self, child: Child, timeout: float | None) -> int | None:
+        """The child's return code once it has been reaped; None if it is still running after ``timeout``. The
+        code is this child's own, not that of an earlier child that had its pid (pids are reused once reaped)."""
         with self._changed:
-            self._changed.wait_for(lambda: pid in self._exits or not self.alive, timeout)
-            if pid not in self._exits and not self.alive:
+            self._changed.wait_for(lambda: child in self._exits or not self.alive, timeout)
+            if child not in self._exits and not self.alive:
                 raise RuntimeError(f"the fork server died:\n{self.log()}")
-            return self._exits.get(pid)
+            return self._exits.get(child)
 
     def close(self) -> None:
         self.sock.shutdown(socket.SHUT_RDWR)  # the server exits when its socket closes; children run on
@@ -148,7 +162,8 @@ class Forked:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            self.pid = self._server.spawn(args, cwd, env, [in_r, out_w, err_w])
+            self._child = self._server.spawn(args, cwd, env, [in_r, out_w, err_w])
+            self.pid = self._child[0]
         finally:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
@@ -159,12 +174,12 @@ class Forked:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            self.returncode = self._server.exit_code(self.pid, 0)
+            self.returncode = self._server.exit_code(self._child, 0)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
-            self.returncode = self._server.exit_code(self.pid, timeout)
+            self.returncode = self._server.exit_code(self._child, timeout)
             if self.returncode is None:
                 raise subprocess.TimeoutExpired(self.args, timeout or 0)
         return self.returncode
