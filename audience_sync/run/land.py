@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
@@ -22,6 +21,7 @@ from ..config import Computation
 from ..errors import RunStopped
 from ..sources import SourceStats, pushdown
 from ..sources.arrow_read import land_arrow
+from ..sources.duck import DuckFile
 from ..sources.landing import NotLandable, errors, land_duckdb, land_postgres
 from ..store import landing, loading
 from ..store.dialect import is_postgresql
@@ -34,13 +34,13 @@ Lander = Callable[[Connection], landing.Landed]
 
 def lander(
     source: Engine | None,
-    duckdb: Path | None,
+    duckdb: DuckFile | None,
     comp: Computation,
     batch_rows: int,
     stop: threading.Event | None = None,
 ) -> Lander | None:
     """How ``comp``'s rows can be landed in the state database from ``source`` (a SQLAlchemy source: PostgreSQL
-    by ``COPY``, any other as Arrow batches, ``sources/arrow_read.py``) or from the DuckDB file ``duckdb``, in
+    by ``COPY``, any other as Arrow batches, ``sources/arrow_read.py``) or from the run's DuckDB file ``duckdb``, in
     Arrow batches of ``batch_rows``; None when they must be streamed. Setting ``stop`` cancels the source's query
     (PostgreSQL and DuckDB; another engine's read stops at its next batch, when the run checks ``stop``)."""
     if comp.sql is None or comp.builder is not None or comp.file is not None:

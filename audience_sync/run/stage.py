@@ -25,7 +25,7 @@ from ..errors import ConfigError, SourceError
 from ..model import SourceFigures
 from ..sources import RawRow, SourceStats, normalize, pushdown, read_rows
 from ..sources.builder import BuilderSource
-from ..sources.duck import duckdb_file
+from ..sources.duck import DuckFile, duckdb_file
 from ..store import attach, loading, staging
 from ..store.dialect import backend
 from ..store.engine import redact_url
@@ -72,7 +72,7 @@ def _push_down(
 
 def _stream(
     engine: Engine,
-    source: Engine | Path,
+    source: Engine | DuckFile,
     config: Config,
     run_id: int,
     comp: Computation,
@@ -108,7 +108,7 @@ def _stream(
 
 def stage(
     engine: Engine,
-    source: Engine | Path,
+    source: Engine | DuckFile,
     config: Config,
     run_id: int,
     comps: Sequence[Computation],
@@ -117,7 +117,7 @@ def stage(
     as_of: dt.datetime | None = None,
 ) -> dict[str, SourceFigures]:
     """Stage ``comps`` for run ``run_id`` and return per computation its source figures (rows, members, null
-    user ids, null values, skipped). ``source``: a SQLAlchemy engine, or a DuckDB file (``sources/duck.py``).
+    user ids, null values, skipped). ``source``: a SQLAlchemy engine, or the run's DuckDB file (``sources/duck.py``).
     Raises SourceError (culprit named) or RunStopped when ``stop`` is set."""
     stats: dict[str, SourceFigures] = {}
     push = use_pushdown(config)

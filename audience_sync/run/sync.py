@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,7 +25,7 @@ from ..destinations import DestinationFactory, build_destination
 from ..errors import LockLost
 from ..model import RunCounts, RunStatus
 from ..sources.builder.windows import as_utc
-from ..sources.duck import duckdb_file
+from ..sources.duck import DuckFile, duckdb_file
 from ..store import outbox, registry, runs, sizes, staging
 from ..store.dialect import analyze
 from ..store.engine import create_source_engine, create_state_engine, store_error
@@ -96,10 +95,12 @@ def run_sync(
     check_source(config, comps)
     owned = engine is None  # the caller's engine outlives the run
     engine = create_state_engine(config.state_url) if engine is None else engine
-    # the source: the state's own engine, a DuckDB file read with DuckDB's own API, or an engine of its own
-    source: Engine | Path = engine
+    # the source: the state's own engine, a DuckDB file read with DuckDB's own API (one connection for the whole
+    # run, opened by its first read), or an engine of its own
+    source: Engine | DuckFile = engine
     if config.source_url != config.state_url:
-        source = duckdb_file(config.source_url) or create_source_engine(config.source_url)
+        duck_path = duckdb_file(config.source_url)
+        source = DuckFile(duck_path) if duck_path is not None else create_source_engine(config.source_url)
     try:
         upgrade(engine)
         with engine.connect() as conn:
@@ -126,11 +127,13 @@ def run_sync(
             engine.dispose()
         if isinstance(source, Engine) and source is not engine:
             source.dispose()
+        elif isinstance(source, DuckFile):  # closed after staging already, unless the run never got there
+            source.close()
 
 
 def _locked_run(
     engine: Engine,
-    source: Engine | Path,
+    source: Engine | DuckFile,
     config: Config,
     plan: RunPlan,
     *,
@@ -224,7 +227,7 @@ def _locked_run(
 
 def _steps(
     engine: Engine,
-    source: Engine | Path,
+    source: Engine | DuckFile,
     config: Config,
     plan: RunPlan,
     run_id: int,
@@ -240,6 +243,8 @@ def _steps(
         staged = {key: st["members"] for key, st in source_stats.items()}
         holds = diff(engine, config, plan, run_id, staged=staged, fence=held)
     finally:
+        if isinstance(source, DuckFile):  # read for the last time: the file is free for a writer while the run sends
+            source.close()
         with engine.begin() as conn:
             staging.clear(conn, run_id)
     log.debug("run %d: diff stored", run_id)

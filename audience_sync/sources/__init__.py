@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 from sqlalchemy import Engine
 
 from ..config import Computation
-from .duck import read_duckdb
+from .duck import DuckFile, read_duckdb
 from .files import read_file
 from .rows import RawRow, SourceStats, normalize
 from .sql import read_sql
@@ -16,11 +15,11 @@ from .sql import read_sql
 __all__ = ["RawRow", "SourceStats", "normalize", "read_rows"]
 
 
-def read_rows(comp: Computation, source: Engine | Path, chunk_size: int) -> Iterator[list[RawRow]]:
+def read_rows(comp: Computation, source: Engine | DuckFile, chunk_size: int) -> Iterator[list[RawRow]]:
     """The computation's raw rows in chunks, from its file or from its query on ``source`` (a SQLAlchemy
-    engine, or a DuckDB file: ``sources/duck.py``)."""
+    engine, or the run's DuckDB file: ``sources/duck.py``)."""
     if comp.file is not None:
         return read_file(comp, chunk_size)
-    if isinstance(source, Path):
+    if isinstance(source, DuckFile):
         return read_duckdb(source, comp, chunk_size)
     return read_sql(source, comp, chunk_size)

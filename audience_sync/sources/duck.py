@@ -1,6 +1,9 @@
 """DuckDB sources: ``[source] url = "duckdb:///path/to/file.duckdb"``, read with DuckDB's own Python API.
 
-No SQLAlchemy dialect is needed: the file is opened read-only with ``duckdb.connect`` for each read. Its
+No SQLAlchemy dialect is needed. A run reads the file through one :class:`DuckFile`: a single read-only
+connection (``duckdb.connect``), opened on the run's first read and closed when the run ends, whatever ends it;
+each read takes a cursor of its own from it (DuckDB's ``connection.cursor()``: the same database, its own result
+and ``interrupt``), so every computation of the run reads the same opened file, catalogue loaded once. Its
 queries are streamed in chunks (:func:`read_duckdb`) as any SQL source's, or their raw rows read as Arrow
 record batches and landed in the state database (``sources/landing.py``).
 """
@@ -8,6 +11,8 @@ record batches and landed in the state database (``sources/landing.py``).
 from __future__ import annotations
 
 import importlib.util
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,17 +52,50 @@ def errors() -> tuple[type[Exception], ...]:
     return (duckdb.Error,)
 
 
-@contextmanager
-def connected(path: Path) -> Iterator[Any]:
-    """A read-only DuckDB connection to ``path``, closed on leaving. Raises ``duckdb.Error`` (a missing file
-    too: read-only never creates one)."""
-    import duckdb
+#: how many times each DuckDB file was opened (``duckdb.connect``) in this process: once per run that read it
+OPENS: Counter[Path] = Counter()
 
-    conn = duckdb.connect(str(path), read_only=True)
-    try:
-        yield conn
-    finally:
-        conn.close()
+
+class DuckFile:
+    """A run's DuckDB source file: one read-only connection, opened on first use and shared by every read of the
+    run, each on a cursor of its own (:meth:`cursor`), until :meth:`close`. Safe to read from several threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DuckFile({str(self.path)!r}, {'open' if self.is_open else 'closed'})"
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the connection is open (from the first read to :meth:`close`)."""
+        return self._conn is not None
+
+    @contextmanager
+    def cursor(self) -> Iterator[Any]:
+        """A cursor of the file's connection (opened now when it is not yet), closed on leaving. Raises
+        ``duckdb.Error`` (a missing file too: read-only never creates one; a failed open is tried again by the
+        next read)."""
+        with self._lock:
+            if self._conn is None:
+                import duckdb
+
+                self._conn = duckdb.connect(str(self.path), read_only=True)
+                OPENS[self.path] += 1
+            cur = self._conn.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        """Close the connection, and any cursor still open on it: the file is free for a writer again."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 def _failed(comp: Computation, exc: Exception) -> SourceError:
@@ -67,13 +105,13 @@ def _failed(comp: Computation, exc: Exception) -> SourceError:
     )
 
 
-def read_duckdb(path: Path, comp: Computation, chunk_size: int) -> Iterator[list[RawRow]]:
-    """Yield the query's rows on the DuckDB file ``path`` as ``(user_id, email, value)`` chunks of at most
+def read_duckdb(source: DuckFile, comp: Computation, chunk_size: int) -> Iterator[list[RawRow]]:
+    """Yield the query's rows on the DuckDB file ``source`` as ``(user_id, email, value)`` chunks of at most
     ``chunk_size``, as :func:`audience_sync.sources.sql.read_sql` does for a SQLAlchemy source (the same
     messages for a query that fails, returns no rows or lacks a column)."""
     assert comp.sql is not None
     try:
-        with connected(path) as conn:
+        with source.cursor() as conn:
             result = conn.execute(comp.sql)
             if result.description is None:
                 raise SourceError(
@@ -91,7 +129,8 @@ def read_duckdb(path: Path, comp: Computation, chunk_size: int) -> Iterator[list
 
 
 def arrow_reader(conn: Any, sql: str, batch_rows: int) -> Any:
-    """A ``pyarrow.RecordBatchReader`` over ``sql``'s rows on a DuckDB connection, ``batch_rows`` per batch."""
+    """A ``pyarrow.RecordBatchReader`` over ``sql``'s rows on a DuckDB connection or cursor, ``batch_rows`` per
+    batch."""
     relation = conn.sql(sql)
     if hasattr(relation, "to_arrow_reader"):  # DuckDB 2
         return relation.to_arrow_reader(batch_rows)

@@ -27,7 +27,6 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -211,10 +210,11 @@ def _copy_out(raw: Any, inner: str, comp: Computation, conn: Connection, postgre
 
 
 def land_duckdb(
-    path: Path, comp: Computation, conn: Connection, batch_rows: int, stop: threading.Event | None = None
+    source: duck.DuckFile, comp: Computation, conn: Connection, batch_rows: int, stop: threading.Event | None = None
 ) -> landing.Landed:
-    """Read ``comp``'s query rows from the DuckDB file ``path`` as Arrow batches of ``batch_rows`` and land
-    them on ``conn`` (the state, inside a transaction), their values as canonical JSON; return what was landed.
+    """Read ``comp``'s query rows from the DuckDB file ``source`` (on a cursor of the run's connection to it) as
+    Arrow batches of ``batch_rows`` and land them on ``conn`` (the state, inside a transaction), their values as
+    canonical JSON; return what was landed.
 
     NotLandable when a used column's type is not one of :data:`DUCKDB_LANDED`, or a value cannot be rendered as
     streaming would (``sources/arrow_ingest.py``). Raises ``duckdb.Error`` when the query fails, the driver's
@@ -222,16 +222,16 @@ def land_duckdb(
     """
     assert comp.sql is not None
     inner = query_text(comp.sql)
-    with duck.connected(path) as source, cancelled_on(stop, source.interrupt):
-        relation = source.sql(inner)
+    with source.cursor() as cur, cancelled_on(stop, cur.interrupt):
+        relation = cur.sql(inner)
         names, types = list(relation.columns), [str(t) for t in relation.types]
         used = used_columns(comp, names)
         for _, i in used:
             if not DUCKDB_LANDED.fullmatch(types[i]):
                 raise NotLandable(f"column {names[i]!r} has DuckDB type {types[i]}, which is not landed")
         selected = ", ".join(f"src.{_quote(names[i])}" for _, i in used)
-        reader = duck.arrow_reader(source, f"SELECT {selected} FROM ({inner}) AS src", batch_rows)
+        reader = duck.arrow_reader(cur, f"SELECT {selected} FROM ({inner}) AS src", batch_rows)
         try:
             return arrow_ingest.land(conn, comp, [names[i] for _, i in used], reader, "DuckDB's Arrow")
-        finally:  # not left to an error's traceback, which would keep the file open after the connection closes
+        finally:  # not left to an error's traceback, which would keep the file open after the run closes it
             reader.close()

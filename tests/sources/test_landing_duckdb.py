@@ -11,7 +11,7 @@ import pytest
 
 from audience_sync.errors import ConfigError, SourceError
 from audience_sync.run.sync import run_sync
-from audience_sync.sources.duck import duckdb_file
+from audience_sync.sources.duck import DuckFile, duckdb_file
 from tests.sources.test_landing import _fallbacks, _landed, per_id, typed_traits, typed_views
 from tests.sources.test_pushdown import BODY, _compare, _config, pg_schema_url
 
@@ -227,11 +227,11 @@ def test_a_landing_that_falls_back_leaves_no_table_behind(
     comp = _config(state, tmp_path, BODY, None, source).computations[0]
     path = duckdb_file(source)
     assert path is not None
-    engine = create_state_engine(state)
+    duck, engine = DuckFile(path), create_state_engine(state)
     upgrade(engine)
     try:
         for _ in range(2):
-            assert not land.land(engine, 1, comp, lambda conn: land_duckdb(path, comp, conn, 1), SourceStats())
+            assert not land.land(engine, 1, comp, lambda conn: land_duckdb(duck, comp, conn, 1), SourceStats())
             with engine.connect() as conn:
                 kept = "SELECT count(*) FROM " + (
                     "temp.sqlite_master WHERE name = 'as_landed'"
@@ -241,6 +241,7 @@ def test_a_landing_that_falls_back_leaves_no_table_behind(
                 assert conn.exec_driver_sql(kept).scalar_one() == 0
                 assert conn.exec_driver_sql("SELECT count(*) FROM staging").scalar_one() == 0
     finally:
+        duck.close()
         engine.dispose()
 
 
