@@ -189,3 +189,36 @@ def test_two_threads_upgrading_at_once_take_turns(state_url: str, watch: _Watch)
     assert results == {"first": HEAD, "second": HEAD}
     first.dispose()
     second.dispose()
+
+
+def test_a_database_at_head_is_upgraded_without_waiting_for_the_lock(state_url: str) -> None:
+    """The one query that recognises a database at head comes first: an upgrade under way elsewhere (here, the
+    lock held on another connection) does not hold up the runs of an up-to-date database."""
+    from audience_sync.store.migration_lock import migration_lock
+
+    engine, other = create_state_engine(state_url), create_state_engine(state_url)
+    assert upgrade(engine) == HEAD
+    results: list[str] = []
+    with other.connect() as conn, migration_lock(conn):
+        thread = threading.Thread(target=lambda: results.append(upgrade(engine)), daemon=True)
+        thread.start()
+        thread.join(WAIT)
+        assert results == [HEAD]
+    engine.dispose()
+    other.dispose()
+
+
+def test_the_lock_of_one_database_or_schema_does_not_hold_up_another(state_url: str, reference_url: str) -> None:
+    """On PostgreSQL the key is the schema's: two deployments' states in two schemas of one database migrate at
+    once."""
+    from audience_sync.store.migration_lock import migration_lock
+
+    held, other = create_state_engine(state_url), create_state_engine(reference_url)
+    results: list[str] = []
+    with held.connect() as conn, migration_lock(conn):
+        thread = threading.Thread(target=lambda: results.append(upgrade(other)), daemon=True)
+        thread.start()
+        thread.join(WAIT)
+        assert results == [HEAD]
+    held.dispose()
+    other.dispose()
