@@ -8,6 +8,7 @@ type, or "expected to match one row", on PostgreSQL).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from audience_sync.store.engine import create_state_engine
 from audience_sync.store.migrate import HEAD, alembic_config, current_revision, upgrade
 from tests.harness import Harness, Warehouse
 from tests.processes import Cli
+from tests.schema_clone import real_migrations
 from tests.store.test_schema_clone import _postgres_schema, _rows, _sqlite_schema
 
 # the migrations themselves are under test: every new database here is migrated, never cloned
@@ -87,6 +89,7 @@ def _same_as_migrated_alone(url: str, reference_url: str) -> None:
         alone.dispose()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start", [None, "0005"], ids=["new", "older-revision"])
 def test_an_upgrade_waits_for_the_one_under_way_and_both_succeed(
     tmp_path: Path, state_url: str, reference_url: str, warehouse: Warehouse, start: str | None
@@ -222,3 +225,34 @@ def test_the_lock_of_one_database_or_schema_does_not_hold_up_another(state_url: 
         assert results == [HEAD]
     held.dispose()
     other.dispose()
+
+
+def _upgrade_at_once(url: str, start: Any, answers: Any) -> None:
+    """In a process of its own: connect and upgrade once every process is ready (migrating for real: this process
+    imported the suite's harness, which would clone a new database)."""
+    engine = create_state_engine(url)
+    start.wait(WAIT)
+    try:
+        with real_migrations():
+            answers.put(upgrade(engine))
+    except BaseException as exc:
+        answers.put(repr(exc))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_processes_upgrading_a_new_database_at_once_all_succeed(state_url: str, reference_url: str) -> None:
+    """The command lines' case, raced for real (the held tests above decide the order): three processes released at
+    once on one new database. Before the lock nearly every race failed one of them; on SQLite even the first
+    connection could ("database is locked" while two processes switched the new file to WAL at once)."""
+    spawn = multiprocessing.get_context("spawn")
+    start, answers = spawn.Barrier(3), spawn.Queue()
+    procs = [spawn.Process(target=_upgrade_at_once, args=(state_url, start, answers)) for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    results = [answers.get(timeout=WAIT) for _ in procs]
+    for proc in procs:
+        proc.join(WAIT)
+    assert results == [HEAD] * 3
+    _same_as_migrated_alone(state_url, reference_url)
