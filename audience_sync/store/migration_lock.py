@@ -117,10 +117,8 @@ def _begin_immediate(connection: Connection, dbapi: sqlite3.Connection) -> None:
     try:
         if _try_begin(connection):
             return
-    finally:
+        log.info(WAITING, redact_url(str(connection.engine.url)))
         dbapi.execute(f"PRAGMA busy_timeout = {max(busy_ms, _MIN_SQLITE_WAIT_MS)}")
-    log.info(WAITING, redact_url(str(connection.engine.url)))
-    try:
         while not _try_begin(connection):  # each attempt waits up to the busy timeout
             pass
     finally:
