@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -21,6 +22,8 @@ from .dialect import backend, known_backend
 from .sqlfuncs import register_sqlite_functions
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: SQLite's primary result code for a lock another connection holds
+SQLITE_BUSY = 5
 #: page cache of the connection that marks and records delivery chunks, in KiB (SQLite's default is 2 MB): a
 #: 10,000-change chunk's rows and index pages (about 8 MB) stay cached between marking and recording it
 DELIVERY_CACHE_KIB = 16_384
@@ -38,9 +41,29 @@ def redact_url(url: str) -> str:
     return scrub(rendered.replace(quote(MASK, safe=""), MASK))
 
 
+def _wal(cursor: sqlite3.Cursor) -> None:
+    """Put the database in WAL mode (a no-op once it is).
+
+    Two connections switching a new file at the same moment each hold a shared lock and want the exclusive one:
+    SQLite answers one of them "database is locked" at once, without waiting (it would deadlock). That one tries
+    again, shortly, until the busy timeout; by then the other has switched the file, and it is a no-op.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _wal(cursor)
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")

@@ -8,6 +8,7 @@ that every short run on an up-to-date database would otherwise pay for nothing.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 HEAD = "0013"
 #: Alembic's version table (its default name, which ``migrations/env.py`` keeps)
 VERSION_TABLE = "alembic_version"
+#: Alembic's environment (``alembic.context``) is one per process: two threads may not migrate at once, even two
+#: databases; between processes the state database's migration lock serialises upgrades (``migration_lock.py``)
+_in_process = threading.RLock()  # re-entered by the tests' schema cloning (a template migrated in its place)
 
 
 def migrations_dir() -> Path:
@@ -79,12 +83,14 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade(engine: Engine) -> str:
     """Bring the state database to the newest schema and return its revision.
 
-    Guarantees: each migration runs in its own transaction, so an interrupted upgrade leaves the database
-    at a known revision and the next upgrade resumes. Raises StoreError when the database is at a revision
-    this version does not know (written by a newer audience-sync) or cannot be reached.
+    Guarantees: each migration runs in its own transaction (on SQLite the whole upgrade is one), so an interrupted
+    upgrade leaves the database at a known revision and the next upgrade resumes. Raises StoreError when the
+    database is at a revision this version does not know (written by a newer audience-sync) or cannot be reached.
 
-    A database at :data:`HEAD` is recognised by one query, without importing Alembic; any other answer (no
-    version table, another revision, several rows) takes Alembic's path, which decides as it always has.
+    A database at :data:`HEAD` is recognised by one query, without importing Alembic or taking any lock; any other
+    answer (no version table, another revision, several rows) takes Alembic's path, which decides as it always has.
+    Upgrades at once (two processes on a new database) take turns: the one that waited for the migration lock
+    (``store/migration_lock.py``) reads the version after it, finds what the other applied, and does the rest.
     """
     if _at_head(engine):
         return HEAD
@@ -111,10 +117,15 @@ def upgrade(engine: Engine) -> str:
                 f"it was written by a newer audience-sync: upgrade audience-sync"
             ) from None
     log.info("upgrading state database %s from %s to %s", redact_url(str(engine.url)), current, head)
+    if not _in_process.acquire(blocking=False):
+        log.info("another thread is upgrading a state database: waiting for it to finish")
+        _in_process.acquire()
     try:
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, "head")  # under the migration lock, which Alembic's environment takes
     except SQLAlchemyError as exc:
         raise store_error(exc, str(engine.url), doing="migrating") from None
+    finally:
+        _in_process.release()
     return head
 
 

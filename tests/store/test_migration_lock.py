@@ -1,0 +1,258 @@
+"""Two upgrades of one state database at once: the second waits for the first and both succeed.
+
+Cron starting two destinations' runs in the same minute on a new install migrates one database twice at once;
+without the migration lock one of them failed ("database is locked" on SQLite; a duplicate ``alembic_version``
+type, or "expected to match one row", on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+from audience_sync.store.engine import create_state_engine
+from audience_sync.store.migrate import HEAD, alembic_config, current_revision, upgrade
+from tests.harness import Harness, Warehouse
+from tests.processes import Cli
+from tests.schema_clone import real_migrations
+from tests.store.test_schema_clone import _postgres_schema, _rows, _sqlite_schema
+
+# the migrations themselves are under test: every new database here is migrated, never cloned
+pytestmark = pytest.mark.real_migrations
+
+WAIT = 60.0  # seconds: only ever reached when something is broken
+READS = ("SELECT", "PRAGMA", "BEGIN", "SHOW")
+
+
+class _Hold:
+    """Holds the first statement that writes on ``engine`` (the upgrade is then inside its lock, the version read)
+    until :attr:`release` is set."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        event.listen(engine, "before_cursor_execute", self._hook)
+
+    def _hook(self, _conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if self.inside.is_set() or statement.lstrip().split(None, 1)[0].upper() in READS:
+            return
+        self.inside.set()
+        assert self.release.wait(WAIT), "the held upgrade was never released"
+
+
+@pytest.fixture
+def reference_url(request: pytest.FixtureRequest, state_url: str) -> Iterator[str]:
+    """A second database on the same backend, to migrate once, alone."""
+    if state_url.startswith("sqlite"):
+        yield state_url.replace("state.db", "reference.db")
+        return
+    pg_server = str(request.getfixturevalue("pg_server"))
+    schema = f"as_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield (
+            make_url(pg_server)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _same_as_migrated_alone(url: str, reference_url: str) -> None:
+    raced, alone = create_state_engine(url), create_state_engine(reference_url)
+    try:
+        assert upgrade(alone) == HEAD
+        with raced.connect() as a, alone.connect() as b:
+            schema = _sqlite_schema if a.dialect.name == "sqlite" else _postgres_schema
+            assert schema(a) == schema(b) and schema(a)
+            rows_a, rows_b = _rows(a), _rows(b)
+            assert len(rows_a.pop("install")) == len(rows_b.pop("install")) == 1
+            assert rows_a == rows_b
+            assert rows_a["alembic_version"] == [(HEAD,)]
+    finally:
+        raced.dispose()
+        alone.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start", [None, "0005"], ids=["new", "older-revision"])
+def test_an_upgrade_waits_for_the_one_under_way_and_both_succeed(
+    tmp_path: Path, state_url: str, reference_url: str, warehouse: Warehouse, start: str | None
+) -> None:
+    """The first upgrade, in this process, is held inside its lock at its first write; a real ``db upgrade`` in a
+    process of its own then says it waits, and once the first goes on, finds the database at head."""
+    (tmp_path / "audience_sync.toml").write_text(
+        f'[state]\nurl = "{state_url}"\n[source]\nurl = "{warehouse.url}"\n'
+        + Harness(tmp_path, state_url, warehouse).jsonl_destination()
+        + Harness.audience("VIP")
+    )
+    engine = create_state_engine(state_url)
+    if start is not None:
+        command.upgrade(alembic_config(engine), start)
+    hold = _Hold(engine)
+    results: dict[str, object] = {}
+
+    def first() -> None:
+        try:
+            results["first"] = upgrade(engine)
+        except BaseException as exc:
+            results["first"] = exc
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    args = ["db", "upgrade", "--log-level", "info", "--config", "audience_sync.toml"]
+    try:
+        assert hold.inside.wait(WAIT), results
+        with Cli(args, cwd=tmp_path) as second:
+            second.wait_for_line("waiting for it to finish")  # without a lock it goes on, and ends or fails
+            assert second.proc.poll() is None
+            hold.release.set()
+            thread.join(WAIT)
+            assert second.wait() == 0, second.stderr
+    finally:
+        hold.release.set()
+        thread.join(WAIT)
+    assert results == {"first": HEAD}
+    assert f"at schema revision {HEAD}" in second.stdout
+    assert current_revision(engine) == HEAD
+    engine.dispose()
+    _same_as_migrated_alone(state_url, reference_url)
+
+
+class _Watch(logging.Handler):
+    """Sets :attr:`changed` when an upgrade says it waits (and :attr:`waiting`), or when :meth:`ended` is called."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.changed = threading.Event()
+        self.waiting = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "waiting for it to finish" in record.getMessage():
+            self.waiting.set()
+            self.changed.set()
+
+
+@pytest.fixture
+def watch() -> Iterator[_Watch]:
+    logger = logging.getLogger("audience_sync.store")
+    handler, level = _Watch(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_two_threads_upgrading_at_once_take_turns(state_url: str, watch: _Watch) -> None:
+    """Alembic's environment is one per process: a second thread's upgrade waits for the first one's (it failed
+    with ``KeyError: 'script'``, or on the database), then finds the database at head."""
+    first, second = create_state_engine(state_url), create_state_engine(state_url)
+    hold = _Hold(first)
+    results: dict[str, object] = {}
+
+    def run(name: str, engine: Engine) -> None:
+        try:
+            results[name] = upgrade(engine)
+        except BaseException as exc:
+            results[name] = exc
+        finally:
+            if name == "second":
+                watch.changed.set()  # it ended: without waiting, when it did not wait
+
+    threads = {name: threading.Thread(target=run, args=(name, e)) for name, e in (("first", first), ("second", second))}
+    try:
+        threads["first"].start()
+        assert hold.inside.wait(WAIT), results
+        threads["second"].start()
+        assert watch.changed.wait(WAIT)
+        assert watch.waiting.is_set() and "second" not in results, f"the second upgrade did not wait: {results}"
+    finally:
+        hold.release.set()
+        for thread in threads.values():
+            if thread.ident is not None:
+                thread.join(WAIT)
+    assert results == {"first": HEAD, "second": HEAD}
+    first.dispose()
+    second.dispose()
+
+
+def test_a_database_at_head_is_upgraded_without_waiting_for_the_lock(state_url: str) -> None:
+    """The one query that recognises a database at head comes first: an upgrade under way elsewhere (here, the
+    lock held on another connection) does not hold up the runs of an up-to-date database."""
+    from audience_sync.store.migration_lock import migration_lock
+
+    engine, other = create_state_engine(state_url), create_state_engine(state_url)
+    assert upgrade(engine) == HEAD
+    results: list[str] = []
+    with other.connect() as conn, migration_lock(conn):
+        thread = threading.Thread(target=lambda: results.append(upgrade(engine)), daemon=True)
+        thread.start()
+        thread.join(WAIT)
+        assert results == [HEAD]
+    engine.dispose()
+    other.dispose()
+
+
+def test_the_lock_of_one_database_or_schema_does_not_hold_up_another(state_url: str, reference_url: str) -> None:
+    """On PostgreSQL the key is the schema's: two deployments' states in two schemas of one database migrate at
+    once."""
+    from audience_sync.store.migration_lock import migration_lock
+
+    held, other = create_state_engine(state_url), create_state_engine(reference_url)
+    results: list[str] = []
+    with held.connect() as conn, migration_lock(conn):
+        thread = threading.Thread(target=lambda: results.append(upgrade(other)), daemon=True)
+        thread.start()
+        thread.join(WAIT)
+        assert results == [HEAD]
+    held.dispose()
+    other.dispose()
+
+
+def _upgrade_at_once(url: str, start: Any, answers: Any) -> None:
+    """In a process of its own: connect and upgrade once every process is ready (migrating for real: this process
+    imported the suite's harness, which would clone a new database)."""
+    engine = create_state_engine(url)
+    start.wait(WAIT)
+    try:
+        with real_migrations():
+            answers.put(upgrade(engine))
+    except BaseException as exc:
+        answers.put(repr(exc))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_processes_upgrading_a_new_database_at_once_all_succeed(state_url: str, reference_url: str) -> None:
+    """The command lines' case, raced for real (the held tests above decide the order): three processes released at
+    once on one new database. Before the lock nearly every race failed one of them; on SQLite even the first
+    connection could ("database is locked" while two processes switched the new file to WAL at once)."""
+    spawn = multiprocessing.get_context("spawn")
+    start, answers = spawn.Barrier(3), spawn.Queue()
+    procs = [spawn.Process(target=_upgrade_at_once, args=(state_url, start, answers)) for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    results = [answers.get(timeout=WAIT) for _ in procs]
+    for proc in procs:
+        proc.join(WAIT)
+    assert results == [HEAD] * 3
+    _same_as_migrated_alone(state_url, reference_url)
