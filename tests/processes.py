@@ -14,6 +14,7 @@ wall-clock delays, so that it behaves the same on a loaded machine.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import queue
@@ -186,7 +187,10 @@ class Forked:
 
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:  # never signal a pid that was reaped (and may be reused)
-            os.kill(self.pid, sig)
+            # reaped by the fork server after poll() looked, its exit not read yet: as subprocess.Popen, a signal
+            # to a process that is gone is not an error
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
