@@ -33,7 +33,7 @@ ENV = {"GIST_API_KEY": "gist-test-key", "SEGMENT_WRITE_KEY": "segment-write-key"
 TIMEOUT = 1.0
 #: the timeout of a destination that never gives a whole answer (nothing it does can beat the deadline, so a
 #: short one tests the same and keeps the suite quick); one that answers gets :data:`TIMEOUT`
-STALLED = 0.25
+STALLED = 0.4
 MAX_RETRIES = 1
 #: the longest one call may take: every attempt up to its deadline, plus the first backoff's most (0.5 s)
 CALL_BOUND = (MAX_RETRIES + 1) * TIMEOUT + 0.5
