@@ -10,22 +10,20 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, event
 
 from audience_sync.store.engine import create_state_engine
 from audience_sync.store.migrate import HEAD, alembic_config, current_revision, upgrade
 from tests.harness import Harness, Warehouse
 from tests.processes import Cli
 from tests.schema_clone import real_migrations
-from tests.store.test_schema_clone import _postgres_schema, _rows, _sqlite_schema
+from tests.store.test_schema_clone import _postgres_schema, _rows, _sqlite_schema, new_schema
 
 # the migrations themselves are under test: every new database here is migrated, never cloned
 pytestmark = pytest.mark.real_migrations
@@ -56,21 +54,8 @@ def reference_url(request: pytest.FixtureRequest, state_url: str) -> Iterator[st
     if state_url.startswith("sqlite"):
         yield state_url.replace("state.db", "reference.db")
         return
-    pg_server = str(request.getfixturevalue("pg_server"))
-    schema = f"as_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield (
-            make_url(pg_server)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with new_schema(str(request.getfixturevalue("pg_server"))) as url:
+        yield url
 
 
 def _same_as_migrated_alone(url: str, reference_url: str) -> None:

@@ -121,19 +121,16 @@ def _upgrade_command(tmp_path: Path, state_url: str) -> Cli:
     return Cli(["db", "upgrade", "--log-level", "info", "--config", str(config)], cwd=tmp_path)
 
 
-@pytest.fixture
-def other_url(tmp_path: Path, state_url: str, pg_server_if_postgres: str | None) -> Iterator[str]:
-    """A second new state database on the backend of ``state_url``, to migrate for real."""
-    if pg_server_if_postgres is None:
-        yield f"sqlite:///{tmp_path / 'migrated.db'}"
-        return
+@contextmanager
+def new_schema(pg_server: str) -> Iterator[str]:
+    """The URL of a new, empty schema of its own on ``pg_server``, dropped on the way out."""
     schema = f"as_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_server_if_postgres, isolation_level="AUTOCOMMIT")
+    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     try:
         yield (
-            make_url(pg_server_if_postgres)
+            make_url(pg_server)
             .update_query_dict({"options": f"-csearch_path={schema}"})
             .render_as_string(hide_password=False)
         )
@@ -141,6 +138,16 @@ def other_url(tmp_path: Path, state_url: str, pg_server_if_postgres: str | None)
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def other_url(tmp_path: Path, state_url: str, pg_server_if_postgres: str | None) -> Iterator[str]:
+    """A second new state database on the backend of ``state_url``, to migrate for real."""
+    if pg_server_if_postgres is None:
+        yield f"sqlite:///{tmp_path / 'migrated.db'}"
+        return
+    with new_schema(pg_server_if_postgres) as url:
+        yield url
 
 
 @pytest.fixture
