@@ -28,14 +28,14 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from .dialect import backend
-from .engine import redact_url
+from .engine import SQLITE_BUSY, redact_url
 
 log = logging.getLogger(__name__)
 
 #: the message logged when another process holds the lock (before waiting for it)
 WAITING = "another process is upgrading the state database %s: waiting for it to finish"
-#: SQLite's primary result codes for a lock another connection holds
-_SQLITE_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+#: SQLite's primary result codes for a lock another connection holds: SQLITE_BUSY, SQLITE_LOCKED
+_SQLITE_BUSY = (SQLITE_BUSY, 6)
 #: the shortest wait of one attempt at SQLite's write lock, in ms: never a busy loop
 _MIN_SQLITE_WAIT_MS = 1_000
 
@@ -72,7 +72,8 @@ def migration_lock(connection: Connection) -> Iterator[None]:
 @contextmanager
 def _advisory_lock(connection: Connection) -> Iterator[None]:
     schema = connection.execute(text("SELECT current_schema()")).scalar_one() or ""
-    keys = {"a": advisory_keys(schema)[0], "b": advisory_keys(schema)[1]}
+    a, b = advisory_keys(schema)
+    keys = {"a": a, "b": b}
     args = "CAST(:a AS integer), CAST(:b AS integer)"
     if not connection.execute(text(f"SELECT pg_try_advisory_lock({args})"), keys).scalar_one():
         log.info(WAITING, redact_url(str(connection.engine.url)))

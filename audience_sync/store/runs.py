@@ -73,6 +73,14 @@ def _holds(value: Any, computation_class: Any) -> ColumnElement[int]:
     )
 
 
+def _rows_of(run_id: int, after_id: int | None) -> list[ColumnElement[bool]]:
+    """The predicate of run ``run_id``'s diff rows: as a range of ids past ``after_id`` when it is known."""
+    if after_id is None:
+        return [diffs.c.run_id == run_id]
+    # run_id + 0: no index serves it, so the planners (SQLite's has no statistics) take the id range
+    return [diffs.c.id > after_id, (diffs.c.run_id + 0) == run_id]
+
+
 def change_groups(conn: Connection, run_id: int, *, after_id: int | None = None) -> list[ChangeGroup]:
     """The run's diff rows grouped by destination, key, kind and status, in one read of them: what
     :func:`count_changes` and ``sizes.record`` both count, so that closing a run reads its rows once.
@@ -80,10 +88,7 @@ def change_groups(conn: Connection, run_id: int, *, after_id: int | None = None)
     ``after_id``, :func:`last_change_id` from before the run wrote its changes, lets the read take the run's rows
     in table order (a range of ids) instead of one index lookup per row.
     """
-    mine = [diffs.c.run_id == run_id]
-    if after_id is not None:
-        # run_id + 0: no index serves it, so the planners (SQLite's has no statistics) take the id range
-        mine = [diffs.c.id > after_id, (diffs.c.run_id + 0) == run_id]
+    mine = _rows_of(run_id, after_id)
     # grouped by an expression no index orders, or SQLite walks a whole index of the history to save a sort
     destination = diffs.c.destination.concat(literal_column("''"))
     moved = _holds(diffs.c.new_value, diffs.c.computation_class) - _holds(diffs.c.old_value, diffs.c.computation_class)
@@ -95,17 +100,15 @@ def change_groups(conn: Connection, run_id: int, *, after_id: int | None = None)
     return [ChangeGroup(str(d), str(k), str(c), str(s), int(n), int(m or 0)) for d, k, c, s, n, m in rows]
 
 
-def count_changes(
-    conn: Connection, run_id: int, *, after_id: int | None = None, groups: Sequence[ChangeGroup] | None = None
-) -> RunCounts:
+def count_changes(conn: Connection, run_id: int, *, groups: Sequence[ChangeGroup] | None = None) -> RunCounts:
     """Counts of a run's diff rows: totals, and the same per destination and per computation.
 
     ``entered``/``exited``/``changed`` count changes by kind; ``sent``/``failed``/``skipped``/``pending`` by
     what became of them. A ``skipped`` change counts as skipped only, not by its kind: nothing of it reached the
-    destination. ``after_id`` as in :func:`change_groups`; ``groups``: that function's answer, already read.
+    destination. ``groups``: :func:`change_groups`' answer, when the caller has read it already.
     """
     if groups is None:
-        groups = change_groups(conn, run_id, after_id=after_id)
+        groups = change_groups(conn, run_id)
     totals: dict[str, int] = dict.fromkeys(COUNT_KEYS, 0)
     per_destination: dict[str, dict[str, int]] = {}
     per_computation: dict[str, dict[str, int]] = {}
@@ -125,10 +128,8 @@ def count_changes(
 def last_errors(conn: Connection, run_id: int, *, after_id: int | None = None) -> dict[str, str]:
     """Per destination, the error of the newest of run ``run_id``'s changes that stayed pending or failed with one
     (why they were not delivered: "connection refused", "429 ... after 5 retries"); destinations without any are
-    left out. ``after_id`` as in :func:`count_changes`."""
-    mine = [diffs.c.run_id == run_id]
-    if after_id is not None:
-        mine = [diffs.c.id > after_id, (diffs.c.run_id + 0) == run_id]
+    left out. ``after_id`` as in :func:`change_groups`."""
+    mine = _rows_of(run_id, after_id)
     newest = (
         select(func.max(diffs.c.id))
         .where(*mine, diffs.c.status.in_(("pending", "failed")), diffs.c.error.is_not(None))

@@ -137,20 +137,19 @@ def record(
     run_id: int,
     pairs: Sequence[Pair],
     *,
-    after_id: int | None = None,
     groups: Sequence[ChangeGroup] | None = None,
 ) -> None:
     """Record the size of every pair the run covered, and the run's changes of it, as the run closes.
 
     Call in the transaction that closes the run, while holding its destinations' locks, after its last chunk was
-    recorded: the sizes are then exactly what the snapshot holds. ``after_id`` and ``groups``: as for
-    ``runs.count_changes`` (the run's grouped changes, when its close has read them already).
+    recorded: the sizes are then exactly what the snapshot holds. ``groups``: ``runs.change_groups``' answer,
+    when the run's close has read it already.
     A dry run changes no snapshot and is not recorded.
     """
     pairs = list(dict.fromkeys(pairs))  # a destination named twice on the command line is one destination
     if not pairs:
         return
-    changes = _changes(change_groups(conn, run_id, after_id=after_id) if groups is None else groups)
+    changes = _changes(change_groups(conn, run_id) if groups is None else groups)
     previous = _previous(conn, run_id, pairs)
     stale = _unrecorded(conn, run_id, previous)
     counted = _count(
