@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
 import time
@@ -21,6 +22,9 @@ from ..redact import MASK, is_secret_parameter, scrub
 from .dialect import backend, known_backend
 from .sqlfuncs import register_sqlite_functions
 
+log = logging.getLogger(__name__)
+
+#: the busy timeout of a SQLite state connection, unless its URL says ``?timeout=SECONDS``
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: SQLite's primary result code for a lock another connection holds
 SQLITE_BUSY = 5
@@ -41,34 +45,75 @@ def redact_url(url: str) -> str:
     return scrub(rendered.replace(quote(MASK, safe=""), MASK))
 
 
-def _wal(cursor: sqlite3.Cursor) -> None:
-    """Put the database in WAL mode (a no-op once it is).
+#: the log line when another connection holds a write lock on a SQLite file that is still in rollback-journal mode
+WAITING_FOR_WAL = (
+    "another process holds a write lock on %s, which is in rollback-journal mode: audience-sync switches it to "
+    "WAL mode first and waits up to %g s for that lock"
+)
+
+
+def _main_file(cursor: sqlite3.Cursor) -> str:
+    """The path of the connection's main database file (for messages)."""
+    rows = cursor.execute("PRAGMA database_list").fetchall()
+    return next((str(row[2]) for row in rows if row[1] == "main" and row[2]), ":memory:")
+
+
+def _wal(cursor: sqlite3.Cursor, timeout: float, what: str) -> None:
+    """Put the database in WAL mode (a no-op once it is), waiting up to ``timeout`` seconds for the write lock the
+    switch needs when another connection holds one (said once in the log before waiting). Raises StoreError naming
+    the file when the lock is still held at the end of the wait; nothing has been written then.
+
+    Only a file still in rollback-journal mode ever waits here: a new file, or one made by another program. The
+    switch is not moved under the migration lock: every connection of every command makes it (a database at head,
+    opened by ``status`` or a run, takes no migration lock), and SQLite cannot change the journal mode inside a
+    transaction, which the migration lock on SQLite is. So, as every other lock does, it says so before it waits.
 
     Two connections switching a new file at the same moment each hold a shared lock and want the exclusive one:
-    SQLite answers one of them "database is locked" at once, without waiting (it would deadlock). That one tries
-    again, shortly, until the busy timeout; by then the other has switched the file, and it is a no-op.
+    SQLite answers one of them "database is locked" at once, without waiting (it would deadlock); a writer holding
+    the file's write lock is answered so at once too. The connection tries again, shortly, until ``timeout``; by
+    then the other has switched the file (or let go), and it is a no-op (or done).
     """
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + timeout
     pause = 0.001
+    waiting = False
+    cursor.execute("PRAGMA busy_timeout=0")  # the first try never waits: a wait is announced first
     while True:
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != SQLITE_BUSY or time.monotonic() > deadline:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != SQLITE_BUSY:
                 raise
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StoreError(
+                f"the {what} {_main_file(cursor)} is in rollback-journal mode and another process held a write lock "
+                f"on it for {timeout:g} s: audience-sync switches it to WAL mode first and could not. Stop the other "
+                f"writer (or let it finish) and try again"
+            )
+        if not waiting:
+            log.info(WAITING_FOR_WAL, _main_file(cursor), timeout)
+            waiting = True
+        # a writer holding the file exclusively keeps out even a read: SQLite's own wait then ends when it lets go
+        cursor.execute(f"PRAGMA busy_timeout={max(int(left * 1000), 1)}")
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
-    cursor = dbapi_conn.cursor()
-    _wal(cursor)
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-    register_sqlite_functions(dbapi_conn)
+def _sqlite_pragmas(timeout: float, what: str) -> Callable[[Any, ConnectionPoolEntry], None]:
+    """The connect hook of a SQLite state engine: WAL mode (:func:`_wal`), a busy timeout of ``timeout`` seconds,
+    foreign keys, and the Python functions of ``store/sqlfuncs.py``."""
+
+    def connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+        cursor = dbapi_conn.cursor()
+        _wal(cursor, timeout, what)
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+        register_sqlite_functions(dbapi_conn)
+
+    return connect
 
 
 def _embedded(bind: Engine | str) -> bool:
@@ -80,6 +125,9 @@ def _embedded(bind: Engine | str) -> bool:
 def create_state_engine(url: str, *, what: str = "state database") -> Engine:
     """An engine for ``url``: SQLite in WAL mode with a busy timeout, others as SQLAlchemy makes them.
 
+    The busy timeout is 30 s, or the URL's ``?timeout=SECONDS`` (SQLAlchemy's own parameter for SQLite): how long
+    a connection waits for a lock another process holds on the file, the switch to WAL mode's included.
+
     ``postgresql://`` URLs use psycopg 3. Raises ConfigError naming the (redacted) URL when it is not a
     usable SQLAlchemy URL or its driver is not installed.
     """
@@ -88,16 +136,21 @@ def create_state_engine(url: str, *, what: str = "state database") -> Engine:
         if parsed.drivername in ("postgresql", "postgres"):
             parsed = parsed.set(drivername="postgresql+psycopg")
         kwargs: dict[str, Any] = {"future": True}
+        timeout = SQLITE_BUSY_TIMEOUT_MS / 1000
         if _embedded(parsed.get_backend_name()):
+            given = parsed.query.get("timeout", str(timeout))
+            timeout = float(given) if isinstance(given, str) else -1.0
+            if not 0 <= timeout <= (2**31 - 1) / 1000:
+                raise ValueError(f"timeout={given} is not a number of seconds SQLite can wait")
             # URI filenames: a source file is attached read-only by one (``store/attach.py``); a plain path is a path
-            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "uri": True}
+            kwargs["connect_args"] = {"timeout": timeout, "uri": True}
         else:
             kwargs["pool_pre_ping"] = True
         engine = create_engine(parsed, **kwargs)
     except (ArgumentError, ImportError, ValueError) as exc:
         raise ConfigError(f"{what} URL {redact_url(url)!r} is not usable: {scrub(str(exc))}") from None
     if _embedded(engine):
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(timeout, what))
     return engine
 
 

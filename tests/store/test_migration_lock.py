@@ -3,14 +3,22 @@
 Cron starting two destinations' runs in the same minute on a new install migrates one database twice at once;
 without the migration lock one of them failed ("database is locked" on SQLite; a duplicate ``alembic_version``
 type, or "expected to match one row", on PostgreSQL).
+
+Before either lock, a SQLite file in rollback-journal mode (made by another program) is switched to WAL mode, which
+waits for any write lock another program holds on it: the command says so at once, and fails clearly when the
+wait ends first.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +249,135 @@ def test_processes_upgrading_a_new_database_at_once_all_succeed(state_url: str, 
         proc.join(WAIT)
     assert results == [HEAD] * 3
     _same_as_migrated_alone(state_url, reference_url)
+
+
+#: a process of its own holding a SQLite file's write lock (``BEGIN IMMEDIATE``: readers still read, in
+#: rollback-journal mode; ``BEGIN EXCLUSIVE``: nobody reads) from "locked" until a line on its stdin
+_HOLDER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN " + sys.argv[2])
+db.execute("INSERT INTO foreign_rows VALUES (1)")
+print("locked", flush=True)
+sys.stdin.readline()
+db.execute("COMMIT")
+"""
+
+
+class _Writer:
+    """Another program's write lock on a SQLite file, held by a process of its own until :meth:`release`."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, str(path), kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline() == "locked\n"
+
+    def release(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.close()
+        assert self.proc.wait(WAIT) == 0
+
+
+@contextmanager
+def _foreign_writer(path: Path, kind: str = "IMMEDIATE") -> Iterator[_Writer]:
+    writer = _Writer(path, kind)
+    try:
+        yield writer
+    finally:
+        if writer.proc.poll() is None:
+            writer.proc.kill()
+            writer.proc.wait(WAIT)
+
+
+def _foreign_file(path: Path, *, wal: bool = False) -> None:
+    """A state database file another program made: in rollback-journal mode (SQLite's default), or in WAL mode."""
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE foreign_rows (x)")
+        if wal:
+            db.execute("PRAGMA journal_mode=WAL")
+    db.close()
+
+
+def _journal_mode_and_tables(path: Path) -> tuple[str, list[str]]:
+    with sqlite3.connect(path) as db:
+        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    db.close()
+    return mode, tables
+
+
+#: what ``db upgrade`` and a run log before waiting for a foreign writer to let the file be switched to WAL mode
+WAL_WAITING = r"another process holds a write lock on .*state\.db, which is in rollback-journal mode"
+
+
+def _commands(tmp_path: Path, warehouse: Warehouse, state_url: str) -> dict[str, list[str]]:
+    harness = Harness(tmp_path, state_url, warehouse)
+    warehouse.set_members("VIP", {"u1": "u1@x.io"})
+    harness.config_file(harness.jsonl_destination() + Harness.audience("VIP"))
+    common = ["--log-level", "info", "--config", "audience_sync.toml"]
+    return {"db upgrade": ["db", "upgrade", *common], "run": ["run", *common]}
+
+
+@pytest.mark.parametrize("command_name", ["db upgrade", "run"])
+@pytest.mark.parametrize("kind", ["IMMEDIATE", "EXCLUSIVE"])
+def test_a_command_waits_for_a_foreign_writer_to_let_a_rollback_journal_file_go_saying_so(
+    tmp_path: Path, warehouse: Warehouse, command_name: str, kind: str
+) -> None:
+    """A state file in rollback-journal mode that another program holds a write lock on: the command says at once
+    that it waits (it was silent for the 30 s busy timeout, then failed "database is locked"), and once the other
+    writer lets go it goes on as usual, the file switched to WAL mode."""
+    path = tmp_path / "state.db"
+    _foreign_file(path)
+    args = _commands(tmp_path, warehouse, f"sqlite:///{path}")[command_name]
+    with _foreign_writer(path, kind) as writer, Cli(args, cwd=tmp_path) as cli:
+        line = cli.wait_for_line(WAL_WAITING)
+        assert "switches it to WAL mode first and waits up to 30 s" in line
+        assert cli.proc.poll() is None
+        writer.release()
+        assert cli.wait() == 0, cli.stderr
+    mode, tables = _journal_mode_and_tables(path)
+    assert mode == "wal" and {"alembic_version", "foreign_rows", "sync_runs"} <= set(tables)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
+        runs = db.execute("SELECT status FROM sync_runs").fetchall()
+    db.close()
+    assert runs == ([("succeeded",)] if command_name == "run" else [])
+
+
+@pytest.mark.parametrize("command_name", ["db upgrade", "run"])
+@pytest.mark.parametrize("kind", ["IMMEDIATE", "EXCLUSIVE"])
+def test_a_foreign_writer_that_keeps_its_lock_past_the_busy_timeout_is_a_clear_error(
+    tmp_path: Path, warehouse: Warehouse, command_name: str, kind: str
+) -> None:
+    """Held past the busy timeout (the URL's ``?timeout=``, SQLAlchemy's own parameter for SQLite): a StoreError
+    naming the file and what to do, exit 1, and nothing written (no table, no run row), the file as it was."""
+    path = tmp_path / "state.db"
+    _foreign_file(path)
+    args = _commands(tmp_path, warehouse, f"sqlite:///{path}?timeout=0.3")[command_name]
+    with _foreign_writer(path, kind) as writer, Cli(args, cwd=tmp_path) as cli:
+        assert "waits up to 0.3 s" in cli.wait_for_line(WAL_WAITING)
+        assert cli.wait() == 1
+        writer.release()
+    assert f"error: the state database {path} is in rollback-journal mode and another process held a write lock " in (
+        " ".join(cli.stderr.split())
+    )
+    assert "Stop the other writer (or let it finish) and try again" in " ".join(cli.stderr.split())
+    assert "Traceback" not in cli.stderr
+    assert _journal_mode_and_tables(path) == ("delete", ["foreign_rows"])
+
+
+def test_a_sqlite_url_sets_the_busy_timeout_with_timeout(tmp_path: Path) -> None:
+    """``?timeout=SECONDS``, SQLAlchemy's own parameter for SQLite, is every connection's busy timeout (the
+    switch to WAL mode's wait included); a value SQLite cannot wait is the URL's error."""
+    from audience_sync.errors import ConfigError
+
+    for query, busy_ms in (("", 30_000), ("?timeout=2.5", 2_500), ("?timeout=0", 0)):
+        engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}{query}")
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == busy_ms
+        engine.dispose()
+    for bad in ("soon", "-1", "inf", "1&timeout=2"):
+        with pytest.raises(ConfigError, match=r"state database URL .* is not usable"):
+            create_state_engine(f"sqlite:///{tmp_path / 'state.db'}?timeout={bad}")
