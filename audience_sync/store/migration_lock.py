@@ -32,8 +32,15 @@ from .engine import SQLITE_BUSY, redact_url
 
 log = logging.getLogger(__name__)
 
-#: the message logged when another process holds the lock (before waiting for it)
+#: the message logged when another process holds the lock (before waiting for it); on PostgreSQL only an upgrade
+#: takes it
 WAITING = "another process is upgrading the state database %s: waiting for it to finish"
+#: the same on SQLite, whose lock is the file's write lock: any writer may hold it (an upgrade, a run, another
+#: program); the wait lasts as long as it is held (an upgrade may take minutes), each attempt the busy timeout
+WAITING_FOR_WRITER = (
+    "another process holds a write lock on the state database %s (an upgrade, a run or another program): "
+    "waiting for it to finish"
+)
 #: SQLite's primary result codes for a lock another connection holds: SQLITE_BUSY, SQLITE_LOCKED
 _SQLITE_BUSY = (SQLITE_BUSY, 6)
 #: the shortest wait of one attempt at SQLite's write lock, in ms: never a busy loop
@@ -118,7 +125,7 @@ def _begin_immediate(connection: Connection, dbapi: sqlite3.Connection) -> None:
     try:
         if _try_begin(connection):
             return
-        log.info(WAITING, redact_url(str(connection.engine.url)))
+        log.info(WAITING_FOR_WRITER, redact_url(str(connection.engine.url)))
         dbapi.execute(f"PRAGMA busy_timeout = {max(busy_ms, _MIN_SQLITE_WAIT_MS)}")
         while not _try_begin(connection):  # each attempt waits up to the busy timeout
             pass

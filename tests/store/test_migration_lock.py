@@ -368,6 +368,22 @@ def test_a_foreign_writer_that_keeps_its_lock_past_the_busy_timeout_is_a_clear_e
     assert _journal_mode_and_tables(path) == ("delete", ["foreign_rows"])
 
 
+def test_the_migration_lock_names_a_writer_for_what_it_is(tmp_path: Path, warehouse: Warehouse) -> None:
+    """On SQLite the migration lock is the file's write lock, which any writer may hold: the waiting line says so
+    (it said "another process is upgrading" of a run or another program holding it), and the upgrade goes on
+    once the writer lets go."""
+    path = tmp_path / "state.db"
+    _foreign_file(path, wal=True)
+    args = _commands(tmp_path, warehouse, f"sqlite:///{path}")["db upgrade"]
+    with _foreign_writer(path) as writer, Cli(args, cwd=tmp_path) as cli:
+        line = cli.wait_for_line("waiting for it to finish")
+        assert f"another process holds a write lock on the state database sqlite:///{path} (an upgrade, a run" in line
+        assert cli.proc.poll() is None
+        writer.release()
+        assert cli.wait() == 0, cli.stderr
+    assert f"at schema revision {HEAD}" in cli.stdout
+
+
 def test_a_sqlite_url_sets_the_busy_timeout_with_timeout(tmp_path: Path) -> None:
     """``?timeout=SECONDS``, SQLAlchemy's own parameter for SQLite, is every connection's busy timeout (the
     switch to WAL mode's wait included); a value SQLite cannot wait is the URL's error."""
