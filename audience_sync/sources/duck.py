@@ -73,18 +73,26 @@ class DuckFile:
         """Whether the connection is open (from the first read to :meth:`close`)."""
         return self._conn is not None
 
+    def open(self) -> None:
+        """Open the file's connection when it is not open yet. Raises ``duckdb.Error`` when the file cannot be opened
+        (missing: read-only never creates one; not a DuckDB file; locked by a writer); the next read tries again."""
+        with self._lock:
+            self._open()
+
+    def _open(self) -> Any:
+        if self._conn is None:
+            import duckdb
+
+            self._conn = duckdb.connect(str(self.path), read_only=True)
+            OPENS[self.path] += 1
+        return self._conn
+
     @contextmanager
     def cursor(self) -> Iterator[Any]:
-        """A cursor of the file's connection (opened now when it is not yet), closed on leaving. Raises
-        ``duckdb.Error`` (a missing file too: read-only never creates one; a failed open is tried again by the
-        next read)."""
+        """A cursor of the file's connection (opened now when it is not yet: :meth:`open`), closed on leaving.
+        Raises ``duckdb.Error``."""
         with self._lock:
-            if self._conn is None:
-                import duckdb
-
-                self._conn = duckdb.connect(str(self.path), read_only=True)
-                OPENS[self.path] += 1
-            cur = self._conn.cursor()
+            cur = self._open().cursor()
         try:
             yield cur
         finally:
@@ -108,8 +116,17 @@ def _failed(comp: Computation, exc: Exception) -> SourceError:
 def read_duckdb(source: DuckFile, comp: Computation, chunk_size: int) -> Iterator[list[RawRow]]:
     """Yield the query's rows on the DuckDB file ``source`` as ``(user_id, email, value)`` chunks of at most
     ``chunk_size``, as :func:`audience_sync.sources.sql.read_sql` does for a SQLAlchemy source (the same
-    messages for a query that fails, returns no rows or lacks a column)."""
+    messages for a query that fails, returns no rows or lacks a column). A file that cannot be opened is a
+    SourceError naming the file (and the computation that was to read it)."""
     assert comp.sql is not None
+    try:
+        source.open()
+    except errors() as exc:  # the file's fault, not the query's: the first computation to read it only meets it
+        raise SourceError(
+            f"the DuckDB source file {source.path} cannot be opened (read-only, for {comp.label}): "
+            f"{scrub(' '.join(str(exc).split()))}",
+            computation=comp.key,
+        ) from None
     try:
         with source.cursor() as conn:
             result = conn.execute(comp.sql)

@@ -96,13 +96,46 @@ def test_a_failing_query_fails_the_run_as_before_and_closes_the_file(tmp_path: P
     assert _writable(path)
 
 
-def test_a_missing_file_is_named_with_the_computation(tmp_path: Path) -> None:
-    url = f"duckdb:///{tmp_path / 'missing.duckdb'}"
+_LOCKER = """
+import duckdb, sys
+db = duckdb.connect(sys.argv[1])
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("problem", ["missing", "not DuckDB", "locked by a writer"])
+def test_a_file_that_cannot_be_opened_is_named_not_the_query_of_the_first_computation(
+    tmp_path: Path, problem: str
+) -> None:
+    """The file's fault, not the first computation's query: the error names the file (it said "audience 'A0' (a0):
+    query failed", as if A0's SQL were wrong), and still says which computation was to read it."""
+    url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    path = tmp_path / "warehouse.duckdb"
+    writer = None
+    if problem == "not DuckDB":
+        path.write_text("user_id\nu1\n" * 1000)
+    elif problem == "locked by a writer":
+        _source(tmp_path)
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _LOCKER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert writer.stdout is not None and writer.stdout.readline() == "locked\n"
     config = _config(f"sqlite:///{tmp_path / 'state.db'}", tmp_path, _body(), None, url)
-    with pytest.raises(SourceError, match=r"^audience 'A0' \(a0\): query failed: .*missing\.duckdb") as info:
-        run_sync(config)
-    assert "read-only" in str(info.value)
-    assert not (tmp_path / "missing.duckdb").exists()
+    try:
+        with pytest.raises(SourceError) as info:
+            run_sync(config)
+    finally:
+        if writer is not None:
+            writer.kill()
+            writer.wait(60)
+    message = str(info.value)
+    assert message.startswith(f"the DuckDB source file {path} cannot be opened (read-only, for audience 'A0' (a0)): ")
+    assert "query failed" not in message
+    reason = {"missing": "read-only", "not DuckDB": "not a valid DuckDB database file", "locked by a writer": "lock"}
+    assert reason[problem] in message
+    assert info.value.computation == "a0"
+    assert problem != "missing" or not path.exists()
 
 
 class _StopAt:
