@@ -65,7 +65,7 @@ def _wal(cursor: sqlite3.Cursor, timeout: float, what: str) -> None:
 
     Only a file still in rollback-journal mode ever waits here: a new file, or one made by another program. The
     switch is not moved under the migration lock: every connection of every command makes it (a database at head,
-    opened by ``status`` or a run, takes no migration lock), and SQLite cannot change the journal mode inside a
+    opened by ``runs`` or a run, takes no migration lock), and SQLite cannot change the journal mode inside a
     transaction, which the migration lock on SQLite is. So, as every other lock does, it says so before it waits.
 
     Two connections switching a new file at the same moment each hold a shared lock and want the exclusive one:
