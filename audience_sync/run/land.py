@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine
 from ..config import Computation
 from ..errors import RunStopped
 from ..sources import SourceStats, pushdown
-from ..sources.arrow_read import land_arrow
+from ..sources.arrow_read import AdbcSource, land_arrow
 from ..sources.duck import DuckFile
 from ..sources.landing import NotLandable, errors, land_duckdb, land_postgres
 from ..store import landing, loading
@@ -38,11 +38,13 @@ def lander(
     comp: Computation,
     batch_rows: int,
     stop: threading.Event | None = None,
+    adbc: AdbcSource | None = None,
 ) -> Lander | None:
     """How ``comp``'s rows can be landed in the state database from ``source`` (a SQLAlchemy source: PostgreSQL
-    by ``COPY``, any other as Arrow batches, ``sources/arrow_read.py``) or from the run's DuckDB file ``duckdb``, in
-    Arrow batches of ``batch_rows``; None when they must be streamed. Setting ``stop`` cancels the source's query
-    (PostgreSQL and DuckDB; another engine's read stops at its next batch, when the run checks ``stop``)."""
+    by ``COPY``, any other as Arrow batches, ``sources/arrow_read.py``, read on the run's ADBC connection ``adbc``
+    when there is one) or from the run's DuckDB file ``duckdb``, in Arrow batches of ``batch_rows``; None when they
+    must be streamed. Setting ``stop`` cancels the source's query (PostgreSQL and DuckDB; another engine's read
+    runs to its end, and the run stops before the next computation)."""
     if comp.sql is None or comp.builder is not None or comp.file is not None:
         return None
     if duckdb is not None:
@@ -50,7 +52,7 @@ def lander(
     if source is not None and is_postgresql(source):
         return lambda conn: land_postgres(source, comp, conn, stop)
     if source is not None:
-        return lambda conn: land_arrow(source, comp, conn, batch_rows)
+        return lambda conn: land_arrow(source, adbc, comp, conn, batch_rows)
     return None
 
 

@@ -24,6 +24,7 @@ from ..config import Computation, Config
 from ..errors import ConfigError, SourceError
 from ..model import SourceFigures
 from ..sources import RawRow, SourceStats, normalize, pushdown, read_rows
+from ..sources.arrow_read import AdbcSource
 from ..sources.builder import BuilderSource
 from ..sources.duck import DuckFile, duckdb_file
 from ..store import attach, loading, staging
@@ -115,10 +116,12 @@ def stage(
     progress: Progress,
     stop: threading.Event | None = None,
     as_of: dt.datetime | None = None,
+    adbc: AdbcSource | None = None,
 ) -> dict[str, SourceFigures]:
     """Stage ``comps`` for run ``run_id`` and return per computation its source figures (rows, members, null
-    user ids, null values, skipped). ``source``: a SQLAlchemy engine, or the run's DuckDB file (``sources/duck.py``).
-    Raises SourceError (culprit named) or RunStopped when ``stop`` is set."""
+    user ids, null values, skipped). ``source``: a SQLAlchemy engine, or the run's DuckDB file (``sources/duck.py``);
+    ``adbc``: the run's ADBC connection to that engine's database, which lands its queries' Arrow batches
+    (``sources/arrow_read.py``). Raises SourceError (culprit named) or RunStopped when ``stop`` is set."""
     stats: dict[str, SourceFigures] = {}
     push = use_pushdown(config)
     # another database: rows landed in the state database in bulk, then pushed down, where that can be done
@@ -145,7 +148,7 @@ def stage(
         else:
             pushed = push and comp.sql is not None and _reads_source(sqla, source_file, comp)
             pushed = pushed and _push_down(connect, run_id, comp, st)
-            move = land.lander(sqla, duckdb, comp, config.source_chunk_size, stop) if landing else None
+            move = land.lander(sqla, duckdb, comp, config.source_chunk_size, stop, adbc) if landing else None
             pushed = pushed or (move is not None and land.land(engine, run_id, comp, move, st, stop))
         if pushed:
             progress.advance(task, st.rows)

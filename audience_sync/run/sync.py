@@ -24,6 +24,7 @@ from ..config import Config
 from ..destinations import DestinationFactory, build_destination
 from ..errors import LockLost
 from ..model import RunCounts, RunStatus
+from ..sources.arrow_read import AdbcSource, adbc_source
 from ..sources.builder.windows import as_utc
 from ..sources.duck import DuckFile, duckdb_file
 from ..store import outbox, registry, runs, sizes, staging
@@ -96,11 +97,14 @@ def run_sync(
     owned = engine is None  # the caller's engine outlives the run
     engine = create_state_engine(config.state_url) if engine is None else engine
     # the source: the state's own engine, a DuckDB file read with DuckDB's own API (one connection for the whole
-    # run, opened by its first read), or an engine of its own
+    # run, opened by its first read), or an engine of its own, and then its ADBC driver's connection when one is
+    # installed (also one for the whole run, opened by its first landing)
     source: Engine | DuckFile = engine
+    adbc: AdbcSource | None = None
     if config.source_url != config.state_url:
         duck_path = duckdb_file(config.source_url)
         source = DuckFile(duck_path) if duck_path is not None else create_source_engine(config.source_url)
+        adbc = adbc_source(source.url) if isinstance(source, Engine) else None
     try:
         upgrade(engine)
         with engine.connect() as conn:
@@ -119,7 +123,7 @@ def run_sync(
                 resync=mode == "resync",
                 destination_factory=destination_factory or build_destination,
             )
-            return _locked_run(engine, source, config, plan, held=lock, progress=progress, started=started)
+            return _locked_run(engine, source, adbc, config, plan, held=lock, progress=progress, started=started)
     except SQLAlchemyError as exc:  # the state database itself; sources raise SourceError
         raise store_error(exc, config.state_url) from None
     finally:
@@ -129,11 +133,14 @@ def run_sync(
             source.dispose()
         elif isinstance(source, DuckFile):  # closed after staging already, unless the run never got there
             source.close()
+        if adbc is not None:  # the same
+            adbc.close()
 
 
 def _locked_run(
     engine: Engine,
     source: Engine | DuckFile,
+    adbc: AdbcSource | None,
     config: Config,
     plan: RunPlan,
     *,
@@ -174,7 +181,7 @@ def _locked_run(
         },
     )
     try:
-        status, counts, error, reports = _steps(engine, source, config, plan, run_id, before, held, progress)
+        status, counts, error, reports = _steps(engine, source, adbc, config, plan, run_id, before, held, progress)
     except BaseException as exc:  # whatever escapes, ours or not: the run row says it failed, and why
         _close_failed(engine, config, run_id, exc, [] if plan.mode == "dry_run" else plan.pairs())
         raise
@@ -228,6 +235,7 @@ def _locked_run(
 def _steps(
     engine: Engine,
     source: Engine | DuckFile,
+    adbc: AdbcSource | None,
     config: Config,
     plan: RunPlan,
     run_id: int,
@@ -239,12 +247,14 @@ def _steps(
     dest_names, comps, mode = plan.dest_names, plan.comps, plan.mode
     dry_run = mode == "dry_run"
     try:
-        source_stats = stage(engine, source, config, run_id, comps, progress, plan.stop, plan.as_of)
+        source_stats = stage(engine, source, config, run_id, comps, progress, plan.stop, plan.as_of, adbc)
         staged = {key: st["members"] for key, st in source_stats.items()}
         holds = diff(engine, config, plan, run_id, staged=staged, fence=held)
     finally:
         if isinstance(source, DuckFile):  # read for the last time: the file is free for a writer while the run sends
             source.close()
+        if adbc is not None:  # no warehouse session idles while the run sends
+            adbc.close()
         with engine.begin() as conn:
             staging.clear(conn, run_id)
     log.debug("run %d: diff stored", run_id)

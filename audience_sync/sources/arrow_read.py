@@ -3,10 +3,12 @@ nor a SQLite file attached to a SQLite state, nor PostgreSQL (read by its ``COPY
 
 - **ADBC**, when the driver package for the URL's backend is installed (the ``adbc`` extra brings those for
   SQLite and PostgreSQL; ``adbc-driver-snowflake`` and ``adbc-driver-bigquery`` install the same way), see
-  :func:`adbc_driver` and :func:`adbc_connect` for how each URL is handed to its driver. A SQLite source is
-  read through a wrapping query that also returns each used column's ``typeof()``: ADBC's SQLite driver types
-  a column from its first rows and converts later values to that type (an integer read as ``1.0`` once a real
-  was seen), so a column that mixes storage classes is not landed but streamed.
+  :func:`adbc_driver` and :func:`adbc_connect` for how each URL is handed to its driver. A run connects once,
+  not once per computation (a warehouse's login costs a round trip or more): :class:`AdbcSource` is one
+  session, opened by the run's first read and closed when the run is done with it, each read on a cursor of its
+  own. A SQLite source is read through a wrapping query that also returns each used column's ``typeof()``:
+  ADBC's SQLite driver types a column from its first rows and converts later values to that type (an integer
+  read as ``1.0`` once a real was seen), so a column that mixes storage classes is not landed but streamed.
 - **The SQLAlchemy dialect's rows**, built into Arrow arrays per batch (the fallback, with Python per row, as
   streaming has): a column whose values are not all of one Python type (or not all in one time zone) is not
   landed, since Arrow would convert them to one type.
@@ -17,6 +19,8 @@ The batches are landed by ``sources/arrow_ingest.py``; :func:`land_arrow` does b
 from __future__ import annotations
 
 import importlib.util
+import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,8 +31,10 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
 from ..config import Computation
+from ..redact import scrub
 from ..store import landing
 from ..store.dialect import literal_sql
+from ..store.engine import redact_url
 from . import arrow_ingest
 from .arrow_ingest import NotLandable, used_columns
 from .pushdown import query_text
@@ -67,12 +73,18 @@ def errors() -> tuple[type[Exception], ...]:
         return ()
     import adbc_driver_manager
 
-    return (adbc_driver_manager.Error,)
+    return (adbc_driver_manager.Error, ConnectFailed)
 
 
-@contextmanager
-def adbc_connect(url: URL, module: str) -> Iterator[Any]:
-    """A DB-API connection of the ADBC driver ``module`` to ``url``, closed on leaving.
+class ConnectFailed(Exception):
+    """An ADBC driver could not connect to the source: the message names the source (its URL redacted), the
+    driver and the driver's reason."""
+
+
+def adbc_connect(url: URL, module: str) -> Any:
+    """A new DB-API connection of the ADBC driver ``module`` to ``url``, in autocommit mode (no transaction stays
+    open between two reads, so each read sees what was committed before it, as a connection of its own would);
+    the caller closes it. ConnectFailed when the driver cannot connect.
 
     - ``sqlite:///path``: the file read-only, as the SQLite URI ``file:/abs/path?mode=ro`` (a missing file is
       an error, never created);
@@ -85,24 +97,83 @@ def adbc_connect(url: URL, module: str) -> Iterator[Any]:
       auth type ``adbc.bigquery.sql.auth_type.json_credential_file`` and ``adbc.bigquery.sql.auth_credentials``
       (without it, the default Google credentials).
     """
+    import adbc_driver_manager
+
     driver: Any = importlib.import_module(f"{module}.dbapi")
-    conn = _CONNECT[url.get_backend_name()](driver, url)
     try:
-        yield conn
-    finally:
-        conn.close()
+        return _CONNECT[url.get_backend_name()](driver, url)
+    except adbc_driver_manager.Error as exc:
+        source = redact_url(url.render_as_string(hide_password=False))
+        reason = scrub(" ".join(str(exc).split()))
+        raise ConnectFailed(f"{module} could not connect to the source {source}: {reason}") from None
+
+
+#: how many times each ADBC source was connected to in this process (its URL, password hidden): once per run
+#: that read it
+OPENS: Counter[str] = Counter()
+
+
+class AdbcSource:
+    """A run's source read through its ADBC driver: one connection (:func:`adbc_connect`), opened by the first
+    read and shared by every read of the run, each on a cursor of its own (:meth:`cursor`), until :meth:`close`.
+
+    Safe to use from several threads: a connection is one session, which runs one statement at a time, so reads
+    take turns on it (a second thread's read waits for the first's cursor to close), and :meth:`close` waits for
+    the read in flight. A failed connect raises ConnectFailed and is tried again by the next read."""
+
+    def __init__(self, url: URL, module: str) -> None:
+        self.url, self.module = url, module
+        #: the source as :data:`OPENS` counts it and messages name it: the URL, its password hidden
+        self.name = url.render_as_string(hide_password=True)
+        self._conn: Any = None
+        self._turn = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"AdbcSource({self.name!r}, {self.module}, {'open' if self.is_open else 'closed'})"
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the connection is open (from the first read to :meth:`close`)."""
+        return self._conn is not None
+
+    @contextmanager
+    def cursor(self) -> Iterator[Any]:
+        """A cursor of the source's connection (connected now when it is not yet), closed on leaving."""
+        with self._turn:
+            if self._conn is None:
+                self._conn = adbc_connect(self.url, self.module)
+                OPENS[self.name] += 1
+            cur = self._conn.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+
+    def close(self) -> None:
+        """Close the connection (the warehouse's session ends); harmless when it is not open."""
+        with self._turn:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+
+def adbc_source(url: URL) -> AdbcSource | None:
+    """The run's :class:`AdbcSource` for ``url`` when an ADBC driver reads it (:func:`adbc_driver`), else None.
+    Nothing is connected until its first read."""
+    module = adbc_driver(url)
+    return AdbcSource(url, module) if module is not None else None
 
 
 def _sqlite(driver: Any, url: URL) -> Any:
-    return driver.connect(f"file:{quote(str(Path(url.database or '').resolve()))}?mode=ro")
+    return driver.connect(f"file:{quote(str(Path(url.database or '').resolve()))}?mode=ro", autocommit=True)
 
 
 def _postgresql(driver: Any, url: URL) -> Any:
-    return driver.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
+    return driver.connect(url.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True)
 
 
 def _snowflake(driver: Any, url: URL) -> Any:
-    return driver.connect(url.render_as_string(hide_password=False).split("://", 1)[1])
+    return driver.connect(url.render_as_string(hide_password=False).split("://", 1)[1], autocommit=True)
 
 
 def _bigquery(driver: Any, url: URL) -> Any:
@@ -113,7 +184,7 @@ def _bigquery(driver: Any, url: URL) -> Any:
     if isinstance(credentials, str):
         options["adbc.bigquery.sql.auth_type"] = "adbc.bigquery.sql.auth_type.json_credential_file"
         options["adbc.bigquery.sql.auth_credentials"] = credentials
-    return driver.connect(db_kwargs=options)
+    return driver.connect(db_kwargs=options, autocommit=True)
 
 
 #: how each backend's URL is handed to its ADBC driver's ``dbapi.connect`` (:func:`adbc_connect`)
@@ -145,27 +216,24 @@ def _sqlite_checked(names: Sequence[str], reader: Any) -> Iterator[Any]:
 
 
 @contextmanager
-def adbc_batches(url: URL, module: str, comp: Computation, batch_rows: int) -> Iterator[tuple[list[str], Any]]:
-    """The names of the columns ``comp`` uses and an iterator of Arrow batches of them, read with ADBC."""
+def adbc_batches(source: AdbcSource, comp: Computation, batch_rows: int) -> Iterator[tuple[list[str], Any]]:
+    """The names of the columns ``comp`` uses and an iterator of Arrow batches of them, read with ADBC on a cursor
+    of the run's connection ``source``."""
     assert comp.sql is not None
     inner = query_text(comp.sql)
-    with adbc_connect(url, module) as conn:
-        cur = conn.cursor()
-        try:
-            if url.get_backend_name() in _TYPEOF_CHECKED:
-                cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
-                cur.execute(f"SELECT * FROM ({inner}) AS src LIMIT 0")
-                names = list(cur.fetch_record_batch().schema.names)
-                used = [names[i] for _, i in used_columns(comp, names)]
-                refs = [f"src.{_quote(n)}" for n in used]
-                cur.execute(f"SELECT {', '.join(refs + [f'typeof({r})' for r in refs])} FROM ({inner}) AS src")
-                yield used, _sqlite_checked(used, cur.fetch_record_batch())
-            else:
-                cur.execute(inner)
-                reader = cur.fetch_record_batch()
-                yield list(reader.schema.names), reader
-        finally:
-            cur.close()
+    with source.cursor() as cur:
+        if source.url.get_backend_name() in _TYPEOF_CHECKED:
+            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
+            cur.execute(f"SELECT * FROM ({inner}) AS src LIMIT 0")
+            names = list(cur.fetch_record_batch().schema.names)
+            used = [names[i] for _, i in used_columns(comp, names)]
+            refs = [f"src.{_quote(n)}" for n in used]
+            cur.execute(f"SELECT {', '.join(refs + [f'typeof({r})' for r in refs])} FROM ({inner}) AS src")
+            yield used, _sqlite_checked(used, cur.fetch_record_batch())
+        else:
+            cur.execute(inner)
+            reader = cur.fetch_record_batch()
+            yield list(reader.schema.names), reader
 
 
 def _arrow_column(name: str, values: list[Any]) -> Any:
@@ -204,12 +272,13 @@ def dialect_batches(engine: Engine, comp: Computation, batch_rows: int) -> Itera
         yield landed, batches()
 
 
-def land_arrow(source: Engine, comp: Computation, conn: Connection, batch_rows: int) -> landing.Landed:
-    """Land ``comp``'s query rows on ``source`` in the state (``conn``, inside a transaction): read with ADBC
-    when its driver is installed, else built from the dialect's rows; rendered by ``arrow_ingest``."""
-    module = adbc_driver(source.url)
-    reading = (
-        adbc_batches(source.url, module, comp, batch_rows) if module else dialect_batches(source, comp, batch_rows)
-    )
+def land_arrow(
+    source: Engine, adbc: AdbcSource | None, comp: Computation, conn: Connection, batch_rows: int
+) -> landing.Landed:
+    """Land ``comp``'s query rows on ``source`` in the state (``conn``, inside a transaction): read with ADBC on
+    the run's connection ``adbc`` when there is one (:func:`adbc_source`), else built from the dialect's rows;
+    rendered by ``arrow_ingest``."""
+    reading = adbc_batches(adbc, comp, batch_rows) if adbc is not None else dialect_batches(source, comp, batch_rows)
     with reading as (names, batches):
-        return arrow_ingest.land(conn, comp, names, batches, module or f"the {source.dialect.name} dialect's rows")
+        via = adbc.module if adbc is not None else f"the {source.dialect.name} dialect's rows"
+        return arrow_ingest.land(conn, comp, names, batches, via)

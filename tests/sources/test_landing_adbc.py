@@ -108,8 +108,10 @@ def test_the_adbc_reader_falls_back_with_the_streamed_errors(pg_schema_url: Any,
     with pytest.raises(SourceError, match=r"query failed: the source file .*warehouse\.db does not exist"):
         run_sync(_config(state, tmp_path, BODY, None, source))
     assert not (tmp_path / "warehouse.db").exists()
-    # read-only: ADBC does not create the missing file (nor does the streamed path, which then names it)
-    assert any("landing failed (IO: failed to open" in m for m in _fallbacks(caplog))
+    # read-only: ADBC does not create the missing file (nor does the streamed path, which then names it); the
+    # landing's failed connect names the source
+    failed = f"landing failed (adbc_driver_sqlite could not connect to the source {source}: "
+    assert any(failed in m for m in _fallbacks(caplog))
 
 
 def test_adbc_drivers_for_urls(tmp_path: Path) -> None:
@@ -132,6 +134,10 @@ def test_a_postgres_url_is_read_by_its_adbc_driver_in_its_schema(pg_schema_url: 
     url = pg_schema_url(tmp_path)
     _pg_exec(url, "CREATE TABLE src AS SELECT 'u1'::text AS user_id, NULL::text AS email, 5::bigint AS value")
     comp = next(c for c in _config(url, tmp_path, BODY, None, url).computations if c.key == "score")
-    with arrow_read.adbc_batches(make_url(url), "adbc_driver_postgresql", comp, 100) as (names, batches):
-        assert names == ["user_id", "email", "value"]
-        assert pa.Table.from_batches(list(batches)).to_pylist() == [{"user_id": "u1", "email": None, "value": 5}]
+    source = arrow_read.AdbcSource(make_url(url), "adbc_driver_postgresql")
+    try:
+        with arrow_read.adbc_batches(source, comp, 100) as (names, batches):
+            assert names == ["user_id", "email", "value"]
+            assert pa.Table.from_batches(list(batches)).to_pylist() == [{"user_id": "u1", "email": None, "value": 5}]
+    finally:
+        source.close()
