@@ -147,6 +147,15 @@ class Pushdown:
         )
 
     @property
+    def staged_or_without_id(self) -> str:
+        """:attr:`staged` and the rows without a user id, for an insert that leaves those out by the staging key's
+        NOT NULL (SQLite's ``INSERT OR IGNORE``), where a ``WHERE`` on the id would compute it once more a row.
+
+        The emails and values of rows without an id are computed too: one that the streamed path would skip (it
+        skips such a row before looking at them) makes the statement fail, and the computation streams."""
+        return f"SELECT u, e, v FROM ({self.normalized}) AS n WHERE v IS NOT NULL AND NOT {self.unusable}"
+
+    @property
     def ordered(self) -> str:
         """The rows with their position in the result (``ord``), to settle repeated users as streaming does."""
         return f"SELECT u, e, v, row_number() OVER () AS ord FROM ({self.normalized}) AS n"

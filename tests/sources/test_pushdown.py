@@ -203,6 +203,14 @@ def test_the_sqlite_pushdown_trims_as_python_does_in_every_text_encoding(tmp_pat
     assert staged == normalize(comp, [(u, e, None) for u, e, _v in rows], SourceStats())
 
 
+def test_a_row_without_a_user_id_is_left_out_whatever_its_email_and_value(tmp_path: Path) -> None:
+    """SQLite stages the rows of a pushdown with their emails and values computed before the id is looked at: an
+    email with a NUL byte, or a value with no JSON form, on a row without an id fails the pushdown, and streaming
+    then stages what it stages of every other row."""
+    rows = [(None, "a\x00b@x.io", 1), ("", None, float("nan")), ("u1", "u1@x.io", 2), (None, None, None)]
+    _compare(lambda tmp: f"sqlite:///{tmp / 'one.db'}", tmp_path, _sqlite_load(rows), _sqlite_change)
+
+
 def test_an_attached_sqlite_file_stages_what_streaming_stages(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The source in a SQLite file of its own, attached to the SQLite state: pushed down, and the same state,
     messages and source figures as streaming it."""
