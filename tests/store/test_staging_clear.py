@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,7 +59,7 @@ def test_a_run_s_clear_leaves_every_other_run_s_rows(engine: Engine) -> None:
     assert _left(engine) == {"staging": [], "staging_skips": []}
 
 
-def test_a_run_alone_in_sqlite_staging_empties_it_whole_under_the_write_lock(tmp_path: Any) -> None:
+def test_a_run_alone_in_sqlite_staging_empties_it_whole_under_the_write_lock(tmp_path: Path) -> None:
     """The run's rows go with one unfiltered DELETE (SQLite frees the pages without visiting the rows), issued while
     the transaction holds the write lock: no other run can stage a row between the check and the delete."""
     path = tmp_path / "state.db"
