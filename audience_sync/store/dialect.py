@@ -48,6 +48,10 @@ class Backend:
     text_holds_nul: bool
     #: the planner's statistics go stale after a bulk change and must be refreshed (``ANALYZE``)
     analyze_after_bulk: bool
+    #: a ``DELETE`` without a ``WHERE`` frees a table's pages without visiting its rows (SQLite's truncate
+    #: optimisation), and another connection cannot write between a transaction's first write and its end;
+    #: PostgreSQL's ``TRUNCATE`` would wait for every reader of the table, and rows it cannot see yet would go too
+    truncating_delete: bool
 
 
 SQLITE = Backend(
@@ -62,6 +66,7 @@ SQLITE = Backend(
     sequences=False,
     text_holds_nul=True,
     analyze_after_bulk=False,
+    truncating_delete=True,
 )
 POSTGRESQL = Backend(
     "postgresql",
@@ -75,6 +80,7 @@ POSTGRESQL = Backend(
     sequences=True,
     text_holds_nul=False,
     analyze_after_bulk=True,
+    truncating_delete=False,
 )
 _BACKENDS: dict[str, Backend] = {b.name: b for b in (SQLITE, POSTGRESQL)}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from sqlalchemy import Connection, case, delete, func, select
+from sqlalchemy import Connection, case, delete, exists, func, or_, select
 
 from .dialect import backend, upsert
 from .schema import skips, staging
@@ -109,11 +109,29 @@ def skipped_keys(conn: Connection, run_id: int) -> set[str]:
 
 
 def clear(conn: Connection, run_id: int | None = None, key: str | None = None) -> None:
-    """Delete the staged (and skipped) rows of one run (and computation), or of every run when ``run_id`` is None."""
-    for table in (staging, skips):
+    """Delete the staged (and skipped) rows of one run (and computation), or of every run when ``run_id`` is None.
+
+    Call it with the transaction's first write (no read before it on SQLite, where a write after a read can fail
+    when another connection wrote in between). Other runs' rows stay, whatever they are doing meanwhile.
+    """
+    for table in (skips, staging):  # the skipped rows first: on SQLite that delete takes the write lock
         stmt = delete(table)
-        if run_id is not None:
+        if run_id is not None and not (table is staging and key is None and _only_run(conn, run_id)):
             stmt = stmt.where(table.c.run_id == run_id)
         if key is not None:
             stmt = stmt.where(table.c.computation_key == key)
         conn.execute(stmt)
+
+
+def _only_run(conn: Connection, run_id: int) -> bool:
+    """Whether ``staging`` holds rows of run ``run_id`` alone and may be emptied whole, which SQLite does without
+    visiting the rows (1M staged rows: 0.1 s against 0.35 s for deleting them by run, and a shorter commit).
+
+    Only where :attr:`~.dialect.Backend.truncating_delete` says that no other run can stage a row between this
+    check and the delete, once the transaction has written (``clear`` deletes the skipped rows first).
+    """
+    if not backend(conn).truncating_delete:
+        return False
+    # two seeks on the key's first column, where ``run_id <> :run`` would scan every row of this run
+    other = or_(exists().where(staging.c.run_id < run_id), exists().where(staging.c.run_id > run_id))
+    return not conn.execute(select(other)).scalar_one()

@@ -177,6 +177,40 @@ def test_sqlite_pushdown_matches_streaming(tmp_path: Path, caplog: pytest.LogCap
     assert not _streamed(caplog)
 
 
+@pytest.mark.parametrize("encoding", ["UTF-8", "UTF-16be", "UTF-16le"])
+def test_the_sqlite_pushdown_trims_as_python_does_in_every_text_encoding(tmp_path: Path, encoding: str) -> None:
+    """In UTF-16 a text's last byte is not its last character's (U+2028 and U+205F end in the bytes of '(' and
+    '_' in big-endian): the pushed-down ids and emails are what Python makes of them in every encoding."""
+    from audience_sync.sources import SourceStats, normalize
+    from audience_sync.store.engine import create_state_engine
+
+    path = tmp_path / "one.db"
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA encoding = '{encoding}'")
+        db.execute("CREATE TABLE src (user_id, email, value)")  # the encoding is fixed by the first table
+        rows = [*SQLITE_ROWS, ("u16\u205f", "p@x.io\u2028", 1), ("u17\u2028", "q@x.io\u205f", 1), ("u18", "r@x.io", 1)]
+        db.executemany("INSERT INTO src VALUES (?, ?, ?)", rows)
+    comp = _config(f"sqlite:///{path}", tmp_path, BODY, True).computations[0]
+    engine = create_state_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA encoding").scalar_one() == encoding
+            plan = pushdown.plan(conn, comp)
+            assert plan is not None
+            staged = [tuple(r) for r in conn.exec_driver_sql(plan.driver_sql(conn.dialect, plan.staged))]
+    finally:
+        engine.dispose()
+    assert staged == normalize(comp, [(u, e, None) for u, e, _v in rows], SourceStats())
+
+
+def test_a_row_without_a_user_id_is_left_out_whatever_its_email_and_value(tmp_path: Path) -> None:
+    """SQLite stages the rows of a pushdown with their emails and values computed before the id is looked at: an
+    email with a NUL byte, or a value with no JSON form, on a row without an id fails the pushdown, and streaming
+    then stages what it stages of every other row."""
+    rows = [(None, "a\x00b@x.io", 1), ("", None, float("nan")), ("u1", "u1@x.io", 2), (None, None, None)]
+    _compare(lambda tmp: f"sqlite:///{tmp / 'one.db'}", tmp_path, _sqlite_load(rows), _sqlite_change)
+
+
 def test_an_attached_sqlite_file_stages_what_streaming_stages(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The source in a SQLite file of its own, attached to the SQLite state: pushed down, and the same state,
     messages and source figures as streaming it."""
