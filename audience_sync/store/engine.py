@@ -154,6 +154,29 @@ def create_state_engine(url: str, *, what: str = "state database") -> Engine:
     return engine
 
 
+#: the key of :func:`text_is_utf8`'s answer in a pooled SQLite connection's ``info``
+_TEXT_IS_UTF8 = "audience_sync.text_is_utf8"
+
+
+def text_is_utf8(conn: Connection) -> bool:
+    """Whether ``conn``'s database keeps its text as UTF-8, so that ``CAST(text AS BLOB)`` gives UTF-8 bytes and a
+    text's bytes can be tested as UTF-8's. Always True but on SQLite, whose file may have been made with
+    ``PRAGMA encoding`` UTF-16le or UTF-16be by another program (audience-sync makes its files UTF-8).
+
+    Read once per SQLite connection (``PRAGMA encoding``) and kept with it in the pool: a file's encoding is fixed
+    once it has a page. A file with none yet (a new one) is asked again next time, since whoever writes it first
+    chooses its encoding."""
+    if not backend(conn).embedded:
+        return True
+    info = conn.connection.info
+    known = info.get(_TEXT_IS_UTF8)
+    if known is None:
+        known = conn.exec_driver_sql("PRAGMA encoding").scalar_one() == "UTF-8"
+        if conn.exec_driver_sql("PRAGMA page_count").scalar_one():
+            info[_TEXT_IS_UTF8] = known
+    return bool(known)
+
+
 #: SQLite's extended result code for a read-only connection that meets a hot journal it may not roll back
 SQLITE_READONLY_ROLLBACK = 776
 

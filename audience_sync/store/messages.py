@@ -10,6 +10,10 @@ with the same values, including the cases where Python's dicts collapse a key (a
 ``audience_key`` or ``trait_key``). On SQLite the bytes are identical to ``json.dumps(..., separators=(",",
 ":"), ensure_ascii=False)`` of the Python message; PostgreSQL writes ``" : "`` and ``", "`` between items.
 Values are the stored canonical JSON text, embedded as JSON, so numbers keep their exact spelling.
+
+A SQLite file another program made may keep its text as UTF-16 (``PRAGMA encoding``), where ``CAST(text AS
+BLOB)`` gives UTF-16 bytes: the builders are then told ``utf8=False`` and their messages are encoded to UTF-8 by
+``as_utf8`` (``store/sqlfuncs.py``), the same bytes at a Python call per message.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ TIMESTAMP = "message_timestamp"
 class _Sql:
     """The JSON vocabulary of one dialect."""
 
-    def __init__(self, dialect: str) -> None:
+    def __init__(self, dialect: str, utf8: bool = True) -> None:
         self.pg = backend(dialect).typed_json
+        self.utf8 = utf8
 
     def obj(self, *pairs: Any) -> ColumnElement[Any]:
         """A JSON object with the keys and values in this order."""
@@ -57,6 +62,8 @@ class _Sql:
         """The message as UTF-8 bytes."""
         if self.pg:
             return type_coerce(func.convert_to(cast(message, Text), literal_column("'UTF8'")), LargeBinary)
+        if not self.utf8:  # the cast would give the database's UTF-16
+            return func.as_utf8(message, type_=LargeBinary)
         return cast(message, LargeBinary)
 
 
@@ -87,9 +94,10 @@ def _finish(sql: _Sql, pairs: list[Any], options: MessageOptions, suffix: str = 
     return sql.bytes(sql.obj(*pairs))
 
 
-def identify_sql(dialect: str, options: MessageOptions) -> ColumnElement[bytes]:
-    """The identify call of :func:`~audience_sync.destinations.messages.identify` for each ``diffs`` row."""
-    sql = _Sql(dialect)
+def identify_sql(dialect: str, options: MessageOptions, utf8: bool = True) -> ColumnElement[bytes]:
+    """The identify call of :func:`~audience_sync.destinations.messages.identify` for each ``diffs`` row, as UTF-8
+    bytes; ``utf8``: whether the database keeps its text as UTF-8 (:func:`.engine.text_is_utf8`)."""
+    sql = _Sql(dialect, utf8)
     key, value, email = diffs.c.computation_key, sql.json(diffs.c.new_value), diffs.c.email
     traits = case(
         (email.is_(None), sql.obj(key, value)),
@@ -109,9 +117,10 @@ def identify_sql(dialect: str, options: MessageOptions) -> ColumnElement[bytes]:
     return _finish(sql, pairs, options)
 
 
-def track_sql(dialect: str, options: MessageOptions) -> ColumnElement[bytes]:
-    """The track event of :func:`~audience_sync.destinations.messages.track` for each ``diffs`` row."""
-    sql = _Sql(dialect)
+def track_sql(dialect: str, options: MessageOptions, utf8: bool = True) -> ColumnElement[bytes]:
+    """The track event of :func:`~audience_sync.destinations.messages.track` for each ``diffs`` row, as UTF-8
+    bytes; ``utf8`` as :func:`identify_sql` takes it."""
+    sql = _Sql(dialect, utf8)
     key, value, email = diffs.c.computation_key, sql.json(diffs.c.new_value), diffs.c.email
     is_audience = diffs.c.computation_class == "audience"
     event = case(
@@ -144,11 +153,15 @@ def track_sql(dialect: str, options: MessageOptions) -> ColumnElement[bytes]:
     return _finish(sql, pairs, options, suffix="-t")
 
 
-def message_columns(dialect: str, send: tuple[str, ...], options: MessageOptions) -> list[ColumnElement[bytes]]:
-    """One column per message a change yields for a destination configured with ``send``, identify first."""
+def message_columns(
+    dialect: str, send: tuple[str, ...], options: MessageOptions, utf8: bool = True
+) -> list[ColumnElement[bytes]]:
+    """One column per message a change yields for a destination configured with ``send``, identify first, each
+    message as UTF-8 bytes; ``utf8``: whether the database keeps its text as UTF-8 (:func:`.engine.text_is_utf8`),
+    as every PostgreSQL database does for this purpose."""
     columns: list[ColumnElement[bytes]] = []
     if "identify" in send:
-        columns.append(identify_sql(dialect, options).label("identify"))
+        columns.append(identify_sql(dialect, options, utf8).label("identify"))
     if "track" in send:
-        columns.append(track_sql(dialect, options).label("track"))
+        columns.append(track_sql(dialect, options, utf8).label("track"))
     return columns

@@ -37,6 +37,7 @@ from ..redact import scrub
 from ..values import decode
 from . import ledger
 from .dialect import upsert
+from .engine import text_is_utf8
 from .messages import TIMESTAMP, message_columns
 from .schema import diffs, in_flight, snapshot, utcnow
 from .snapshot import upsert_snapshot
@@ -160,7 +161,9 @@ def pending_messages(
     change's identify before its track event. Same chunking guarantees as :func:`pending_chunks`; every message
     of a chunk carries the same ``timestamp``, taken when the chunk is read.
     """
-    columns = message_columns(engine.dialect.name, send, options)
+    with engine.connect() as conn:
+        utf8 = text_is_utf8(conn)
+    columns = message_columns(engine.dialect.name, send, options, utf8)
     for first, rows in _keyset_chunks(
         engine, run_id, destination, chunk_size, columns, lambda: {TIMESTAMP: timestamp()}
     ):

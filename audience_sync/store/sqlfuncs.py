@@ -68,16 +68,22 @@ class ExactSum:
         return float(self.total) if self.floats else int(self.total)
 
 
+def _utf8(text: str | None) -> bytes | None:
+    return None if text is None else text.encode()
+
+
 def _json_value(value: Any) -> str | None:
     return encode(value)  # an error for values with no JSON form: the statement fails and the run streams
 
 
 def register_sqlite_functions(dbapi_conn: Any) -> None:
     """Make the functions above callable on a new SQLite connection: ``as_sha256_hex``, the builder's
-    ``as_exact_sum``, and the pushdown's ``as_user_id``, ``as_email`` and ``as_json_value`` (the streamed
-    path's own normalising, :mod:`audience_sync.store.normalize`)."""
+    ``as_exact_sum``, the pushdown's ``as_user_id``, ``as_email`` and ``as_json_value`` (the streamed path's own
+    normalising, :mod:`audience_sync.store.normalize`), and ``as_utf8``, a text's UTF-8 bytes whatever the
+    database's encoding (``CAST(text AS BLOB)`` gives the database's own)."""
     dbapi_conn.create_function("as_sha256_hex", 1, _sha256, deterministic=True)
     dbapi_conn.create_aggregate("as_exact_sum", 1, ExactSum)
     dbapi_conn.create_function("as_user_id", 1, checked_user_id, deterministic=True)
     dbapi_conn.create_function("as_email", 1, checked_email, deterministic=True)
     dbapi_conn.create_function("as_json_value", 1, _json_value, deterministic=True)
+    dbapi_conn.create_function("as_utf8", 1, _utf8, deterministic=True)
