@@ -37,6 +37,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..config import Computation
 from ..store.dialect import literal_sql
+from ..store.engine import text_is_utf8
 from ..store.normalize import MAX_USER_ID_BYTES
 from .columns import locate
 
@@ -196,8 +197,15 @@ def _sqlite_columns(
 ) -> tuple[str, str, str]:
     ws = _literal(WHITESPACE)
     # text with a NUL byte (which length() stops at, so bytes are counted as a blob's) or too long for the state
-    # database goes to the Python normaliser, which raises for it: the statement fails and the computation streams
-    unusable_id = f"instr({uid}, char(0)) > 0 OR length(CAST({uid} AS BLOB)) > {MAX_USER_ID_BYTES}"
+    # database goes to the Python normaliser, which raises for it: the statement fails and the computation streams.
+    # The limit is in UTF-8 bytes; a UTF-16 database's blob has at least two thirds as many (a character of
+    # three UTF-8 bytes takes two), so there any id that might be too long is left for the normaliser to measure
+    too_long = (
+        f"length(CAST({uid} AS BLOB)) > {MAX_USER_ID_BYTES}"
+        if utf8
+        else f"length(CAST({uid} AS BLOB)) * 3 > {2 * MAX_USER_ID_BYTES}"
+    )
+    unusable_id = f"instr({uid}, char(0)) > 0 OR {too_long}"
     u = (
         f"CASE typeof({uid}) WHEN 'integer' THEN CAST({uid} AS TEXT) "
         f"WHEN 'text' THEN CASE WHEN {unusable_id} THEN as_user_id({uid}) "
@@ -331,7 +339,7 @@ def _plan(
     if dialect == "sqlite":
         uid_ref = ref(uid)
         assert uid_ref is not None
-        utf8 = conn.exec_driver_sql("PRAGMA encoding").scalar_one() == "UTF-8"
+        utf8 = text_is_utf8(conn)
         u, e, v = _sqlite_columns(uid_ref, ref(email), ref(value), is_trait, value_is_json, utf8)
         return Pushdown(
             comp, f"SELECT {u} AS u, {e} AS e, {v} AS v FROM ({inner}) AS src", params=params, complete=complete

@@ -141,3 +141,16 @@ def test_the_encoding_is_read_from_the_file(tmp_path: Path) -> None:
     with plain.connect() as conn:
         assert not text_is_utf8(conn)
     plain.dispose()
+
+
+def test_a_pushed_down_user_id_is_measured_in_utf8_bytes(tmp_path: Path) -> None:
+    """The pushdown in a UTF-16 state file (its own source) takes the ids the streamed path takes: the limit is
+    in UTF-8 bytes, which a UTF-16 blob's length undercounts for characters of three UTF-8 bytes."""
+    url = utf16_file(tmp_path / "state.db")
+    warehouse = Warehouse(tmp_path / "state.db")
+    too_long, longest = "用" * 700, "é" * 1000  # 2,100 and 2,000 UTF-8 bytes; 1,400 and 2,000 in UTF-16
+    warehouse.set_members("VIP", {too_long: "a@x.io", longest: "b@x.io", "u1": "c@x.io"})
+    harness = Harness(tmp_path, url, warehouse)
+    result = harness.run(harness.config(harness.jsonl_destination() + harness.audience("VIP")))
+    assert result.counts["skipped"] == 1 and result.counts["sent"] == 2, result.counts
+    assert {call["userId"] for call in harness.new_calls()} == {longest, "u1"}
