@@ -164,15 +164,17 @@ def text_is_utf8(conn: Connection) -> bool:
     ``PRAGMA encoding`` UTF-16le or UTF-16be by another program (audience-sync makes its files UTF-8).
 
     Read once per SQLite connection (``PRAGMA encoding``) and kept with it in the pool: a file's encoding is fixed
-    once it has a page. A file with none yet (a new one) is asked again next time, since whoever writes it first
-    chooses its encoding."""
+    by its first table. A file with none yet is asked again next time, since whoever makes one chooses it."""
     if not backend(conn).embedded:
         return True
     info = conn.connection.info
     known = info.get(_TEXT_IS_UTF8)
     if known is None:
+        # reading the schema first: until a connection has, PRAGMA encoding says what it would make a new file in,
+        # even when another connection has since made the file's first table in UTF-16
+        made = conn.exec_driver_sql("SELECT EXISTS (SELECT 1 FROM sqlite_master)").scalar_one()
         known = conn.exec_driver_sql("PRAGMA encoding").scalar_one() == "UTF-8"
-        if conn.exec_driver_sql("PRAGMA page_count").scalar_one():
+        if made:
             info[_TEXT_IS_UTF8] = known
     return bool(known)
 

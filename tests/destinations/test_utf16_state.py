@@ -154,3 +154,21 @@ def test_a_pushed_down_user_id_is_measured_in_utf8_bytes(tmp_path: Path) -> None
     result = harness.run(harness.config(harness.jsonl_destination() + harness.audience("VIP")))
     assert result.counts["skipped"] == 1 and result.counts["sent"] == 2, result.counts
     assert {call["userId"] for call in harness.new_calls()} == {longest, "u1"}
+
+
+def test_the_encoding_of_a_file_another_connection_makes_is_the_one_read(tmp_path: Path) -> None:
+    """An engine's connection opened on a new file (switched to WAL, no table yet) and asked before another
+    program makes the file's first table in UTF-16 answers for the file as it then is."""
+    from audience_sync.store.engine import text_is_utf8
+
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    try:
+        with engine.connect() as conn:
+            assert text_is_utf8(conn)  # a new file, which SQLite would make in UTF-8
+            with closing(sqlite3.connect(tmp_path / "new.db")) as other:
+                other.execute("PRAGMA encoding='UTF-16le'")
+                other.execute("CREATE TABLE made_elsewhere (x TEXT)")
+                other.commit()
+            assert not text_is_utf8(conn)
+    finally:
+        engine.dispose()
