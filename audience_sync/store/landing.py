@@ -96,6 +96,8 @@ def copy_blocks(conn: Connection, names: Sequence[str], blocks: Iterable[bytes |
 
 #: the first byte of a row :func:`copy_staging` counts rather than writes: its first column is a negative number
 MARK = ord("-")
+#: the bytes :func:`copy_staging` gives the driver at once
+WRITE_BYTES = 1 << 16
 
 
 def copy_staging(
@@ -113,12 +115,18 @@ def copy_staging(
     marked: Counter[int] = Counter()
     with raw.cursor() as cur:
         with cur.copy(f"COPY staging ({', '.join(names)}) FROM STDIN") as copy:
-            write = copy.write
+            # rows gathered into writes of about WRITE_BYTES: a write costs the driver far more than a row
+            pending = bytearray()
             for block in blocks:
                 if block[0] == MARK:  # a row to count, not to stage: one byte looked at, no row parsed
                     marked[block[1] - ord("0")] += 1
-                else:
-                    write(block)
+                    continue
+                pending += block
+                if len(pending) >= WRITE_BYTES:
+                    copy.write(pending)
+                    pending = bytearray()
+            if pending:
+                copy.write(pending)
         return int(cur.rowcount), marked
 
 

@@ -380,3 +380,39 @@ def test_a_query_failing_in_the_middle_of_its_pipe_stages_nothing_and_fails_as_s
         run_sync(_config(state, tmp_path, body, None, source))
     assert any("members: landing failed" in m and "division by zero" in m for m in _fallbacks(caplog))
     assert _snapshot(state, "SELECT count(*) FROM staging", "") == [(0,)]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("write_bytes", [1, 20, 1 << 16])
+def test_copy_staging_writes_every_row_whatever_the_writes_and_counts_the_marked(
+    pg_schema_url: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_bytes: int
+) -> None:
+    """The rows piped into staging are gathered into writes of the driver: a row may end a write or not, and the
+    marked rows between them are counted, never written."""
+    from sqlalchemy import create_engine
+
+    from audience_sync.store import landing
+    from audience_sync.store.migrate import upgrade
+
+    monkeypatch.setattr(landing, "WRITE_BYTES", write_bytes)
+    engine = create_engine(pg_schema_url(tmp_path))
+    try:
+        upgrade(engine)
+        blocks = [
+            b"-1\tk\t\\N\t\\N\t1\n",
+            b"7\tk\tu1\ta@x.io\t1\n",
+            memoryview(b'7\tk\tu2\t\\N\t"tab\\there"\n'),
+            b"-2\tk\tu3\t\\N\t\\N\n",
+            b"-1\tk\t\\N\te@x.io\t1\n",
+            b"7\tk\tu4\t\\N\t2\n",
+            b"-3\tk\txxx\t\\N\t1\n",
+        ]
+        with engine.begin() as conn:
+            staged, marked = landing.copy_staging(
+                conn, ["run_id", "computation_key", "user_id", "email", "value"], blocks
+            )
+            rows = conn.exec_driver_sql("SELECT user_id, email, value FROM staging ORDER BY user_id").all()
+        assert (staged, dict(marked)) == (3, {1: 2, 2: 1, 3: 1})
+        assert [tuple(r) for r in rows] == [("u1", "a@x.io", "1"), ("u2", None, '"tab\there"'), ("u4", None, "2")]
+    finally:
+        engine.dispose()
