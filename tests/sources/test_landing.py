@@ -398,7 +398,7 @@ def test_copy_staging_writes_every_row_whatever_the_writes_and_counts_the_marked
     engine = create_engine(pg_schema_url(tmp_path))
     try:
         upgrade(engine)
-        blocks = [
+        blocks: list[bytes | memoryview] = [
             b"-1\tk\t\\N\t\\N\t1\n",
             b"7\tk\tu1\ta@x.io\t1\n",
             memoryview(b'7\tk\tu2\t\\N\t"tab\\there"\n'),
