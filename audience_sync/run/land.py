@@ -7,6 +7,9 @@ instead *landed* in a temporary table of the state database, in bulk, and pushed
 pushdown, in one transaction of the state. Whatever keeps the rows from landing (a column type the pushdown
 does not render as Python would, a query that fails, data the state refuses) rolls that transaction back, and
 the computation is streamed: its errors and skipped rows are then the streamed path's own.
+
+From a PostgreSQL source to a PostgreSQL state nothing is landed (:class:`Pipe`): the source runs the same
+normalising SQL and its ``COPY`` goes straight into ``staging``, with the same counts, fallbacks and transaction.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine
 
@@ -22,7 +26,7 @@ from ..errors import RunStopped
 from ..sources import SourceStats, pushdown
 from ..sources.arrow_read import AdbcSource, land_arrow
 from ..sources.duck import DuckFile
-from ..sources.landing import NotLandable, errors, land_duckdb, land_postgres
+from ..sources.landing import NotLandable, errors, land_duckdb, land_postgres, pipe_postgres
 from ..store import landing, loading
 from ..store.dialect import is_postgresql
 
@@ -30,6 +34,19 @@ log = logging.getLogger(__name__)
 
 #: moves a computation's raw rows into the landed table on a state connection; says what it moved
 Lander = Callable[[Connection], landing.Landed]
+
+
+@dataclass(frozen=True)
+class Pipe:
+    """A PostgreSQL source's :data:`Lander`, which on a PostgreSQL state lands nothing: ``stage`` stages the rows
+    for a run straight into ``staging`` on a state connection, normalised on the source (``sources/landing.py``),
+    and says what it staged and how it read them, or None to stream."""
+
+    land: Lander
+    stage: Callable[[Connection, int], tuple[loading.PushedDown, str] | None]
+
+    def __call__(self, conn: Connection) -> landing.Landed:
+        return self.land(conn)
 
 
 def lander(
@@ -50,7 +67,10 @@ def lander(
     if duckdb is not None:
         return lambda conn: land_duckdb(duckdb, comp, conn, batch_rows, stop)
     if source is not None and is_postgresql(source):
-        return lambda conn: land_postgres(source, comp, conn, stop)
+        return Pipe(
+            lambda conn: land_postgres(source, comp, conn, stop),
+            lambda conn, run_id: pipe_postgres(source, comp, conn, run_id, stop),
+        )
     if source is not None:
         return lambda conn: land_arrow(source, adbc, comp, conn, batch_rows)
     return None
@@ -94,6 +114,25 @@ def _stage_landed(conn: Connection, run_id: int, comp: Computation, move: Lander
     return pushed
 
 
+def _stage_piped(conn: Connection, run_id: int, comp: Computation, pipe: Pipe) -> loading.PushedDown | None:
+    """Stage straight into ``staging`` in one transaction of ``conn``; None (rolled back) to stream instead."""
+    with conn.begin() as transaction:
+        piped = pipe.stage(conn, run_id)
+        if piped is None:
+            transaction.rollback()
+            log.info("%s: streaming (its column types cannot be pushed down)", comp.key)
+            return None
+        pushed, via = piped
+        if pushed.unusable:  # rows to skip: the streamed path says why, user by user
+            transaction.rollback()
+            log.info("%s: streaming, to report %d rows it cannot stage", comp.key, pushed.unusable)
+            return None
+    log.info(
+        "%s: landed %d rows straight into staging (normalised on the source, read with %s)", comp.key, pushed.rows, via
+    )
+    return pushed
+
+
 def land(
     engine: Engine,
     run_id: int,
@@ -102,7 +141,8 @@ def land(
     stats: SourceStats,
     stop: threading.Event | None = None,
 ) -> bool:
-    """Stage ``comp`` by landing its rows with ``move`` and pushing them down from the landed table.
+    """Stage ``comp`` by landing its rows with ``move`` and pushing them down from the landed table, or, for a
+    :class:`Pipe` on a PostgreSQL state, by its rows piped straight into ``staging``.
 
     Guarantees: True when staged, with the same rows and figures as streaming; False with nothing staged
     (one transaction, rolled back) when it must be streamed instead. RunStopped, nothing staged, when ``stop`` was
@@ -110,15 +150,11 @@ def land(
     """
     pushed = None
     try:
-        with engine.connect() as conn, landing.unprepared(conn):
-            try:
-                pushed = _stage_landed(conn, run_id, comp, move)
-            finally:  # the connection goes back to the pool without the landed table, whatever happened
-                if pushed is None:
-                    if conn.in_transaction():
-                        conn.rollback()
-                    landing.drop(conn)
-                    conn.commit()
+        if isinstance(move, Pipe) and is_postgresql(engine):
+            with engine.connect() as conn:
+                pushed = _stage_piped(conn, run_id, comp, move)
+        else:
+            pushed = _land(engine, run_id, comp, move)
     except NotLandable as exc:
         log.info("%s: streaming (%s)", comp.key, exc)
         return False
@@ -131,3 +167,19 @@ def land(
         return False
     record(stats, pushed)
     return True
+
+
+def _land(engine: Engine, run_id: int, comp: Computation, move: Lander) -> loading.PushedDown | None:
+    """Land with ``move`` and push down from the landed table, on a connection that goes back to the pool
+    without that table, whatever happened."""
+    pushed = None
+    with engine.connect() as conn, landing.unprepared(conn):
+        try:
+            pushed = _stage_landed(conn, run_id, comp, move)
+        finally:
+            if pushed is None:
+                if conn.in_transaction():
+                    conn.rollback()
+                landing.drop(conn)
+                conn.commit()
+    return pushed

@@ -5,8 +5,11 @@ row. When its columns have types the pushdown normalises exactly as Python would
 moved in bulk into a temporary table of the state database (``store/landing.py``) and pushed down from there
 (``run/land.py``): no Python per row, the same staged rows.
 
-- **PostgreSQL to PostgreSQL** (:func:`land_postgres`): ``COPY (query) TO STDOUT`` on the source, its blocks
-  written unchanged into ``COPY ... FROM STDIN`` on the state (text format, which round-trips these types).
+- **PostgreSQL to PostgreSQL** (:func:`pipe_postgres`): no landed table. The source runs the pushdown's
+  normalising SQL around the query, and its ``COPY (...) TO STDOUT`` blocks go unchanged into ``COPY staging
+  FROM STDIN`` on the state: one write per row. The rows it cannot stage (no user id, no value, unusable) come
+  marked, to be counted, not written; a query that repeats users runs again with its repeats settled by a window.
+  (:func:`land_postgres` lands the query's rows as they are, for callers that push down from the landed table.)
 - **PostgreSQL to SQLite** (:func:`land_postgres`): the same ``COPY``, as CSV, read by Arrow's CSV reader
   into record batches of the probed types, given column by column to one ``executemany``.
 - **DuckDB to either** (:func:`land_duckdb`): the query's Arrow record batches, rendered and landed by
@@ -35,11 +38,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..config import Computation
 from ..store import landing
 from ..store.dialect import is_postgresql
-from . import arrow_ingest, duck
+from ..store.loading import PushedDown
+from . import arrow_ingest, duck, pushdown
 from .arrow_ingest import NotLandable, used_columns
 from .pushdown import query_text
 
-__all__ = ["PG_LANDED", "NotLandable", "errors", "land_duckdb", "land_postgres", "used_columns"]
+__all__ = ["PG_LANDED", "NotLandable", "errors", "land_duckdb", "land_postgres", "pipe_postgres", "used_columns"]
 
 #: PostgreSQL type OIDs landed, with the type of the landed column: those ``sources/pushdown.py`` renders as
 #: Python would (integers, text and varchar, boolean, uuid)
@@ -99,6 +103,10 @@ def cancelled_on(stop: threading.Event | None, cancel: Callable[[], None]) -> It
 
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _pg_probe(cur: Any, inner: str) -> tuple[list[str], list[int]]:
@@ -207,6 +215,98 @@ def _copy_out(raw: Any, inner: str, comp: Computation, conn: Connection, postgre
                 return landing.Landed(landing.copy_blocks(conn, [c for c, _ in columns], blocks, csv=False), "COPY")
             batches = _csv_batches(blocks, columns, 1 << 22)
             return landing.Landed(arrow_ingest.insert_batches(conn, [c for c, _ in columns], batches), "COPY as CSV")
+
+
+#: the marks of the rows :func:`pipe_postgres` counts rather than stages (``store/landing.copy_staging``)
+NO_USER_ID, UNUSABLE, NO_VALUE, REPEAT = 1, 3, 2, 4
+
+
+def _mark(run_id: int, repeat: str | None = None) -> str:
+    """The first column of a piped row: the run's id for a row to stage, else the negated mark of why not (as the
+    pushdown counts them, ``Pushdown.counts``: no user id first, then unusable, then no value)."""
+    repeated = "" if repeat is None else f"WHEN {repeat} THEN -{REPEAT} "
+    return (
+        f"CASE WHEN n.u IS NULL THEN -{NO_USER_ID} WHEN n.b THEN -{UNUSABLE} WHEN n.v IS NULL THEN -{NO_VALUE} "
+        f"{repeated}ELSE {int(run_id)} END"
+    )
+
+
+def _piped(plan: pushdown.Pushdown, run_id: int) -> str:
+    """The source's rows for ``staging (run_id, computation_key, user_id, email, value)``, each row marked."""
+    key = _literal(plan.comp.key)
+    return f"SELECT {_mark(run_id)}, {key}, n.u, n.e, n.v FROM ({plan.normalized}) AS n"
+
+
+def _piped_settled(plan: pushdown.Pushdown, run_id: int) -> str:
+    """As :func:`_piped`, plus ``conflict_value``, for a query that repeats users: one row per user staged, the one
+    ``store/loading._settle_repeats`` leaves (first value, first non-null email, last value that differs from the
+    first, in the query's order), its other rows marked as repeats. A window over the user id (in bytes, as the
+    state's key compares it) sees every row of the user, so one statement settles them all."""
+    key = _literal(plan.comp.key)
+    staged = "CASE WHEN o.u IS NOT NULL AND o.v IS NOT NULL AND NOT o.b THEN o.u END"
+    ordered = f"SELECT n.*, row_number() OVER () AS ord FROM ({plan.normalized}) AS n"
+    first = (
+        f'SELECT o.*, {staged} AS s, first_value(o.v) OVER (PARTITION BY {staged} COLLATE "C" ORDER BY o.ord) AS fv '
+        f"FROM ({ordered}) AS o"
+    )
+    settled = (
+        "SELECT f.*, row_number() OVER w AS k, "
+        "array_agg(f.e) FILTER (WHERE f.s IS NOT NULL AND f.e IS NOT NULL) OVER wf AS es, "
+        "array_agg(f.v) FILTER (WHERE f.s IS NOT NULL AND f.v <> f.fv) OVER wf AS cs "
+        f"FROM ({first}) AS f "
+        'WINDOW w AS (PARTITION BY f.s COLLATE "C" ORDER BY f.ord), '
+        "wf AS (w ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
+    )
+    return f"SELECT {_mark(run_id, 'n.k > 1')}, {key}, n.u, n.es[1], n.v, n.cs[cardinality(n.cs)] FROM ({settled}) AS n"
+
+
+def pipe_postgres(
+    source: Engine, comp: Computation, conn: Connection, run_id: int, stop: threading.Event | None = None
+) -> tuple[PushedDown, str] | None:
+    """PostgreSQL source and state: stage ``comp``'s query rows for run ``run_id`` straight into ``staging`` on
+    ``conn`` (the state, inside a transaction), normalised by the pushdown's SQL run on the source; return what was
+    staged (the figures a pushdown gives) and how it was read, or None (nothing staged) when the pushdown cannot
+    render the query's column types as Python would.
+
+    Guarantees the staged rows and figures of landing the rows and pushing them down: the rows the streamed path
+    would skip are left out and counted in ``unusable`` (roll back and stream). The query runs once when it repeats
+    no user; when it does, the ``COPY`` into ``staging`` fails on the key, is rolled back to a savepoint, and the
+    query runs again with its repeats settled on the source (:func:`_piped_settled`). NotLandable, errors and
+    ``stop`` as :func:`land_postgres`.
+    """
+    import psycopg
+
+    assert comp.sql is not None
+    inner = query_text(comp.sql)
+    with source.connect() as source_conn:
+        try:
+            raw: Any = source_conn.connection.driver_connection
+            with cancelled_on(stop, raw.cancel_safe), raw.cursor() as cur:
+                names, oids = _pg_probe(cur, inner)
+                for canonical, i in used_columns(comp, names):
+                    _pg_type(canonical, oids[i], names[i], True)
+                plan = pushdown.plan_typed(comp, inner, names, oids)
+                if plan is None:
+                    return None
+                columns, via = ["run_id", "computation_key", "user_id", "email", "value"], "COPY"
+                savepoint = conn.begin_nested()
+                try:
+                    with cur.copy(f"COPY ({_piped(plan, run_id)}) TO STDOUT") as out:
+                        staged, marked = landing.copy_staging(conn, columns, out)
+                    savepoint.commit()
+                except psycopg.errors.UniqueViolation:  # a repeated user (the COPY out is cancelled, if still on)
+                    savepoint.rollback()
+                    raw.rollback()
+                    columns, via = [*columns, "conflict_value"], "COPY, repeated users settled on the source"
+                    with cur.copy(f"COPY ({_piped_settled(plan, run_id)}) TO STDOUT") as out:
+                        staged, marked = landing.copy_staging(conn, columns, out)
+        except NotLandable:  # found by the probe, the connection idle
+            raise
+        except BaseException:
+            source_conn.invalidate()  # as land_postgres: the driver's connection, maybe dead or still in a COPY
+            raise
+    rows = staged + sum(marked.values())
+    return PushedDown(rows, marked[NO_USER_ID], marked[NO_VALUE], staged, marked[UNUSABLE]), via
 
 
 def land_duckdb(

@@ -346,14 +346,34 @@ def _plan(
         )
     if dialect != "postgresql":
         return None
+    return _pg_plan(comp, inner, names, [int(t or 0) for t in types], params, value_is_json, complete)
+
+
+def plan_typed(comp: Computation, inner: str, names: list[str], oids: list[int]) -> Pushdown | None:
+    """PostgreSQL: the pushed-down form of the query ``inner``, whose columns ``names`` have the type OIDs
+    ``oids`` (probed by the caller on the database that runs it, a source as well as the state), or None when a
+    column has a type SQL cannot render exactly as Python would. Raises SourceError when a required column is
+    missing. Its statements are the query's text as written (no parameters, nothing doubled for a driver)."""
+    return _pg_plan(comp, inner, names, oids, None, False, False)
+
+
+def _pg_plan(
+    comp: Computation,
+    inner: str,
+    names: list[str],
+    oids: list[int],
+    params: Mapping[str, Any] | None,
+    value_is_json: bool,
+    complete: bool,
+) -> Pushdown | None:
+    uid, email, value = locate(comp, names, "the query")
 
     def typed(i: int | None) -> tuple[str, int] | None:
-        r = ref(i)
-        return None if r is None or i is None else (r, int(types[i] or 0))
+        return None if i is None else (f"src.{_quote(names[i])}", oids[i])
 
     uid_typed = typed(uid)
     assert uid_typed is not None
-    columns = _pg_columns(uid_typed, typed(email), typed(value), is_trait, value_is_json)
+    columns = _pg_columns(uid_typed, typed(email), typed(value), comp.computation_class == "trait", value_is_json)
     if columns is None:
         return None
     u, e, v, b = columns

@@ -9,10 +9,14 @@ PostgreSQL the blocks a ``COPY ... TO STDOUT`` of the source (or a CSV writer) p
 The table keeps the rows in the order they were written: a fresh temporary table is read back in insertion
 order (SQLite by rowid; PostgreSQL scans a temporary table alone, never in parallel nor synchronised with
 another scan), which is the order the pushdown settles repeated users by, as streaming does.
+
+From a PostgreSQL source to a PostgreSQL state no table is landed: the source runs the pushdown's normalising
+SQL itself and its ``COPY ... TO STDOUT`` goes straight into ``staging`` (:func:`copy_staging`), one write per row.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,6 +92,42 @@ def copy_blocks(conn: Connection, names: Sequence[str], blocks: Iterable[bytes |
             for block in blocks:
                 copy.write(block)
         return int(cur.rowcount)
+
+
+#: the first byte of a row :func:`copy_staging` counts rather than writes: its first column is a negative number
+MARK = ord("-")
+#: the bytes :func:`copy_staging` gives the driver at once
+WRITE_BYTES = 1 << 16
+
+
+def copy_staging(
+    conn: Connection, names: Sequence[str], blocks: Iterable[bytes | memoryview]
+) -> tuple[int, Counter[int]]:
+    """PostgreSQL: write ``blocks`` (COPY text format, one row per block, as ``COPY ... TO STDOUT`` sends them)
+    straight into ``staging``'s columns ``names``, the first of which is ``run_id``; a *marked* row, whose first
+    column is a negative number instead (``-1`` ... ``-9``), is not written but counted by that number.
+
+    Returns the rows written and the marked rows by number. Raises the driver's error (``psycopg.Error``) when the
+    state database refuses the data, ``UniqueViolation`` when two rows have one user: the caller's transaction is
+    then aborted (roll back to a savepoint taken before).
+    """
+    raw: Any = conn.connection.driver_connection
+    marked: Counter[int] = Counter()
+    with raw.cursor() as cur:
+        with cur.copy(f"COPY staging ({', '.join(names)}) FROM STDIN") as copy:
+            # rows gathered into writes of about WRITE_BYTES: a write costs the driver far more than a row
+            pending = bytearray()
+            for block in blocks:
+                if block[0] == MARK:  # a row to count, not to stage: one byte looked at, no row parsed
+                    marked[block[1] - ord("0")] += 1
+                    continue
+                pending += block
+                if len(pending) >= WRITE_BYTES:
+                    copy.write(pending)
+                    pending = bytearray()
+            if pending:
+                copy.write(pending)
+        return int(cur.rowcount), marked
 
 
 def insert_columns(conn: Connection, names: Sequence[str], batches: Iterable[Sequence[Sequence[Any]]]) -> None:

@@ -24,6 +24,16 @@ def _landed(caplog: pytest.LogCaptureFixture) -> set[str]:
     }
 
 
+def _piped(caplog: pytest.LogCaptureFixture) -> dict[str, str]:
+    """Computations staged straight into ``staging`` from the source's ``COPY`` (PostgreSQL to PostgreSQL), with
+    how the rows were read."""
+    return {
+        m.split(":")[0]: m.split("read with ")[1].rstrip(")")
+        for m in (r.getMessage() for r in caplog.records if r.name == LAND_LOG)
+        if " rows straight into staging " in m
+    }
+
+
 def _fallbacks(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == LAND_LOG and "stream" in r.getMessage()]
 
@@ -94,6 +104,11 @@ def test_a_postgres_source_landed_by_copy_stages_what_streaming_stages(
     types = list(PG_CASTS)
     streamed = {"double precision", "numeric", "jsonb"} | ({"boolean"} if state == "sqlite" else set())
     assert _landed(caplog) == {"members"} | {f"score_{i}" for i, t in enumerate(types) if t not in streamed}
+    # PostgreSQL state: nothing landed in a table, the source's normalised COPY piped into staging; PG_ROWS
+    # repeats u3, so each computation's rows were settled by the source's window
+    assert _piped(caplog) == (
+        dict.fromkeys(_landed(caplog), "COPY, repeated users settled on the source") if state == "postgres" else {}
+    )
     fallbacks = _fallbacks(caplog)
     for i, value_type in enumerate(types):
         if value_type in streamed:
@@ -165,6 +180,7 @@ def test_integer_and_uuid_ids_are_landed_as_streaming_reads_them(
     state_for = pg_schema_url if state == "postgres" else _sqlite_state
     _compare(state_for, tmp_path, _pg_load_ids, _pg_change, pg_schema_url, per_id(IDS))
     assert _landed(caplog) == {f"{name}_{i}" for i in range(len(IDS)) for name in ("members", "score")}
+    assert set(_piped(caplog)) == (_landed(caplog) if state == "postgres" else set())
 
 
 @pytest.mark.postgres
@@ -260,3 +276,143 @@ def test_copy_blocks_read_as_one_file_whatever_the_buffer() -> None:
     blocks = [b"u1,a\n", memoryview(b'"x\ny",\n'), b"", b"u3,\xc3\xa9\n"]
     for size in (1, 2, 3, 7, 1 << 16):
         assert io.BufferedReader(_Blocks(iter(blocks)), buffer_size=size).read() == b"".join(map(bytes, blocks))
+
+
+#: a source that repeats users in every way (email first null, then given; values equal, then different, then
+#: back to the first), with rows without an id or a value, and its order fixed by ``ord``
+REPEATS = (
+    "CREATE TABLE src (ord int, user_id text, email text, value bigint)",
+    "INSERT INTO src VALUES (1, 'r1', NULL, 5), (2, 'r2', 'two@x.io', 6), (3, 'r1', 'one@x.io', 5), "
+    "(4, 'r1', 'late@x.io', 5), (5, NULL, 'none@x.io', 1), (6, 'r3', NULL, NULL), (7, 'r3', 'three@x.io', 9), "
+    "(8, '  ', NULL, 1), (9, 'r4', '  ', 4), (10, 'r4', 'four@x.io', 4), (11, 'r5', NULL, NULL)",
+)
+REPEATS_BODY = """
+[[audiences]]
+name = "Members"
+sql = "SELECT user_id, email FROM src ORDER BY ord"
+[[computed_traits]]
+name = "Score"
+sql = "SELECT user_id, email, value FROM src ORDER BY ord"
+[[computed_traits]]
+name = "Backwards"
+sql = "SELECT user_id, email, value FROM src ORDER BY ord DESC"
+"""
+
+
+@pytest.mark.postgres
+def test_repeated_users_piped_from_the_source_keep_what_streaming_keeps(
+    pg_schema_url: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Users repeated in the query's order, forwards and backwards: the first value, the first email given, the
+    rows without an id or a value counted, as streaming stores, sends and counts them; the second run repeats no
+    user and is piped in one pass."""
+    caplog.set_level("INFO", "audience_sync.run")
+
+    def change(url: str) -> None:
+        _pg_exec(
+            url, "DELETE FROM src WHERE ord IN (1, 3, 4, 6, 10)", "INSERT INTO src VALUES (12, 'r6', 'six@x.io', 3)"
+        )
+
+    _compare(pg_schema_url, tmp_path, lambda url: _pg_exec(url, *REPEATS), change, pg_schema_url, REPEATS_BODY)
+    settled = [r.getMessage() for r in caplog.records if "repeated users settled on the source" in r.getMessage()]
+    once = [r.getMessage() for r in caplog.records if r.getMessage().endswith("read with COPY)")]
+    assert {m.split(":")[0] for m in settled} == {m.split(":")[0] for m in once} == {"members", "score", "backwards"}
+    assert len(settled) == len(once) == 3
+
+
+@pytest.mark.postgres
+def test_a_repeated_user_is_settled_on_the_source_as_a_pushdown_settles_it(pg_schema_url: Any, tmp_path: Path) -> None:
+    """Which repeat wins: the first value and the first email given in the query's order, and the last value that
+    differs from the first reported as the conflict."""
+    state, source = pg_schema_url(tmp_path), pg_schema_url(tmp_path)
+    _pg_exec(source, *REPEATS)
+    body = REPEATS_BODY.replace("ORDER BY ord DESC", "WHERE ord <> 10 ORDER BY ord DESC")
+    result = run_sync(_config(state, tmp_path, body, None, source))
+    assert result.status == "succeeded", result.error
+    snapshot = "SELECT user_id, email, value FROM snapshot WHERE computation_key = :key ORDER BY user_id"
+    assert _snapshot(state, snapshot, "score") == [
+        ("r1", "one@x.io", "5"),
+        ("r2", "two@x.io", "6"),
+        ("r3", "three@x.io", "9"),
+        ("r4", "four@x.io", "4"),
+    ]
+    assert _snapshot(state, snapshot, "backwards") == [
+        ("r1", "late@x.io", "5"),
+        ("r2", "two@x.io", "6"),
+        ("r3", "three@x.io", "9"),
+        ("r4", None, "4"),
+    ]
+    assert result.counts["sources"]["score"] == {
+        "rows": 11,
+        "members": 4,
+        "null_user_ids": 2,
+        "null_values": 2,
+        "skipped": 0,
+    }
+    _pg_exec(source, "INSERT INTO src VALUES (13, 'r2', NULL, 7), (14, 'r2', NULL, 6), (15, 'r2', NULL, 8)")
+    with pytest.raises(SourceError, match=r"trait 'Score' \(score\): user 'r2' has two different values \(6 and 8\)"):
+        run_sync(_config(state, tmp_path, body, None, source))
+    assert _snapshot(state, "SELECT count(*) FROM staging", "") == [(0,)]
+
+
+def _snapshot(url: str, sql: str, key: str) -> list[tuple[Any, ...]]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql), {"key": key} if key else {})]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_query_failing_in_the_middle_of_its_pipe_stages_nothing_and_fails_as_streaming_does(
+    pg_schema_url: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The source's query fails after some of its rows were copied into staging: they are rolled back, and the
+    streamed path runs it again and reports its error, naming the computation."""
+    caplog.set_level("INFO", "audience_sync.run")
+    state, source = pg_schema_url(tmp_path), pg_schema_url(tmp_path)
+    _pg_exec(source, "CREATE TABLE src AS SELECT g, 'u' || g AS user_id FROM generate_series(1, 5000) AS g")
+    body = '[[audiences]]\nname = "Members"\nsql = "SELECT user_id || (0 * (1 / (4000 - g))) AS user_id FROM src"\n'
+    with pytest.raises(SourceError, match=r"audience 'Members' \(members\): query failed: .*division by zero"):
+        run_sync(_config(state, tmp_path, body, None, source))
+    assert any("members: landing failed" in m and "division by zero" in m for m in _fallbacks(caplog))
+    assert _snapshot(state, "SELECT count(*) FROM staging", "") == [(0,)]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("write_bytes", [1, 20, 1 << 16])
+def test_copy_staging_writes_every_row_whatever_the_writes_and_counts_the_marked(
+    pg_schema_url: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_bytes: int
+) -> None:
+    """The rows piped into staging are gathered into writes of the driver: a row may end a write or not, and the
+    marked rows between them are counted, never written."""
+    from sqlalchemy import create_engine
+
+    from audience_sync.store import landing
+    from audience_sync.store.migrate import upgrade
+
+    monkeypatch.setattr(landing, "WRITE_BYTES", write_bytes)
+    engine = create_engine(pg_schema_url(tmp_path))
+    try:
+        upgrade(engine)
+        blocks: list[bytes | memoryview] = [
+            b"-1\tk\t\\N\t\\N\t1\n",
+            b"7\tk\tu1\ta@x.io\t1\n",
+            memoryview(b'7\tk\tu2\t\\N\t"tab\\there"\n'),
+            b"-2\tk\tu3\t\\N\t\\N\n",
+            b"-1\tk\t\\N\te@x.io\t1\n",
+            b"7\tk\tu4\t\\N\t2\n",
+            b"-3\tk\txxx\t\\N\t1\n",
+        ]
+        with engine.begin() as conn:
+            staged, marked = landing.copy_staging(
+                conn, ["run_id", "computation_key", "user_id", "email", "value"], blocks
+            )
+            rows = conn.exec_driver_sql("SELECT user_id, email, value FROM staging ORDER BY user_id").all()
+        assert (staged, dict(marked)) == (3, {1: 2, 2: 1, 3: 1})
+        assert [tuple(r) for r in rows] == [("u1", "a@x.io", "1"), ("u2", None, '"tab\there"'), ("u4", None, "2")]
+    finally:
+        engine.dispose()

@@ -40,23 +40,26 @@ class BlockedSource:
     app: str
     key: int
     admin: Connection
+    copy: str = ""
 
     def query(self) -> str:
         return f"SELECT user_id, email, value FROM src WHERE pg_advisory_xact_lock_shared({self.key}) IS NOT NULL"
 
     def copy_waiting(self, timeout: float = 60.0) -> int:
-        """The pid of the source backend whose COPY waits on the lock, once there is one."""
+        """The pid of the source backend whose COPY waits on the lock, once there is one (its statement kept in
+        :attr:`copy`)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            pid = self.admin.execute(
+            row = self.admin.execute(
                 text(
-                    "SELECT pid FROM pg_stat_activity WHERE application_name = :app AND query LIKE 'COPY %' "
+                    "SELECT pid, query FROM pg_stat_activity WHERE application_name = :app AND query LIKE 'COPY %' "
                     "AND wait_event_type = 'Lock'"
                 ),
                 {"app": self.app},
-            ).scalar()
-            if pid is not None:
-                return int(pid)
+            ).first()
+            if row is not None:
+                self.copy = str(row.query)
+                return int(row.pid)
             time.sleep(0.02)  # polling the database for the state it is in, not waiting for time to pass
         raise AssertionError("no COPY of the source waited on the lock")
 
@@ -147,6 +150,8 @@ def test_sigterm_while_a_source_is_landed_cancels_its_query_and_stores_no_diff(
         blocked.copy_waiting()
         cli.signal(signal.SIGTERM)
         assert cli.wait(timeout=30) == 3, cli.stderr
+    # a PostgreSQL state: the COPY stopped is the source's normalised one, piped straight into staging
+    assert ("ELSE 1 END, 'score', n.u, n.e, n.v FROM (SELECT" in blocked.copy) == (kind == "postgres"), blocked.copy
     assert "asked to stop (SIGTERM/SIGINT) while reading score; nothing was sent and no diff stored" in cli.stderr
     assert "Traceback" not in cli.stderr, cli.stderr
     state = _state(url)
