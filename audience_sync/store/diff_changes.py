@@ -87,6 +87,9 @@ def write_group(
     # entered, changed and identifiers are one statement over staging (one scan), the kind chosen per row; their
     # conditions are mutually exclusive (a snapshot value is NULL or not; ``identifiers`` wants it not in doubt and
     # equal to the staged value, ``changed`` different or in doubt), so each row is the change it always was
+    # a destination holding nothing of these keys yet (a first sync) can only be entered: every other kind needs a
+    # snapshot value, and one kind's count is the statement's row count, not a read of a million new rows
+    first_sync = not _holds_any(conn, dest, keys)
     if computation_class == "audience":
         not_member = [] if resync else [or_(p.c.value.is_(None), p.c.value != TRUE, p.c.in_doubt)]
         out_long_enough: list[ColumnElement[bool]] = []
@@ -96,7 +99,9 @@ def write_group(
         kinds: list[tuple[str, list[ColumnElement[bool]]]] = [("entered", not_member)]
         if not resync:  # a resync sends every member with their current email already
             kinds.append(("identifiers", [p.c.value == TRUE, *new_email]))
-        written = target.insert_kinds(conn, kinds, new=literal(TRUE, String), where=in_staging, **current)
+        written = target.insert_kinds(
+            conn, kinds[:1] if first_sync else kinds, new=literal(TRUE, String), where=in_staging, **current
+        )
         written["exited"] = target.insert(
             conn,
             "exited",
@@ -109,8 +114,14 @@ def write_group(
     kinds = [("entered", [p.c.value.is_(None)]), ("changed", [p.c.value.is_not(None), *differs])]
     if not resync:
         kinds.append(("identifiers", [p.c.value == s.c.value, *new_email]))
-    written = target.insert_kinds(conn, kinds, new=s.c.value, where=in_staging, **current)
+    written = target.insert_kinds(conn, kinds[:1] if first_sync else kinds, new=s.c.value, where=in_staging, **current)
     written["exited"] = target.insert(
         conn, "exited", new=literal(None, String), where=[*in_snapshot, *left_long_enough], **left
     )
     return written
+
+
+def _holds_any(conn: Connection, dest: str, keys: Sequence[str]) -> bool:
+    """The snapshot holds a row of ``dest`` for one of ``keys`` (one index lookup)."""
+    held = select(snapshot.c.user_id).where(snapshot.c.destination == dest, snapshot.c.computation_key.in_(list(keys)))
+    return conn.execute(held.limit(1)).first() is not None
