@@ -68,10 +68,11 @@ def write_changes(
     users: Sequence[str] | None = None,
 ) -> Counter[str]:
     """Insert the changes of ``comps`` for destination ``dest`` into ``diffs`` as pending; return how many of each
-    kind (``entered``, ``exited``, ``changed``).
+    kind (``entered``, ``exited``, ``changed``, ``identifiers``).
 
-    One ``INSERT ... SELECT`` per change class covers every computation of a class (and flap-damping
-    setting), so the snapshot and staging are each read once per class, not once per computation.
+    Two ``INSERT ... SELECT`` per computation class (and flap-damping setting) cover every computation of it:
+    one over staging for its entries, changes and ``identifiers``, one over the snapshot for its exits; so
+    staging and the snapshot are each read once per class, not once per computation or kind of change.
     ``users`` limits the diff to those user ids (for ``resync --user``). Users whose rows were skipped get a
     ``skipped`` change each instead (not counted in the result: nothing is owed to them).
     """

@@ -1,5 +1,6 @@
-"""The changes of one computation class: the ``INSERT ... SELECT`` per kind of change (``entered``, ``exited``,
-``changed`` for traits, ``identifiers``) over every computation of the class at once (semantics: ``diff.py``).
+"""The changes of one computation class over every computation of the class at once (semantics: ``diff.py``):
+one ``INSERT ... SELECT`` over staging for ``entered``, ``changed`` (traits) and ``identifiers``, one over the
+snapshot for ``exited``.
 """
 
 from __future__ import annotations
@@ -83,47 +84,44 @@ def write_group(
         left_long_enough = [or_(p.c.value == TRUE, p.c.in_doubt)]
     else:
         left_long_enough = [or_(p.c.value.is_not(None), p.c.in_doubt)]
+    # entered, changed and identifiers are one statement over staging (one scan), the kind chosen per row; their
+    # conditions are mutually exclusive (a snapshot value is NULL or not; ``identifiers`` wants it not in doubt and
+    # equal to the staged value, ``changed`` different or in doubt), so each row is the change it always was
+    # a destination holding nothing of these keys yet (a first sync) can only be entered: every other kind needs a
+    # snapshot value, and one kind's count is the statement's row count, not a read of a million new rows
+    first_sync = not _holds_any(conn, dest, keys)
     if computation_class == "audience":
         not_member = [] if resync else [or_(p.c.value.is_(None), p.c.value != TRUE, p.c.in_doubt)]
         out_long_enough: list[ColumnElement[bool]] = []
         if exit_after is not None and not resync:
             cutoff = utcnow() - dt.timedelta(seconds=exit_after)
             out_long_enough = [or_(p.c.in_doubt, p.c.missing_since <= literal(cutoff, UTCDateTime))]
-        return Counter(
-            entered=target.insert(conn, "entered", new=literal(TRUE, String), where=in_staging + not_member, **current),
-            exited=target.insert(
-                conn,
-                "exited",
-                new=literal(FALSE, String),
-                where=[*in_snapshot, *left_long_enough, *out_long_enough],
-                **left,
-            ),
-            identifiers=0
-            if resync  # a resync sends every member with their current email already
-            else target.insert(
-                conn,
-                "identifiers",
-                new=literal(TRUE, String),
-                where=[*in_staging, p.c.value == TRUE, *new_email],
-                **current,
-            ),
+        kinds: list[tuple[str, list[ColumnElement[bool]]]] = [("entered", not_member)]
+        if not resync:  # a resync sends every member with their current email already
+            kinds.append(("identifiers", [p.c.value == TRUE, *new_email]))
+        written = target.insert_kinds(
+            conn, kinds[:1] if first_sync else kinds, new=literal(TRUE, String), where=in_staging, **current
         )
-    differs = [] if resync else [or_(p.c.value != s.c.value, p.c.in_doubt)]
-    return Counter(
-        entered=target.insert(conn, "entered", new=s.c.value, where=[*in_staging, p.c.value.is_(None)], **current),
-        changed=target.insert(
-            conn, "changed", new=s.c.value, where=[*in_staging, p.c.value.is_not(None), *differs], **current
-        ),
-        exited=target.insert(
+        written["exited"] = target.insert(
             conn,
             "exited",
-            new=literal(None, String),
-            where=[*in_snapshot, *left_long_enough],
+            new=literal(FALSE, String),
+            where=[*in_snapshot, *left_long_enough, *out_long_enough],
             **left,
-        ),
-        identifiers=0
-        if resync
-        else target.insert(
-            conn, "identifiers", new=s.c.value, where=[*in_staging, p.c.value == s.c.value, *new_email], **current
-        ),
+        )
+        return written
+    differs = [] if resync else [or_(p.c.value != s.c.value, p.c.in_doubt)]
+    kinds = [("entered", [p.c.value.is_(None)]), ("changed", [p.c.value.is_not(None), *differs])]
+    if not resync:
+        kinds.append(("identifiers", [p.c.value == s.c.value, *new_email]))
+    written = target.insert_kinds(conn, kinds[:1] if first_sync else kinds, new=s.c.value, where=in_staging, **current)
+    written["exited"] = target.insert(
+        conn, "exited", new=literal(None, String), where=[*in_snapshot, *left_long_enough], **left
     )
+    return written
+
+
+def _holds_any(conn: Connection, dest: str, keys: Sequence[str]) -> bool:
+    """The snapshot holds a row of ``dest`` for one of ``keys`` (one index lookup)."""
+    held = select(snapshot.c.user_id).where(snapshot.c.destination == dest, snapshot.c.computation_key.in_(list(keys)))
+    return conn.execute(held.limit(1)).first() is not None

@@ -1,15 +1,32 @@
 """The diff's rows: the columns every change is written with, and each row's deterministic message id, computed
 in SQL exactly as :func:`audience_sync.model.message_id` computes it, from the state database's install id
-(``store/install.py``) and the change.
+(``store/install.py``) and the change. Several kinds of change over one source go in one statement, the kind
+chosen per row (:meth:`Target.insert_kinds`), so that the source is read once.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Connection, FromClause, Integer, String, cast, func, literal, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    FromClause,
+    Integer,
+    String,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+)
 
 from ..model import SEPARATOR
 from .columns import UTCDateTime
@@ -70,7 +87,7 @@ class Target:
     def insert(
         self,
         conn: Connection,
-        change: str,
+        change: str | ColumnElement[str],
         *,
         key: Any,
         user_id: Any,
@@ -81,7 +98,9 @@ class Target:
         source: FromClause,
         where: Sequence[ColumnElement[bool]],
     ) -> int:
-        """Insert, as pending, the ``change`` of every row of ``source`` matching ``where``; return how many."""
+        """Insert, as pending, the ``change`` (a kind, or an expression giving it per row) of every row of ``source``
+        matching ``where``; return how many."""
+        kind = literal(change, String) if isinstance(change, str) else change
         sel = (
             select(
                 literal(self.run_id, BigInteger),
@@ -90,7 +109,7 @@ class Target:
                 literal(self.computation_class, String),
                 user_id,
                 email,
-                literal(change, String),
+                kind,
                 old,
                 new,
                 base,
@@ -105,3 +124,48 @@ class Target:
         # SQLAlchemy reports an INSERT's rowcount only when asked to (psycopg's is -1 otherwise)
         insert = diffs.insert().from_select(COLUMNS, sel).execution_options(preserve_rowcount=True)
         return conn.execute(insert).rowcount
+
+    def insert_kinds(
+        self,
+        conn: Connection,
+        kinds: Sequence[tuple[str, Sequence[ColumnElement[bool]]]],
+        *,
+        key: Any,
+        user_id: Any,
+        email: Any,
+        old: Any,
+        new: Any,
+        base: Any,
+        source: FromClause,
+        where: Sequence[ColumnElement[bool]],
+    ) -> Counter[str]:
+        """Insert, as pending, in one statement, a change of every row of ``source`` matching ``where`` and the
+        conditions of one of ``kinds`` (a kind and its conditions, all of which must hold); return how many of each
+        kind. A row matching the conditions of several kinds gets the first: callers give mutually exclusive ones,
+        so that each row is the change that kind's own ``INSERT ... WHERE`` would have written. Every kind sends
+        ``new``.
+        """
+        columns = {"key": key, "user_id": user_id, "email": email, "old": old, "new": new, "base": base}
+        if len(kinds) == 1:  # one kind: nothing to choose per row, and the row count is its count
+            kind, conds = kinds[0]
+            return Counter({kind: self.insert(conn, kind, **columns, source=source, where=[*where, *conds])})
+        tests = [(and_(*conds) if conds else true(), kind) for kind, conds in kinds]
+        change = case(*((test, literal(kind, String)) for test, kind in tests))
+        # the rows this statement writes are the run's rows of this destination and class above the highest id
+        # now: ids only grow, and no other statement writes this run's changes meanwhile
+        before = conn.execute(select(func.coalesce(func.max(diffs.c.id), 0))).scalar_one()
+        chosen = or_(*(test for test, _ in tests))  # exactly the rows some kind's own statement would write
+        written = self.insert(conn, change, **columns, source=source, where=[*where, chosen])
+        if written == 0:
+            return Counter()
+        counts = conn.execute(
+            select(diffs.c.change, func.count())
+            .where(
+                diffs.c.id > before,
+                diffs.c.run_id == self.run_id,
+                diffs.c.destination == self.destination,
+                diffs.c.computation_class == self.computation_class,
+            )
+            .group_by(diffs.c.change)
+        )
+        return Counter({kind: int(n) for kind, n in counts})

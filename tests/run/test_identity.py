@@ -227,3 +227,27 @@ def test_resync_of_an_unknown_user_is_an_error_and_sends_nothing(harness: Harnes
     assert caught.value.exit_code == 2
     assert harness.new_calls() == []
     assert list_runs(config)[0]["status"] == "failed"
+
+
+def test_a_value_and_email_that_change_together_or_in_doubt_are_one_change_each(harness: Harness) -> None:
+    harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": "b@x.io", "u3": "c@x.io"})
+    harness.warehouse.set_trait("Score", {"u1": ("a@x.io", 5), "u2": ("b@x.io", 7), "u3": ("c@x.io", 1)})
+    config = harness.config(harness.jsonl_destination() + harness.audience("VIP") + harness.trait("Score"))
+    harness.run(config)
+    engine = create_engine(harness.state_url)
+    with engine.begin() as conn:  # u2's last changes were in flight when their run died
+        conn.execute(text("UPDATE snapshot SET in_doubt = TRUE WHERE user_id = 'u2'"))
+    engine.dispose()
+
+    # u1's score changes with their email; u2's email changes, their values do not
+    harness.warehouse.set_members("VIP", {"u1": "new@x.io", "u2": "b2@x.io", "u3": "c@x.io"})
+    harness.warehouse.set_trait("Score", {"u1": ("new@x.io", 6), "u2": ("b2@x.io", 7), "u3": ("c@x.io", 1)})
+    result = harness.run(config)
+    _, rows = list_diffs(config, run_id=result.run_id)
+    assert sorted((r["user_id"], r["computation_key"], r["change"], r["email"], r["new_value"]) for r in rows) == [
+        ("u1", "score", "changed", "new@x.io", 6),
+        ("u1", "vip", "identifiers", "new@x.io", True),
+        ("u2", "score", "changed", "b2@x.io", 7),
+        ("u2", "vip", "entered", "b2@x.io", True),
+    ]
+    assert (result.counts["entered"], result.counts["changed"], result.counts["identifiers"]) == (1, 2, 1)
