@@ -77,8 +77,9 @@ STOP_POLL = 0.1
 @contextmanager
 def cancelled_on(stop: threading.Event | None, cancel: Callable[[], None]) -> Iterator[None]:
     """While inside, ``cancel`` (the source's own way to interrupt its running query, callable from another thread)
-    is called once ``stop`` is set: a landing that waits on its source, or moves rows for a long time, ends as soon
-    as the run is asked to stop, with the driver's error for a cancelled query."""
+    is called once ``stop`` is set, and again every :data:`STOP_POLL` until the landing is over: a landing that
+    waits on its source, or moves rows for a long time, ends as soon as the run is asked to stop, with the driver's
+    error for a cancelled query, even when the first cancel found the source idle between two statements."""
     if stop is None:
         yield
         return
@@ -90,7 +91,8 @@ def cancelled_on(stop: threading.Event | None, cancel: Callable[[], None]) -> It
                 with lock:  # never once the landing is over: the connection may be running something else
                     if not done.is_set():
                         cancel()
-                return
+                # a cancel that reached an idle source cancels nothing: the landing's next statement is cancelled
+                done.wait(STOP_POLL)
 
     # not joined on the way out (that could cost a poll per landing): once ``done`` is set it cancels nothing
     threading.Thread(target=watch, name="landing-stop", daemon=True).start()
@@ -272,7 +274,7 @@ def pipe_postgres(
     would skip are left out and counted in ``unusable`` (roll back and stream). The query runs once when it repeats
     no user; when it does, the ``COPY`` into ``staging`` fails on the key, is rolled back to a savepoint, and the
     query runs again with its repeats settled on the source (:func:`_piped_settled`). NotLandable, errors and
-    ``stop`` as :func:`land_postgres`.
+    ``stop`` as :func:`land_postgres`; a ``stop`` set before the second run raises ``QueryCanceled`` without it.
     """
     import psycopg
 
@@ -297,6 +299,8 @@ def pipe_postgres(
                 except psycopg.errors.UniqueViolation:  # a repeated user (the COPY out is cancelled, if still on)
                     savepoint.rollback()
                     raw.rollback()
+                    if stop is not None and stop.is_set():  # a stop in between: no second pass, as if cancelled
+                        raise psycopg.errors.QueryCanceled("canceling statement: the run was asked to stop") from None
                     columns, via = [*columns, "conflict_value"], "COPY, repeated users settled on the source"
                     with cur.copy(f"COPY ({_piped_settled(plan, run_id)}) TO STDOUT") as out:
                         staged, marked = landing.copy_staging(conn, columns, out)

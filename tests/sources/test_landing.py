@@ -416,3 +416,58 @@ def test_copy_staging_writes_every_row_whatever_the_writes_and_counts_the_marked
         assert [tuple(r) for r in rows] == [("u1", "a@x.io", "1"), ("u2", None, '"tab\there"'), ("u4", None, "2")]
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_stop_between_the_two_passes_of_a_pipe_stops_the_second(
+    pg_schema_url: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run is asked to stop once the source has sent its last row of the first pass, before the state reports
+    the repeated user: the source's query is cancelled while idle, yet the second pass (repeats settled) does not
+    run, and the landing ends as a stopped one does, nothing staged."""
+    import threading
+
+    import psycopg
+    from sqlalchemy import create_engine
+
+    from audience_sync.errors import RunStopped
+    from audience_sync.run import land
+    from audience_sync.sources import SourceStats
+    from audience_sync.store import landing
+    from audience_sync.store.migrate import upgrade
+
+    state, source = pg_schema_url(tmp_path), pg_schema_url(tmp_path)
+    _pg_exec(source, *REPEATS)
+    comp = next(c for c in _config(state, tmp_path, REPEATS_BODY, None, source).computations if c.key == "score")
+    stop, cancelled = threading.Event(), threading.Event()
+    cancel_safe = psycopg.Connection.cancel_safe
+
+    def cancel(self: psycopg.Connection[Any], *args: Any, **kwargs: Any) -> None:
+        cancel_safe(self, *args, **kwargs)
+        cancelled.set()
+
+    copy_staging = landing.copy_staging
+
+    def stopped_after_the_last_row(conn: Any, names: Any, blocks: Any) -> Any:
+        def rows() -> Any:
+            yield from blocks
+            if not stop.is_set():  # the first pass only
+                stop.set()
+                assert cancelled.wait(10)  # the source, idle now, was cancelled
+
+        return copy_staging(conn, names, rows())
+
+    monkeypatch.setattr(psycopg.Connection, "cancel_safe", cancel)
+    monkeypatch.setattr(landing, "copy_staging", stopped_after_the_last_row)
+    state_engine, source_engine = create_engine(state), create_engine(source)
+    try:
+        upgrade(state_engine)
+        move = land.lander(source_engine, None, comp, 1000, stop)
+        assert move is not None
+        with pytest.raises(RunStopped, match="asked to stop"):
+            land.land(state_engine, 1, comp, move, SourceStats(), stop)
+        with state_engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM staging").scalar() == 0
+    finally:
+        state_engine.dispose()
+        source_engine.dispose()
