@@ -221,3 +221,46 @@ def test_one_postgres_session_for_every_read_on_every_thread_until_closed(pg_sch
     finally:
         source.close()
         admin.dispose()
+
+
+def test_a_broken_postgres_session_is_dropped_and_the_next_read_connects_again(
+    pg_schema_url: Any, tmp_path: Path
+) -> None:
+    """The source's session ends between two reads (terminated on the server): the read that finds it dead fails
+    with the driver's error, and the next connects again and reads; a failing query keeps the session."""
+    import adbc_driver_manager
+
+    url = pg_schema_url(tmp_path)
+    source = arrow_read.AdbcSource(make_url(url), "adbc_driver_postgresql")
+    opened = arrow_read.OPENS[source.name]
+    admin = create_engine(url)
+    try:
+        with source.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            (pid,) = cur.fetchone()
+        with pytest.raises(adbc_driver_manager.ProgrammingError), source.cursor() as cur:
+            cur.execute("SELECT no_such_column")
+        assert source.is_open and arrow_read.OPENS[source.name] == opened + 1
+        with admin.connect() as conn:  # waits until the session has ended (or 30 s): no sleep
+            assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid}, 30000)").scalar() is True
+        with pytest.raises(adbc_driver_manager.OperationalError), source.cursor() as cur:
+            cur.execute("SELECT 1")
+        assert not source.is_open
+        with source.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            (again,) = cur.fetchone()
+        assert again != pid and arrow_read.OPENS[source.name] == opened + 2
+        # the session ends while its result streams: the Arrow stream fails (OSError), and the session is dropped
+        ends = f"CASE WHEN g = 300000 THEN pg_terminate_backend({again}) END"
+        with pytest.raises(OSError, match="terminating connection"), source.cursor() as cur:
+            cur.execute(f"SELECT g, {ends} FROM generate_series(1, 400000) AS g")
+            for _ in cur.fetch_record_batch():
+                pass
+        assert not source.is_open
+        with source.cursor() as cur:
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+        assert arrow_read.OPENS[source.name] == opened + 3
+    finally:
+        source.close()
+        admin.dispose()
