@@ -111,6 +111,17 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _pg_utf8(raw: Any) -> None:
+    """NotLandable unless the source's text is UTF-8 and reaches the client so (server and client encodings): the
+    bytes of its ``COPY`` go unchanged into the state and into Arrow, which read them as UTF-8, and the pushdown's
+    normalising SQL (characters outside LATIN1 and the like, a user id's length in bytes) runs as UTF-8 text.
+    Streaming decodes any encoding; no round trip is made (the server reports both at connect and on a change)."""
+    found = [raw.info.parameter_status(name) for name in ("server_encoding", "client_encoding")]
+    if any(value is None or value.upper() != "UTF8" for value in found):
+        server, client = (value or "?" for value in found)
+        raise NotLandable(f"the source's text is {server} (sent to the client as {client}), not UTF-8")
+
+
 def _pg_probe(cur: Any, inner: str) -> tuple[list[str], list[int]]:
     cur.execute(f"SELECT * FROM ({inner}) AS src LIMIT 0")
     description = cur.description or []
@@ -182,9 +193,9 @@ def land_postgres(
     inside a transaction); return the rows copied.
 
     NotLandable when a used column's type is not one of :data:`PG_LANDED` (on SQLite: not a boolean, a uuid only
-    as the user id). Raises the driver's error (``psycopg.Error``) when the query fails on the source or its data
-    is refused by the state, Arrow's when it cannot read the CSV. Setting ``stop`` cancels the source's query (the
-    driver's ``QueryCanceled``).
+    as the user id), or when the source's text is not UTF-8 (:func:`_pg_utf8`). Raises the driver's error
+    (``psycopg.Error``) when the query fails on the source or its data is refused by the state, Arrow's when it
+    cannot read the CSV. Setting ``stop`` cancels the source's query (the driver's ``QueryCanceled``).
     """
     assert comp.sql is not None
     inner = query_text(comp.sql)
@@ -192,6 +203,7 @@ def land_postgres(
     with source.connect() as source_conn:
         try:
             raw: Any = source_conn.connection.driver_connection
+            _pg_utf8(raw)
             with cancelled_on(stop, raw.cancel_safe):
                 return _copy_out(raw, inner, comp, conn, postgres)
         except NotLandable:  # found by the probe, the connection idle
@@ -283,6 +295,7 @@ def pipe_postgres(
     with source.connect() as source_conn:
         try:
             raw: Any = source_conn.connection.driver_connection
+            _pg_utf8(raw)
             with cancelled_on(stop, raw.cancel_safe), raw.cursor() as cur:
                 names, oids = _pg_probe(cur, inner)
                 for canonical, i in used_columns(comp, names):
