@@ -68,12 +68,13 @@ def adbc_driver(url: URL) -> str | None:
 
 
 def errors() -> tuple[type[Exception], ...]:
-    """The errors an ADBC driver raises (a failing query, a missing file): each means "stream instead"."""
+    """The errors an ADBC driver raises (a failing query, a missing file): each means "stream instead". A query
+    that fails once its rows stream fails in the Arrow stream of its result, which raises ``OSError``."""
     if not _installed("adbc_driver_manager"):
         return ()
     import adbc_driver_manager
 
-    return (adbc_driver_manager.Error, ConnectFailed)
+    return (adbc_driver_manager.Error, ConnectFailed, OSError)
 
 
 def broken() -> tuple[type[Exception], ...]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,27 @@ def test_a_failing_query_fails_the_run_as_before_and_closes_the_connection(
         run_sync(config)
     assert any(m.startswith("bad: landing failed (INVALID_ARGUMENT") for m in _fallbacks(caplog))
     assert len(connects) == 1 and _open(path) == 0
+
+
+def test_a_query_failing_while_its_rows_stream_fails_the_run_as_streaming_does(
+    pg_schema_url: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The query fails after its first batches were read (the Arrow stream raises ``OSError``): the landing is
+    rolled back and the streamed path runs the query again and reports its error, as for a query that fails at
+    once, and the source file is closed."""
+    caplog.set_level("INFO", "audience_sync.run")
+    url, path = _source(tmp_path)
+    with sqlite3.connect(path) as db:
+        db.executemany("INSERT INTO users VALUES (?, ?, NULL)", [(i, f"u{i}") for i in range(41, 5001)])
+        db.execute("INSERT INTO users VALUES (-9223372036854775808, 'min', NULL)")
+    db.close()
+    bad = '[[audiences]]\nname = "Bad"\nsql = "SELECT user_id || abs(i) AS user_id FROM users"\n'
+    # batches of 100 rows: the first ones read before the last row's overflow
+    config = replace(_config(pg_schema_url(tmp_path), tmp_path, _body(bad), None, url), source_chunk_size=100)
+    with pytest.raises(SourceError, match=r"^audience 'Bad' \(bad\): query failed: .*integer overflow"):
+        run_sync(config)
+    assert any(m.startswith("bad: landing failed (integer overflow") for m in _fallbacks(caplog))
+    assert _open(path) == 0
 
 
 @pytest.mark.parametrize("how", ["stop", "interrupt"])
