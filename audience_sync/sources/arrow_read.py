@@ -22,7 +22,7 @@ import importlib.util
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -68,12 +68,23 @@ def adbc_driver(url: URL) -> str | None:
 
 
 def errors() -> tuple[type[Exception], ...]:
-    """The errors an ADBC driver raises (a failing query, a missing file): each means "stream instead"."""
+    """The errors an ADBC driver raises (a failing query, a missing file): each means "stream instead". A query
+    that fails once its rows stream fails in the Arrow stream of its result, which raises ``OSError``."""
     if not _installed("adbc_driver_manager"):
         return ()
     import adbc_driver_manager
 
-    return (adbc_driver_manager.Error, ConnectFailed)
+    return (adbc_driver_manager.Error, ConnectFailed, OSError)
+
+
+def broken() -> tuple[type[Exception], ...]:
+    """The errors of a read that say its connection may have failed, not only the query it ran:
+    ``OperationalError`` (the driver's status IO, CANCELLED, TIMEOUT: a session ended, a server gone, a network
+    cut), ``InternalError`` (the driver's own state), and ``OSError``, which is how the Arrow stream of a result
+    reports a fetch that failed, whatever failed (a reconnect costs less than a dead session kept)."""
+    import adbc_driver_manager
+
+    return (adbc_driver_manager.OperationalError, adbc_driver_manager.InternalError, OSError)
 
 
 class ConnectFailed(Exception):
@@ -119,7 +130,8 @@ class AdbcSource:
 
     Safe to use from several threads: a connection is one session, which runs one statement at a time, so reads
     take turns on it (a second thread's read waits for the first's cursor to close), and :meth:`close` waits for
-    the read in flight. A failed connect raises ConnectFailed and is tried again by the next read."""
+    the read in flight. A failed connect raises ConnectFailed and is tried again by the next read; a connection
+    that broke (:meth:`cursor`) is dropped, and the next read connects again."""
 
     def __init__(self, url: URL, module: str) -> None:
         self.url, self.module = url, module
@@ -138,16 +150,30 @@ class AdbcSource:
 
     @contextmanager
     def cursor(self) -> Iterator[Any]:
-        """A cursor of the source's connection (connected now when it is not yet), closed on leaving."""
+        """A cursor of the source's connection (connected now when it is not yet), closed on leaving.
+
+        When the read fails with an error of the connection rather than of its query (:func:`broken`: the session
+        ended, the server gone), the connection is closed and dropped, and the next read connects again; a failing
+        query (a syntax error, a missing table) keeps it."""
         with self._turn:
             if self._conn is None:
                 self._conn = adbc_connect(self.url, self.module)
                 OPENS[self.name] += 1
-            cur = self._conn.cursor()
+            conn, lost = self._conn, False
+            cur = conn.cursor()
             try:
                 yield cur
+            except broken():
+                lost = True
+                raise
             finally:
-                cur.close()
+                try:
+                    cur.close()
+                finally:
+                    if lost:
+                        self._conn = None
+                        with suppress(*errors()):  # a dead session's close may fail too: it is gone either way
+                            conn.close()
 
     def close(self) -> None:
         """Close the connection (the warehouse's session ends); harmless when it is not open."""

@@ -77,8 +77,9 @@ STOP_POLL = 0.1
 @contextmanager
 def cancelled_on(stop: threading.Event | None, cancel: Callable[[], None]) -> Iterator[None]:
     """While inside, ``cancel`` (the source's own way to interrupt its running query, callable from another thread)
-    is called once ``stop`` is set: a landing that waits on its source, or moves rows for a long time, ends as soon
-    as the run is asked to stop, with the driver's error for a cancelled query."""
+    is called once ``stop`` is set, and again every :data:`STOP_POLL` until the landing is over: a landing that
+    waits on its source, or moves rows for a long time, ends as soon as the run is asked to stop, with the driver's
+    error for a cancelled query, even when the first cancel found the source idle between two statements."""
     if stop is None:
         yield
         return
@@ -90,7 +91,8 @@ def cancelled_on(stop: threading.Event | None, cancel: Callable[[], None]) -> It
                 with lock:  # never once the landing is over: the connection may be running something else
                     if not done.is_set():
                         cancel()
-                return
+                # a cancel that reached an idle source cancels nothing: the landing's next statement is cancelled
+                done.wait(STOP_POLL)
 
     # not joined on the way out (that could cost a poll per landing): once ``done`` is set it cancels nothing
     threading.Thread(target=watch, name="landing-stop", daemon=True).start()
@@ -107,6 +109,17 @@ def _quote(name: str) -> str:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _pg_utf8(raw: Any) -> None:
+    """NotLandable unless the source's text is UTF-8 and reaches the client so (server and client encodings): the
+    bytes of its ``COPY`` go unchanged into the state and into Arrow, which read them as UTF-8, and the pushdown's
+    normalising SQL (characters outside LATIN1 and the like, a user id's length in bytes) runs as UTF-8 text.
+    Streaming decodes any encoding; no round trip is made (the server reports both at connect and on a change)."""
+    found = [raw.info.parameter_status(name) for name in ("server_encoding", "client_encoding")]
+    if any(value is None or value.upper() != "UTF8" for value in found):
+        server, client = (value or "?" for value in found)
+        raise NotLandable(f"the source's text is {server} (sent to the client as {client}), not UTF-8")
 
 
 def _pg_probe(cur: Any, inner: str) -> tuple[list[str], list[int]]:
@@ -180,9 +193,9 @@ def land_postgres(
     inside a transaction); return the rows copied.
 
     NotLandable when a used column's type is not one of :data:`PG_LANDED` (on SQLite: not a boolean, a uuid only
-    as the user id). Raises the driver's error (``psycopg.Error``) when the query fails on the source or its data
-    is refused by the state, Arrow's when it cannot read the CSV. Setting ``stop`` cancels the source's query (the
-    driver's ``QueryCanceled``).
+    as the user id), or when the source's text is not UTF-8 (:func:`_pg_utf8`). Raises the driver's error
+    (``psycopg.Error``) when the query fails on the source or its data is refused by the state, Arrow's when it
+    cannot read the CSV. Setting ``stop`` cancels the source's query (the driver's ``QueryCanceled``).
     """
     assert comp.sql is not None
     inner = query_text(comp.sql)
@@ -190,6 +203,7 @@ def land_postgres(
     with source.connect() as source_conn:
         try:
             raw: Any = source_conn.connection.driver_connection
+            _pg_utf8(raw)
             with cancelled_on(stop, raw.cancel_safe):
                 return _copy_out(raw, inner, comp, conn, postgres)
         except NotLandable:  # found by the probe, the connection idle
@@ -272,7 +286,7 @@ def pipe_postgres(
     would skip are left out and counted in ``unusable`` (roll back and stream). The query runs once when it repeats
     no user; when it does, the ``COPY`` into ``staging`` fails on the key, is rolled back to a savepoint, and the
     query runs again with its repeats settled on the source (:func:`_piped_settled`). NotLandable, errors and
-    ``stop`` as :func:`land_postgres`.
+    ``stop`` as :func:`land_postgres`; a ``stop`` set before the second run raises ``QueryCanceled`` without it.
     """
     import psycopg
 
@@ -281,6 +295,7 @@ def pipe_postgres(
     with source.connect() as source_conn:
         try:
             raw: Any = source_conn.connection.driver_connection
+            _pg_utf8(raw)
             with cancelled_on(stop, raw.cancel_safe), raw.cursor() as cur:
                 names, oids = _pg_probe(cur, inner)
                 for canonical, i in used_columns(comp, names):
@@ -297,6 +312,8 @@ def pipe_postgres(
                 except psycopg.errors.UniqueViolation:  # a repeated user (the COPY out is cancelled, if still on)
                     savepoint.rollback()
                     raw.rollback()
+                    if stop is not None and stop.is_set():  # a stop in between: no second pass, as if cancelled
+                        raise psycopg.errors.QueryCanceled("canceling statement: the run was asked to stop") from None
                     columns, via = [*columns, "conflict_value"], "COPY, repeated users settled on the source"
                     with cur.copy(f"COPY ({_piped_settled(plan, run_id)}) TO STDOUT") as out:
                         staged, marked = landing.copy_staging(conn, columns, out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,27 @@ def test_a_failing_query_fails_the_run_as_before_and_closes_the_connection(
     assert len(connects) == 1 and _open(path) == 0
 
 
+def test_a_query_failing_while_its_rows_stream_fails_the_run_as_streaming_does(
+    pg_schema_url: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The query fails after its first batches were read (the Arrow stream raises ``OSError``): the landing is
+    rolled back and the streamed path runs the query again and reports its error, as for a query that fails at
+    once, and the source file is closed."""
+    caplog.set_level("INFO", "audience_sync.run")
+    url, path = _source(tmp_path)
+    with sqlite3.connect(path) as db:
+        db.executemany("INSERT INTO users VALUES (?, ?, NULL)", [(i, f"u{i}") for i in range(41, 5001)])
+        db.execute("INSERT INTO users VALUES (-9223372036854775808, 'min', NULL)")
+    db.close()
+    bad = '[[audiences]]\nname = "Bad"\nsql = "SELECT user_id || abs(i) AS user_id FROM users"\n'
+    # batches of 100 rows: the first ones read before the last row's overflow
+    config = replace(_config(pg_schema_url(tmp_path), tmp_path, _body(bad), None, url), source_chunk_size=100)
+    with pytest.raises(SourceError, match=r"^audience 'Bad' \(bad\): query failed: .*integer overflow"):
+        run_sync(config)
+    assert any(m.startswith("bad: landing failed (integer overflow") for m in _fallbacks(caplog))
+    assert _open(path) == 0
+
+
 @pytest.mark.parametrize("how", ["stop", "interrupt"])
 def test_a_run_stopped_or_interrupted_while_reading_closes_the_connection(
     pg_schema_url: Any, tmp_path: Path, connects: list[Any], how: str
@@ -218,6 +240,49 @@ def test_one_postgres_session_for_every_read_on_every_thread_until_closed(pg_sch
             conn.exec_driver_sql("SET lock_timeout = '30s'")
             conn.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
             conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+    finally:
+        source.close()
+        admin.dispose()
+
+
+def test_a_broken_postgres_session_is_dropped_and_the_next_read_connects_again(
+    pg_schema_url: Any, tmp_path: Path
+) -> None:
+    """The source's session ends between two reads (terminated on the server): the read that finds it dead fails
+    with the driver's error, and the next connects again and reads; a failing query keeps the session."""
+    import adbc_driver_manager
+
+    url = pg_schema_url(tmp_path)
+    source = arrow_read.AdbcSource(make_url(url), "adbc_driver_postgresql")
+    opened = arrow_read.OPENS[source.name]
+    admin = create_engine(url)
+    try:
+        with source.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            (pid,) = cur.fetchone()
+        with pytest.raises(adbc_driver_manager.ProgrammingError), source.cursor() as cur:
+            cur.execute("SELECT no_such_column")
+        assert source.is_open and arrow_read.OPENS[source.name] == opened + 1
+        with admin.connect() as conn:  # waits until the session has ended (or 30 s): no sleep
+            assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid}, 30000)").scalar() is True
+        with pytest.raises(adbc_driver_manager.OperationalError), source.cursor() as cur:
+            cur.execute("SELECT 1")
+        assert not source.is_open
+        with source.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            (again,) = cur.fetchone()
+        assert again != pid and arrow_read.OPENS[source.name] == opened + 2
+        # the session ends while its result streams: the Arrow stream fails (OSError), and the session is dropped
+        ends = f"CASE WHEN g = 300000 THEN pg_terminate_backend({again}) END"
+        with pytest.raises(OSError, match="terminating connection"), source.cursor() as cur:
+            cur.execute(f"SELECT g, {ends} FROM generate_series(1, 400000) AS g")
+            for _ in cur.fetch_record_batch():
+                pass
+        assert not source.is_open
+        with source.cursor() as cur:
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+        assert arrow_read.OPENS[source.name] == opened + 3
     finally:
         source.close()
         admin.dispose()

@@ -416,3 +416,110 @@ def test_copy_staging_writes_every_row_whatever_the_writes_and_counts_the_marked
         assert [tuple(r) for r in rows] == [("u1", "a@x.io", "1"), ("u2", None, '"tab\there"'), ("u4", None, "2")]
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_stop_between_the_two_passes_of_a_pipe_stops_the_second(
+    pg_schema_url: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run is asked to stop once the source has sent its last row of the first pass, before the state reports
+    the repeated user: the source's query is cancelled while idle, yet the second pass (repeats settled) does not
+    run, and the landing ends as a stopped one does, nothing staged."""
+    import threading
+
+    import psycopg
+    from sqlalchemy import create_engine
+
+    from audience_sync.errors import RunStopped
+    from audience_sync.run import land
+    from audience_sync.sources import SourceStats
+    from audience_sync.store import landing
+    from audience_sync.store.migrate import upgrade
+
+    state, source = pg_schema_url(tmp_path), pg_schema_url(tmp_path)
+    _pg_exec(source, *REPEATS)
+    comp = next(c for c in _config(state, tmp_path, REPEATS_BODY, None, source).computations if c.key == "score")
+    stop, cancelled = threading.Event(), threading.Event()
+    cancel_safe = psycopg.Connection.cancel_safe
+
+    def cancel(self: psycopg.Connection[Any], *args: Any, **kwargs: Any) -> None:
+        cancel_safe(self, *args, **kwargs)
+        cancelled.set()
+
+    copy_staging = landing.copy_staging
+
+    def stopped_after_the_last_row(conn: Any, names: Any, blocks: Any) -> Any:
+        def rows() -> Any:
+            yield from blocks
+            if not stop.is_set():  # the first pass only
+                stop.set()
+                assert cancelled.wait(10)  # the source, idle now, was cancelled
+
+        return copy_staging(conn, names, rows())
+
+    monkeypatch.setattr(psycopg.Connection, "cancel_safe", cancel)
+    monkeypatch.setattr(landing, "copy_staging", stopped_after_the_last_row)
+    state_engine, source_engine = create_engine(state), create_engine(source)
+    try:
+        upgrade(state_engine)
+        move = land.lander(source_engine, None, comp, 1000, stop)
+        assert move is not None
+        with pytest.raises(RunStopped, match="asked to stop"):
+            land.land(state_engine, 1, comp, move, SourceStats(), stop)
+        with state_engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM staging").scalar() == 0
+    finally:
+        state_engine.dispose()
+        source_engine.dispose()
+
+
+@pytest.fixture
+def latin1_source(pg_server: str) -> Any:
+    """A URL on a new PostgreSQL database whose text is LATIN1, dropped afterwards."""
+    import uuid
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    name = f"as_test_latin1_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(
+                f"CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+            )
+        yield make_url(pg_server).set(database=name).render_as_string(False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_a_user_id_too_long_in_utf8_is_skipped_from_a_latin1_source_as_streaming_skips_it(
+    pg_schema_url: Any, latin1_source: str, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user id of 1,500 'é' is 1,500 bytes in the source's LATIN1 but 3,000 in UTF-8, over the limit: it is
+    skipped and reported, as streaming does, and the other rows, accented, are staged as they read. Such a source
+    is streamed: its ``COPY`` would send LATIN1 bytes where UTF-8 is read, and the normalising SQL holds characters
+    LATIN1 has not."""
+    caplog.set_level("INFO", "audience_sync.run")
+    long_id = "\u00e9" * 1500
+    _pg_exec(
+        latin1_source,
+        "CREATE TABLE src (user_id text, email text, value bigint)",
+        f"INSERT INTO src VALUES ('{long_id}', NULL, 1), ('u2', 'b@x.io', 5), ('\u00e9t\u00e9', NULL, 7)",
+    )
+    counts, snapshots = [], []
+    for push in (None, False):
+        tmp = tmp_path / str(push)
+        tmp.mkdir()
+        state = pg_schema_url(tmp) if kind == "postgres" else _sqlite_state(tmp)
+        result = run_sync(_config(state, tmp, BODY, push, latin1_source))
+        assert result.status == "succeeded", result.error
+        counts.append(result.counts["sources"]["score"])
+        snapshots.append(_snapshot(state, "SELECT user_id, value FROM snapshot WHERE computation_key = :key", "score"))
+    assert any("score: streaming (the source's text is LATIN1" in m for m in _fallbacks(caplog))
+    assert counts[0] == counts[1] == {"rows": 3, "members": 2, "null_user_ids": 0, "null_values": 0, "skipped": 1}
+    assert sorted(snapshots[0]) == sorted(snapshots[1]) == [("u2", "5"), ("\u00e9t\u00e9", "7")]
