@@ -138,7 +138,7 @@ def test_a_connection_that_fails_to_close_neither_fails_the_run_nor_keeps_its_st
     the run's outcome and its staging's deletion as if it had closed."""
     caplog.set_level("WARNING", "audience_sync.run")
     url, path = _source(tmp_path)
-    real, failed = arrow_read.AdbcSource.close, []
+    real, failed = arrow_read.AdbcSource.close, list[str]()
 
     def close(self: arrow_read.AdbcSource) -> None:
         real(self)
