@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,6 +24,7 @@ from ..config import Config
 from ..destinations import DestinationFactory, build_destination
 from ..errors import LockLost
 from ..model import RunCounts, RunStatus
+from ..redact import scrub
 from ..sources.arrow_read import AdbcSource, adbc_source
 from ..sources.builder.windows import as_utc
 from ..sources.duck import DuckFile, duckdb_file
@@ -131,10 +132,9 @@ def run_sync(
             engine.dispose()
         if isinstance(source, Engine) and source is not engine:
             source.dispose()
-        elif isinstance(source, DuckFile):  # closed after staging already, unless the run never got there
-            source.close()
-        if adbc is not None:  # the same
-            adbc.close()
+        # closed after staging already, unless the run never got there; a failing close never hides the run's
+        # outcome (nor the exception on its way out)
+        _close_source(source, adbc)
 
 
 def _locked_run(
@@ -251,12 +251,11 @@ def _steps(
         staged = {key: st["members"] for key, st in source_stats.items()}
         holds = diff(engine, config, plan, run_id, staged=staged, fence=held)
     finally:
-        if isinstance(source, DuckFile):  # read for the last time: the file is free for a writer while the run sends
-            source.close()
-        if adbc is not None:  # no warehouse session idles while the run sends
-            adbc.close()
+        # staging first: a source that fails to close must not leave the run's rows behind
         with engine.begin() as conn:
             staging.clear(conn, run_id)
+        # read for the last time: the file is free for a writer, and no warehouse session idles, while the run sends
+        _close_source(source, adbc)
     log.debug("run %d: diff stored", run_id)
 
     reports = (
@@ -285,6 +284,21 @@ def _steps(
             if retired:
                 log.info("retired keys no longer configured: %s (nothing is sent for them)", ", ".join(retired))
     return status, counts, error, reports
+
+
+def _close_source(source: Engine | DuckFile, adbc: AdbcSource | None) -> None:
+    """Close the run's DuckDB file and ADBC connection, when it has them. Best effort: it never raises; an error
+    closing one is logged as a warning naming its source, and the other is closed all the same."""
+    closing: list[tuple[str, Callable[[], None]]] = []
+    if isinstance(source, DuckFile):
+        closing.append((str(source.path), source.close))
+    if adbc is not None:
+        closing.append((f"{adbc.module} {adbc.name}", adbc.close))
+    for name, close in closing:
+        try:
+            close()
+        except Exception as exc:  # the data was read already: the run's outcome does not depend on the close
+            log.warning("could not close the source %s: %s", name, scrub(" ".join(str(exc).split())))
 
 
 def _close_failed(

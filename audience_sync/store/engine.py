@@ -45,11 +45,18 @@ def redact_url(url: str) -> str:
     return scrub(rendered.replace(quote(MASK, safe=""), MASK))
 
 
-#: the log line when another connection holds a write lock on a SQLite file that is still in rollback-journal mode
+#: how long switching a SQLite file to WAL mode waits silently before it says it waits: a lock held that briefly
+#: (the last connection to a WAL file checkpointing as it closes, say) is no news
+WAIT_SILENTLY = 0.1
+
+#: the log line when another connection holds a lock on a SQLite file that is still in rollback-journal mode (a
+#: reader's keeps out the switch to WAL mode as well as a writer's)
 WAITING_FOR_WAL = (
-    "another process holds a write lock on %s, which is in rollback-journal mode: audience-sync switches it to "
-    "WAL mode first and waits up to %g s for that lock"
+    "another process holds a lock on %s (it is reading or writing it), which is in rollback-journal mode: "
+    "audience-sync switches it to WAL mode first and waits up to %g s for that lock"
 )
+#: the same, when the file is not in rollback-journal mode (already in WAL mode, say)
+WAITING_FOR_FILE = "another process holds a lock on %s (it is reading or writing it): audience-sync waits up to %g s"
 
 
 def _main_file(cursor: sqlite3.Cursor) -> str:
@@ -58,22 +65,45 @@ def _main_file(cursor: sqlite3.Cursor) -> str:
     return next((str(row[2]) for row in rows if row[1] == "main" and row[2]), ":memory:")
 
 
-def _wal(cursor: sqlite3.Cursor, timeout: float, what: str) -> None:
-    """Put the database in WAL mode (a no-op once it is), waiting up to ``timeout`` seconds for the write lock the
-    switch needs when another connection holds one (said once in the log before waiting). Raises StoreError naming
-    the file when the lock is still held at the end of the wait; nothing has been written then.
+def _rollback_journal(cursor: sqlite3.Cursor, file: str) -> bool:
+    """Whether the file is in rollback-journal mode, as ``PRAGMA journal_mode`` reads it (not setting it); when a
+    writer holding the file exclusively keeps out even that read, as the file's header says (its format versions:
+    1 for a rollback journal, 2 for WAL). False when neither can be read."""
+    try:
+        return str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal"
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF != SQLITE_BUSY:
+            raise
+    try:
+        with Path(file).open("rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    return len(header) == 20 and header[18] == 1
 
-    Only a file still in rollback-journal mode ever waits here: a new file, or one made by another program. The
-    switch is not moved under the migration lock: every connection of every command makes it (a database at head,
-    opened by ``runs`` or a run, takes no migration lock), and SQLite cannot change the journal mode inside a
-    transaction, which the migration lock on SQLite is. So, as every other lock does, it says so before it waits.
+
+def _wal(cursor: sqlite3.Cursor, timeout: float, what: str) -> None:
+    """Put the database in WAL mode (a no-op once it is), waiting up to ``timeout`` seconds for the lock the
+    switch needs when another connection holds one (said once in the log when the wait has lasted
+    :data:`WAIT_SILENTLY`). Raises StoreError naming the file when the lock is still held at the end of the wait;
+    nothing has been written then.
+
+    Only a file still in rollback-journal mode waits here for long: a new file, or one made by another program,
+    which any other connection reading or writing it keeps from switching. A file in WAL mode may answer "busy"
+    for a moment too (its last connection checkpointing as it closes): that is no rollback journal, and over
+    before the log would say anything. The switch is not moved under the migration lock: every connection of
+    every command makes it (a database at head, opened by ``runs`` or a run, takes no migration lock), and SQLite
+    cannot change the journal mode inside a transaction, which the migration lock on SQLite is. So, as every other
+    lock does, it says so when it waits.
 
     Two connections switching a new file at the same moment each hold a shared lock and want the exclusive one:
     SQLite answers one of them "database is locked" at once, without waiting (it would deadlock); a writer holding
     the file's write lock is answered so at once too. The connection tries again, shortly, until ``timeout``; by
     then the other has switched the file (or let go), and it is a no-op (or done).
     """
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
+    silent_until = started + min(WAIT_SILENTLY, timeout)
     pause = 0.001
     waiting = False
     cursor.execute("PRAGMA busy_timeout=0")  # the first try never waits: a wait is announced first
@@ -84,18 +114,27 @@ def _wal(cursor: sqlite3.Cursor, timeout: float, what: str) -> None:
         except sqlite3.OperationalError as exc:
             if getattr(exc, "sqlite_errorcode", 0) & 0xFF != SQLITE_BUSY:
                 raise
-        left = deadline - time.monotonic()
-        if left <= 0:
+        now = time.monotonic()
+        if now >= deadline:
+            file = _main_file(cursor)
+            if _rollback_journal(cursor, file):
+                raise StoreError(
+                    f"the {what} {file} is in rollback-journal mode and another process held a lock on it (it is "
+                    f"reading or writing it) for {timeout:g} s: audience-sync switches it to WAL mode first and "
+                    f"could not. Stop the other process (or let it finish) and try again"
+                )
             raise StoreError(
-                f"the {what} {_main_file(cursor)} is in rollback-journal mode and another process held a write lock "
-                f"on it for {timeout:g} s: audience-sync switches it to WAL mode first and could not. Stop the other "
-                f"writer (or let it finish) and try again"
+                f"another process held a lock on the {what} {file} (it is reading or writing it) for {timeout:g} s. "
+                f"Stop the other process (or let it finish) and try again"
             )
-        if not waiting:
-            log.info(WAITING_FOR_WAL, _main_file(cursor), timeout)
+        if not waiting and now >= silent_until:
+            file = _main_file(cursor)
+            log.info(WAITING_FOR_WAL if _rollback_journal(cursor, file) else WAITING_FOR_FILE, file, timeout)
             waiting = True
         # a writer holding the file exclusively keeps out even a read: SQLite's own wait then ends when it lets go
-        cursor.execute(f"PRAGMA busy_timeout={max(int(left * 1000), 1)}")
+        # (before the line is logged, at the moment it is due)
+        until = deadline if waiting else silent_until
+        cursor.execute(f"PRAGMA busy_timeout={max(int((until - now) * 1000), 1)}")
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
 

@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, Connection, case, func, literal_column, se
 from ..model import COUNT_KEYS, RunCounts, RunStatus
 from ..redact import scrub
 from ..values import TRUE
+from . import staging
 from .schema import diffs, runs, utcnow
 
 __all__ = ["COUNT_KEYS"]  # re-exported: counted here, named in model.py
@@ -152,7 +153,8 @@ def latest_run_id(conn: Connection) -> int | None:
 
 def abandon_stale_runs(conn: Connection, destinations: Sequence[str], *, reason: str) -> list[int]:
     """Mark runs still ``running`` on any of ``destinations`` as failed with ``reason`` and counts of what they
-    did (``sent``: what their destinations acknowledged and they recorded); return their ids.
+    did (``sent``: what their destinations acknowledged and they recorded), and delete their staged (and skipped)
+    rows in the same transaction; return their ids.
 
     Only call this while holding those destinations' run locks (confirmed in ``conn``'s transaction): then no such
     run can still record anything, though a paused one may still be alive; it closes its own row again when it
@@ -170,6 +172,9 @@ def abandon_stale_runs(conn: Connection, destinations: Sequence[str], *, reason:
             .values(status=RunStatus.FAILED, finished_at=utcnow(), error=reason, counts=count_changes(conn, run_id))
         )
         if closed.rowcount:
+            # nothing else ever deletes a dead run's staging: left, its rows would take space for good and keep
+            # every later run from emptying staging whole (``staging.clear``)
+            staging.clear(conn, run_id)
             abandoned.append(run_id)
     return abandoned
 

@@ -196,3 +196,28 @@ def test_sigterm_finishes_the_request_in_flight_and_marks_the_run(harness: Harne
     cli = start(config)
     assert cli.wait() == 0, cli.stderr
     assert len(segment.profiles) == 200
+
+
+def test_a_killed_run_s_staging_is_deleted_by_the_run_that_marks_it_abandoned(
+    harness: Harness, segment: FakeSegment
+) -> None:
+    """Nothing else deletes a killed run's staged rows: left, they took space for good, and kept every later run
+    from emptying staging whole."""
+    config = write_config(harness, segment)
+    harness.warehouse.set_members("VIP", {u: f"{u}@x.io" for u in USERS[:40]})
+    harness.warehouse.set_trait("Score", {u: (f"{u}@x.io", 1) for u in USERS[:30]})
+    kill_at(Moment(phase="the diff"), config, segment)  # the audience and the trait staged, nothing diffed
+    engine = create_engine(harness.state_url)
+    staged = text("SELECT (SELECT count(*) FROM staging) + (SELECT count(*) FROM staging_skips)")
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(staged).scalar_one() > 0
+        cli = start(config)
+        assert cli.wait() == 0, cli.stderr
+        assert json.loads(cli.stdout)["status"] == "succeeded"
+        with engine.connect() as conn:
+            assert conn.execute(staged).scalar_one() == 0
+            killed = conn.execute(text("SELECT error FROM sync_runs ORDER BY id")).scalars().all()
+    finally:
+        engine.dispose()
+    assert killed[0].startswith("abandoned") and len(killed) == 2

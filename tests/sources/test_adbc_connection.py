@@ -153,6 +153,39 @@ def test_a_run_stopped_or_interrupted_while_reading_closes_the_connection(
     assert len(connects) == 1 and _open(path) == 0  # the first two computations read it
 
 
+def test_a_connection_that_fails_to_close_neither_fails_the_run_nor_keeps_its_staging(
+    pg_schema_url: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The driver failing to close the session (once the run has read everything): a warning naming the source,
+    the run's outcome and its staging's deletion as if it had closed."""
+    caplog.set_level("WARNING", "audience_sync.run")
+    url, path = _source(tmp_path)
+    real, failed = arrow_read.AdbcSource.close, list[str]()
+
+    def close(self: arrow_read.AdbcSource) -> None:
+        real(self)
+        if not failed:
+            failed.append(self.name)
+            raise arrow_read.ConnectFailed("simulated: the driver failed to close the session")
+
+    monkeypatch.setattr(arrow_read.AdbcSource, "close", close)
+    state = pg_schema_url(tmp_path)
+    config = _config(state, tmp_path, _body(), None, url)
+    result = run_sync(config)
+    assert result.status == "succeeded" and result.counts["sources"]["a0"]["members"] == 34
+    assert failed == [url] and _open(path) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    expected = f"could not close the source adbc_driver_sqlite {url}: simulated: the driver failed to close the session"
+    assert expected in warned
+    engine = create_engine(state)
+    try:
+        with engine.connect() as conn:
+            left = conn.exec_driver_sql("SELECT (SELECT count(*) FROM staging) + (SELECT count(*) FROM staging_skips)")
+            assert left.scalar_one() == 0
+    finally:
+        engine.dispose()
+
+
 def test_reads_share_the_connection_and_see_what_was_committed_before_them(tmp_path: Path) -> None:
     url, path = _source(tmp_path)
     source = arrow_read.AdbcSource(make_url(url), "adbc_driver_sqlite")

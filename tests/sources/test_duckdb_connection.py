@@ -4,9 +4,11 @@ with it, whether it succeeded, failed or was interrupted; the file is then free 
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +198,52 @@ def test_reads_on_several_threads_share_one_connection(tmp_path: Path) -> None:
     source.close()
     assert not source.is_open and _writable(path)
     source.close()  # twice is harmless
+
+
+@pytest.fixture
+def failing_close(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """DuckFile.close closes the file, then raises as a driver might: every file it was called for."""
+    real, called = DuckFile.close, []
+
+    def close(self: DuckFile) -> None:
+        called.append(self.path)
+        real(self)
+        raise duckdb.IOException("simulated: the file could not be closed")
+
+    monkeypatch.setattr(DuckFile, "close", close)
+    return called
+
+
+def _staged(state: Path) -> int:
+    with closing(sqlite3.connect(state)) as db:
+        row = db.execute("SELECT (SELECT count(*) FROM staging) + (SELECT count(*) FROM staging_skips)").fetchone()
+    return int(row[0])
+
+
+def test_a_source_that_fails_to_close_neither_fails_the_run_nor_keeps_its_staging(
+    tmp_path: Path, failing_close: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", "audience_sync.run")
+    url, path = _source(tmp_path)
+    config = _config(f"sqlite:///{tmp_path / 'state.db'}", tmp_path, _body(), None, url)
+    result = run_sync(config)
+    assert result.status == "succeeded" and result.counts["sources"]["ids"]["members"] == 40
+    assert failing_close and set(failing_close) == {path}
+    assert _staged(tmp_path / "state.db") == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"could not close the source {path}: simulated: the file could not be closed" in warned
+    assert _writable(path)
+
+
+def test_a_source_that_fails_to_close_does_not_hide_the_run_s_own_error(
+    tmp_path: Path, failing_close: list[Path]
+) -> None:
+    url, _path = _source(tmp_path)
+    bad = '[[audiences]]\nname = "Bad"\nsql = "SELECT nope AS user_id FROM users"\n'
+    config = _config(f"sqlite:///{tmp_path / 'state.db'}", tmp_path, _body(bad), None, url)
+    with pytest.raises(SourceError, match=r"^audience 'Bad' \(bad\): query failed: Binder Error"):
+        run_sync(config)
+    assert failing_close and _staged(tmp_path / "state.db") == 0
+    with closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        ((status, error),) = db.execute("SELECT status, error FROM sync_runs").fetchall()
+    assert status == "failed" and error.startswith("audience 'Bad' (bad): query failed: Binder Error")

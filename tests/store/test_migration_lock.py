@@ -5,8 +5,8 @@ without the migration lock one of them failed ("database is locked" on SQLite; a
 type, or "expected to match one row", on PostgreSQL).
 
 Before either lock, a SQLite file in rollback-journal mode (made by another program) is switched to WAL mode, which
-waits for any write lock another program holds on it: the command says so at once, and fails clearly when the
-wait ends first.
+waits for any lock another program holds on it, reading or writing: the command says so once it has waited a
+moment (not of a file already in WAL mode, busy for a moment), and fails clearly when the wait ends first.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, event
 
-from audience_sync.store.engine import create_state_engine
+from audience_sync.errors import StoreError
+from audience_sync.store.engine import _wal, create_state_engine
 from audience_sync.store.migrate import HEAD, alembic_config, current_revision, upgrade
 from tests.harness import Harness, Warehouse
 from tests.processes import Cli
@@ -251,13 +252,18 @@ def test_processes_upgrading_a_new_database_at_once_all_succeed(state_url: str, 
     _same_as_migrated_alone(state_url, reference_url)
 
 
-#: a process of its own holding a SQLite file's write lock (``BEGIN IMMEDIATE``: readers still read, in
-#: rollback-journal mode; ``BEGIN EXCLUSIVE``: nobody reads) from "locked" until a line on its stdin
+#: a process of its own holding a lock on a SQLite file from "locked" until a line on its stdin: its write lock
+#: (``BEGIN IMMEDIATE``: readers still read, in rollback-journal mode; ``BEGIN EXCLUSIVE``: nobody reads), or
+#: (``READ``) the shared lock of a read transaction, which in rollback-journal mode keeps a writer from committing
 _HOLDER = """
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1], isolation_level=None)
-db.execute("BEGIN " + sys.argv[2])
-db.execute("INSERT INTO foreign_rows VALUES (1)")
+if sys.argv[2] == "READ":
+    db.execute("BEGIN")
+    db.execute("SELECT * FROM foreign_rows").fetchall()
+else:
+    db.execute("BEGIN " + sys.argv[2])
+    db.execute("INSERT INTO foreign_rows VALUES (1)")
 print("locked", flush=True)
 sys.stdin.readline()
 db.execute("COMMIT")
@@ -308,8 +314,11 @@ def _journal_mode_and_tables(path: Path) -> tuple[str, list[str]]:
     return mode, tables
 
 
-#: what ``db upgrade`` and a run log before waiting for a foreign writer to let the file be switched to WAL mode
-WAL_WAITING = r"another process holds a write lock on .*state\.db, which is in rollback-journal mode"
+#: what ``db upgrade`` and a run log while waiting for a foreign reader or writer to let the file be switched to
+#: WAL mode
+WAL_WAITING = (
+    r"another process holds a lock on .*state\.db \(it is reading or writing it\), which is in rollback-journal mode"
+)
 
 
 def _commands(tmp_path: Path, warehouse: Warehouse, state_url: str) -> dict[str, list[str]]:
@@ -321,13 +330,14 @@ def _commands(tmp_path: Path, warehouse: Warehouse, state_url: str) -> dict[str,
 
 
 @pytest.mark.parametrize("command_name", ["db upgrade", "run"])
-@pytest.mark.parametrize("kind", ["IMMEDIATE", "EXCLUSIVE"])
+@pytest.mark.parametrize("kind", ["IMMEDIATE", "EXCLUSIVE", "READ"])
 def test_a_command_waits_for_a_foreign_writer_to_let_a_rollback_journal_file_go_saying_so(
     tmp_path: Path, warehouse: Warehouse, command_name: str, kind: str
 ) -> None:
-    """A state file in rollback-journal mode that another program holds a write lock on: the command says at once
-    that it waits (it was silent for the 30 s busy timeout, then failed "database is locked"), and once the other
-    writer lets go it goes on as usual, the file switched to WAL mode."""
+    """A state file in rollback-journal mode that another program holds a lock on, writing or only reading it (the
+    line blamed "a write lock" on a reader too): the command says that it waits (it was silent for the 30 s busy
+    timeout, then failed "database is locked"), and once the other program lets go it goes on as usual, the file
+    switched to WAL mode."""
     path = tmp_path / "state.db"
     _foreign_file(path)
     args = _commands(tmp_path, warehouse, f"sqlite:///{path}")[command_name]
@@ -347,7 +357,7 @@ def test_a_command_waits_for_a_foreign_writer_to_let_a_rollback_journal_file_go_
 
 
 @pytest.mark.parametrize("command_name", ["db upgrade", "run"])
-@pytest.mark.parametrize("kind", ["IMMEDIATE", "EXCLUSIVE"])
+@pytest.mark.parametrize("kind", ["IMMEDIATE", "EXCLUSIVE", "READ"])
 def test_a_foreign_writer_that_keeps_its_lock_past_the_busy_timeout_is_a_clear_error(
     tmp_path: Path, warehouse: Warehouse, command_name: str, kind: str
 ) -> None:
@@ -360,12 +370,70 @@ def test_a_foreign_writer_that_keeps_its_lock_past_the_busy_timeout_is_a_clear_e
         assert "waits up to 0.3 s" in cli.wait_for_line(WAL_WAITING)
         assert cli.wait() == 1
         writer.release()
-    assert f"error: the state database {path} is in rollback-journal mode and another process held a write lock " in (
-        " ".join(cli.stderr.split())
-    )
-    assert "Stop the other writer (or let it finish) and try again" in " ".join(cli.stderr.split())
+    assert (
+        f"error: the state database {path} is in rollback-journal mode and another process held a lock on it (it is "
+        "reading or writing it) for 0.3 s: "
+    ) in " ".join(cli.stderr.split())
+    assert "Stop the other process (or let it finish) and try again" in " ".join(cli.stderr.split())
     assert "Traceback" not in cli.stderr
     assert _journal_mode_and_tables(path) == ("delete", ["foreign_rows"])
+
+
+def _exclusive_holder(path: Path) -> sqlite3.Connection:
+    """A connection holding a WAL file in exclusive locking mode: every other connection is answered "busy" until
+    it closes, as while the last connection to a WAL file checkpoints it closing (the same answer, for a moment)."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("INSERT INTO foreign_rows VALUES (1)")
+    return holder
+
+
+def test_a_wal_file_busy_for_a_moment_is_no_news(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file already in WAL mode answering "busy" for a moment (its last connection checkpointing as it closes):
+    the connection goes on without a word (the log said the file was in rollback-journal mode and waited)."""
+    caplog.set_level("INFO", "audience_sync.store")
+    path = tmp_path / "state.db"
+    _foreign_file(path, wal=True)
+    holder = _exclusive_holder(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+
+    def release(statement: str) -> None:  # the first try was answered "busy": the holder closes as the wait begins
+        if statement.startswith("PRAGMA busy_timeout=") and statement != "PRAGMA busy_timeout=0":
+            holder.close()
+
+    conn.set_trace_callback(release)
+    try:
+        _wal(conn.cursor(), 30, "state database")
+        conn.set_trace_callback(None)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+        holder.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "audience_sync.store.engine"] == []
+
+
+def test_a_wal_file_held_past_the_timeout_is_not_called_a_rollback_journal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", "audience_sync.store")
+    path = tmp_path / "state.db"
+    _foreign_file(path, wal=True)
+    holder = _exclusive_holder(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        with pytest.raises(StoreError) as info:
+            _wal(conn.cursor(), 0.3, "state database")
+    finally:
+        conn.close()
+        holder.close()
+    assert str(info.value) == (
+        f"another process held a lock on the state database {path} (it is reading or writing it) for 0.3 s. Stop the "
+        "other process (or let it finish) and try again"
+    )
+    lines = [r.getMessage() for r in caplog.records if r.name == "audience_sync.store.engine"]
+    assert lines == [
+        f"another process holds a lock on {path} (it is reading or writing it): audience-sync waits up to 0.3 s"
+    ]
 
 
 def test_the_migration_lock_names_a_writer_for_what_it_is(tmp_path: Path, warehouse: Warehouse) -> None:
