@@ -10,6 +10,7 @@ from tests.harness import (  # noqa: F401  (pytest finds fixtures and hooks by n
     pytest_xdist_auto_num_workers,
     receiver,
     restore_logging,
+    segment,
     state_url,
     warehouse,
 )

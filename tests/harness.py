@@ -22,6 +22,7 @@ from audience_sync.config import Config, parse_config
 from audience_sync.run.sync import RunResult, run_sync
 from tests.fakes.capture import CaptureServer
 from tests.fakes.gist import FakeGist
+from tests.fakes.segment import FakeSegment
 from tests.schema_clone import expect_postgres, install_cloning, real_migrations
 
 PG_URL = os.environ.get("AUDIENCE_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -133,6 +134,16 @@ def receiver() -> Iterator[CaptureServer]:
 @pytest.fixture
 def gist() -> Iterator[FakeGist]:
     server = FakeGist().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def segment() -> Iterator[FakeSegment]:
+    """A loopback Segment Tracking API (batch endpoint) that records every message it accepts."""
+    server = FakeSegment().start()
     try:
         yield server
     finally:

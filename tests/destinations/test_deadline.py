@@ -204,15 +204,6 @@ def test_the_command_line_reports_transport_faults_without_a_traceback(
         assert set(gist.contacts) == {"u1", "u2"} if kind == "gist" else len(receiver.requests) == 2
 
 
-@pytest.fixture
-def segment() -> Iterator[FakeSegment]:
-    server = FakeSegment().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_a_retry_after_longer_than_the_cap_leaves_the_changes_pending(harness: Harness, gist: FakeGist) -> None:
     harness.warehouse.set_members("VIP", {f"u{i}": f"{i}@x.io" for i in range(5)})
     config = harness.config(

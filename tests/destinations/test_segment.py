@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
-
-import pytest
 
 from audience_sync.commands import list_diffs
 from tests.fakes.segment import FakeSegment
 from tests.harness import Harness, toml_options
 
 ENV = {"SEGMENT_WRITE_KEY": "segment-write-key"}
-
-
-@pytest.fixture
-def segment() -> Iterator[FakeSegment]:
-    server = FakeSegment().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def segment_destination(fake: FakeSegment, **options: object) -> str:

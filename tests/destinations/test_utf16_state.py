@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -82,15 +81,6 @@ def test_jsonl_lines_from_a_utf16_state_file_are_the_utf8_ones(tmp_path: Path, e
     with closing(sqlite3.connect(tmp_path / "utf16" / "state.db")) as db:
         assert db.execute("PRAGMA encoding").fetchone()[0] == encoding  # the file stays as it was made
         assert db.execute("SELECT count(*) FROM diffs WHERE status = 'sent'").fetchone()[0] == 8
-
-
-@pytest.fixture
-def segment() -> Iterator[FakeSegment]:
-    server = FakeSegment().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_segment_bodies_from_a_utf16_state_file_are_utf8_json(tmp_path: Path, segment: FakeSegment) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,15 +70,6 @@ def kill_plan(rng: random.Random) -> list[Moment]:
         later.append(Moment(request=rng.randrange(0, 5 * BATCH_PER_CHUNK), accepted=rng.random() < 0.5))
     rng.shuffle(later)
     return [Moment(phase="migrating"), *later]
-
-
-@pytest.fixture
-def segment() -> Iterator[FakeSegment]:
-    server = FakeSegment().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def write_config(harness: Harness, segment: FakeSegment) -> Path:

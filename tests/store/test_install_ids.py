@@ -34,15 +34,6 @@ ENV = {"SEGMENT_WRITE_KEY": "segment-write-key"}
 
 
 @pytest.fixture
-def segment() -> Iterator[FakeSegment]:
-    server = FakeSegment().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def other_state_url(request: pytest.FixtureRequest, state_url: str, tmp_path: Path) -> Iterator[str]:
     """A second, separate state database on the same backend as ``state_url``."""
     if state_url.startswith("sqlite"):
