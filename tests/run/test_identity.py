@@ -16,7 +16,7 @@ from audience_sync.ops.postrun import after_run
 from audience_sync.run.sync import RunResult
 from audience_sync.store.migrate import alembic_config, upgrade
 from tests.destinations.test_segment import ENV as SEGMENT_ENV
-from tests.destinations.test_segment import segment, segment_destination  # noqa: F401  (the fixture)
+from tests.destinations.test_segment import segment_destination
 from tests.fakes.gist import FakeGist
 from tests.fakes.segment import FakeSegment
 from tests.harness import Harness
@@ -149,7 +149,7 @@ def test_a_changed_email_reaches_gist_in_one_call_and_exits_follow_it(harness: H
     assert contact_calls(gist) == [{"user_id": "u1", "email": "last@x.io", "custom_properties": {"score": None}}]
 
 
-def test_an_email_that_appears_is_identified_at_segment(harness: Harness, segment: FakeSegment) -> None:  # noqa: F811
+def test_an_email_that_appears_is_identified_at_segment(harness: Harness, segment: FakeSegment) -> None:
     harness.warehouse.set_members("VIP", {"u1": "a@x.io", "u2": None})
     config = harness.config(segment_destination(segment) + harness.audience("VIP"), environ=SEGMENT_ENV)
     harness.run(config)
