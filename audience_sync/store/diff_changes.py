@@ -99,25 +99,19 @@ def write_group(
         kinds: list[tuple[str, list[ColumnElement[bool]]]] = [("entered", not_member)]
         if not resync:  # a resync sends every member with their current email already
             kinds.append(("identifiers", [p.c.value == TRUE, *new_email]))
-        written = target.insert_kinds(
+        written = target.insert(
             conn, kinds[:1] if first_sync else kinds, new=literal(TRUE, String), where=in_staging, **current
         )
-        written["exited"] = target.insert(
-            conn,
-            "exited",
-            new=literal(FALSE, String),
-            where=[*in_snapshot, *left_long_enough, *out_long_enough],
-            **left,
-        )
+        exits = [*in_snapshot, *left_long_enough, *out_long_enough]
+        written.update(target.insert(conn, [("exited", [])], new=literal(FALSE, String), where=exits, **left))
         return written
     differs = [] if resync else [or_(p.c.value != s.c.value, p.c.in_doubt)]
     kinds = [("entered", [p.c.value.is_(None)]), ("changed", [p.c.value.is_not(None), *differs])]
     if not resync:
         kinds.append(("identifiers", [p.c.value == s.c.value, *new_email]))
-    written = target.insert_kinds(conn, kinds[:1] if first_sync else kinds, new=s.c.value, where=in_staging, **current)
-    written["exited"] = target.insert(
-        conn, "exited", new=literal(None, String), where=[*in_snapshot, *left_long_enough], **left
-    )
+    written = target.insert(conn, kinds[:1] if first_sync else kinds, new=s.c.value, where=in_staging, **current)
+    exits = [*in_snapshot, *left_long_enough]
+    written.update(target.insert(conn, [("exited", [])], new=literal(None, String), where=exits, **left))
     return written
 
 

@@ -1,7 +1,7 @@
 """The diff's rows: the columns every change is written with, and each row's deterministic message id, computed
 in SQL exactly as :func:`audience_sync.model.message_id` computes it, from the state database's install id
 (``store/install.py``) and the change. Several kinds of change over one source go in one statement, the kind
-chosen per row (:meth:`Target.insert_kinds`), so that the source is read once.
+chosen per row (:meth:`Target.insert`), so that the source is read once.
 """
 
 from __future__ import annotations
@@ -84,23 +84,17 @@ class Target:
         )
         return literal("as-", String) + func.substr(sha256_hex(text), 1, 40)
 
-    def insert(
+    def _insert(
         self,
         conn: Connection,
-        change: str | ColumnElement[str],
-        *,
-        key: Any,
-        user_id: Any,
-        email: Any,
-        old: Any,
-        new: Any,
-        base: Any,
+        kind: ColumnElement[str],
+        columns: dict[str, Any],
         source: FromClause,
         where: Sequence[ColumnElement[bool]],
     ) -> int:
-        """Insert, as pending, the ``change`` (a kind, or an expression giving it per row) of every row of ``source``
-        matching ``where``; return how many."""
-        kind = literal(change, String) if isinstance(change, str) else change
+        """Insert, as pending, the change ``kind`` gives (per row) of every row of ``source`` matching ``where``, with
+        ``columns`` (key, user_id, email, old, new, base); return how many."""
+        key, user_id, new, base = columns["key"], columns["user_id"], columns["new"], columns["base"]
         sel = (
             select(
                 literal(self.run_id, BigInteger),
@@ -108,9 +102,9 @@ class Target:
                 key,
                 literal(self.computation_class, String),
                 user_id,
-                email,
+                columns["email"],
                 kind,
-                old,
+                columns["old"],
                 new,
                 base,
                 self.message_id(key, user_id, new, base),
@@ -125,7 +119,7 @@ class Target:
         insert = diffs.insert().from_select(COLUMNS, sel).execution_options(preserve_rowcount=True)
         return conn.execute(insert).rowcount
 
-    def insert_kinds(
+    def insert(
         self,
         conn: Connection,
         kinds: Sequence[tuple[str, Sequence[ColumnElement[bool]]]],
@@ -148,14 +142,14 @@ class Target:
         columns = {"key": key, "user_id": user_id, "email": email, "old": old, "new": new, "base": base}
         if len(kinds) == 1:  # one kind: nothing to choose per row, and the row count is its count
             kind, conds = kinds[0]
-            return Counter({kind: self.insert(conn, kind, **columns, source=source, where=[*where, *conds])})
+            return Counter({kind: self._insert(conn, literal(kind, String), columns, source, [*where, *conds])})
         tests = [(and_(*conds) if conds else true(), kind) for kind, conds in kinds]
         change = case(*((test, literal(kind, String)) for test, kind in tests))
         # the rows this statement writes are the run's rows of this destination and class above the highest id
         # now: ids only grow, and no other statement writes this run's changes meanwhile
         before = conn.execute(select(func.coalesce(func.max(diffs.c.id), 0))).scalar_one()
         chosen = or_(*(test for test, _ in tests))  # exactly the rows some kind's own statement would write
-        written = self.insert(conn, change, **columns, source=source, where=[*where, chosen])
+        written = self._insert(conn, change, columns, source, [*where, chosen])
         if written == 0:
             return Counter()
         counts = conn.execute(
