@@ -38,6 +38,11 @@ sets ``[source] pushdown = false``, so rows stream through Python and are loaded
 database source was landed (the test suite runs it at 2,000 memberships). ``--skip-unchanged`` leaves the
 no-change phase out: the churn's run still checks that nothing unchanged is sent, since it must send exactly
 the baseline's changes.
+
+``--io`` (SQLite state) adds what each side wrote and read through the kernel in each phase, in MB: the
+``wchar``/``rchar`` counters of ``/proc/<pid>/io`` (the database file, its write-ahead log and the JSON lines
+alike, whether or not the page cache absorbed them), for the run's whole process and for the baseline's work in
+this process. On a PostgreSQL state the server does the writing, so the option is refused there.
 """
 
 from __future__ import annotations
@@ -350,17 +355,32 @@ def write_config(
     path.write_text("".join(body), encoding="utf-8")
 
 
+def io_bytes() -> tuple[int, int]:
+    """Bytes this process (and the children it has reaped) wrote and read through the kernel so far."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["wchar"]), int(fields["rchar"])
+
+
 def timed_run(
-    config: Path, cwd: Path, profile: Path | None = None, log: list[str] | None = None
+    config: Path,
+    cwd: Path,
+    profile: Path | None = None,
+    log: list[str] | None = None,
+    io: dict[str, float] | None = None,
 ) -> tuple[float, float, dict[str, Any]]:
     """Wall seconds and peak RSS (MB) of one ``audience-sync run`` process, and its JSON result. ``log``: run
-    with ``--log-level info`` and append its log lines there."""
+    with ``--log-level info`` and append its log lines there. ``io``: set its ``written`` and ``read`` to the MB
+    the process wrote and read (a reaped child's counters are added to its parent's, read around the run)."""
     prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
     code = (
-        "import resource, subprocess, sys, time; t = time.perf_counter(); "
-        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-        "dt = time.perf_counter() - t; "
-        "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode); "
+        "import pathlib, resource, subprocess, sys, time\n"
+        "def io():\n"
+        "    f = dict(l.split(': ') for l in pathlib.Path('/proc/self/io').read_text().splitlines())\n"
+        "    return int(f['wchar']), int(f['rchar'])\n"
+        "w, r = io(); t = time.perf_counter()\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "dt = time.perf_counter() - t; w2, r2 = io()\n"
+        "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode, w2 - w, r2 - r)\n"
         "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr)"
     )
     target = ["-m", "audience_sync"]
@@ -373,11 +393,13 @@ def timed_run(
         check=True,
     )
     first, _, rest = proc.stdout.partition("\n")
-    seconds, rss_kb, rc = first.split()
+    seconds, rss_kb, rc, written, read = first.split()
     if rc not in ("0",):
         raise SystemExit(f"audience-sync run failed ({rc}): {rest[-2000:]} {proc.stderr[-2000:]}")
     if log is not None:
         log.extend(proc.stderr.splitlines())
+    if io is not None:
+        io["written"], io["read"] = int(written) / 1e6, int(read) / 1e6
     return float(seconds), int(rss_kb) / 1024, json.loads(rest)
 
 
@@ -521,12 +543,19 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                 # --smoke on a landed source: every computation must have been landed, none streamed
                 landed_check = args.smoke and args.source in ("duckdb", "postgres-db") and not args.stream
                 log: list[str] | None = [] if landed_check else None
-                ours, rss, result = timed_run(config, work, profile, log)
+                ours_io: dict[str, float] | None = {} if args.io else None
+                ours, rss, result = (
+                    timed_run(config, work, profile, log, ours_io)
+                    if ours_io is not None
+                    else timed_run(config, work, profile, log)
+                )
                 if log is not None and sum(": landed " in line for line in log) != audiences + 1:
                     raise SystemExit(f"{phase}: not every computation was landed: {log}")
+                io_before = io_bytes()
                 t = time.perf_counter()
                 sent_base = baseline_run(db, eng, audiences, work / "baseline.jsonl", duck, source_db)
                 base = time.perf_counter() - t
+                io_after = io_bytes()
                 sent = result["counts"]["sent"]
                 row = {
                     "engine": eng.name + (f" {args.source}" if source else "") + (" streamed" if args.stream else ""),
@@ -540,10 +569,19 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "rss_mb": rss,
                     "load": before,
                 }
+                io_cells = ""
+                if ours_io is not None:
+                    row["ours_written_mb"], row["ours_read_mb"] = ours_io["written"], ours_io["read"]
+                    row["baseline_written_mb"] = (io_after[0] - io_before[0]) / 1e6
+                    row["baseline_read_mb"] = (io_after[1] - io_before[1]) / 1e6
+                    io_cells = (
+                        f" {row['ours_written_mb']:,.0f} / {row['baseline_written_mb']:,.0f} |"
+                        f" {row['ours_read_mb']:,.0f} / {row['baseline_read_mb']:,.0f} |"
+                    )
                 rows.append(row)
                 print(
                     f"| {row['engine']} | {row['memberships']:,} | {phase} | {sent:,} | {ours:.1f} | {base:.1f} | "
-                    f"{row['ratio']:.2f} | {rss:.0f} | {before} |",
+                    f"{row['ratio']:.2f} | {rss:.0f} | {before} |{io_cells}",
                     flush=True,
                 )
                 if args.smoke and (result["status"] != "succeeded" or sent != sent_base):
@@ -580,10 +618,21 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         action="store_true",
         help="[source] pushdown = false: rows stream through Python (COPY on PostgreSQL, batches on SQLite)",
     )
+    parser.add_argument(
+        "--io",
+        action="store_true",
+        help="also report the MB each side wrote and read through the kernel (SQLite state only)",
+    )
     args = parser.parse_args(argv)
+    if args.io and args.engine != "sqlite":
+        parser.error("--io counts what a process writes; on a PostgreSQL state the server writes: use --engine sqlite")
     print(f"# {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, load {load()}")
-    print("| engine | memberships | phase | changes | audience-sync s | bare SQL s | ratio | peak RSS MB | load |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---|")
+    io_head = (" written MB (ours / bare) | read MB (ours / bare) |", "---:|---:|") if args.io else ("", "")
+    print(
+        "| engine | memberships | phase | changes | audience-sync s | bare SQL s | ratio | peak RSS MB | load |"
+        + io_head[0]
+    )
+    print("|---|---:|---|---:|---:|---:|---:|---:|---|" + io_head[1])
     return bench(args)
 
 

@@ -83,8 +83,21 @@ def test_scale_benchmark_sqlite(tmp_path: Path, source: str, request: pytest.Fix
     if source == "postgres-db":
         request.getfixturevalue("pg_server")
         args += _pg_args()
-    # one source runs its commands as the benchmark does, fresh interpreters timed by a wrapper process
-    _check(_scale(forked=source != "sqlite-file").main([*args, "--workdir", str(tmp_path)]), source != "state")
+    # one source runs its commands as the benchmark does, fresh interpreters timed by a wrapper process, and counts
+    # what each side wrote and read
+    real = source == "sqlite-file"
+    rows = _scale(forked=not real).main([*args, "--workdir", str(tmp_path), *(["--io"] if real else [])])
+    _check(rows, source != "state")
+    if real:  # the initial phase writes every change as a line on both sides, and ours reads its own modules
+        initial = rows[0]
+        assert float(str(initial["ours_written_mb"])) > 0 and float(str(initial["baseline_written_mb"])) > 0
+        assert float(str(initial["ours_read_mb"])) > float(str(initial["baseline_read_mb"])) >= 0
+
+
+def test_scale_benchmark_io_needs_a_sqlite_state(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _scale().main(["--engine", "postgresql", "--io"])
+    assert exc.value.code == 2 and "--io" in capsys.readouterr().err
 
 
 @pytest.mark.postgres
