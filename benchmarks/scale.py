@@ -43,6 +43,8 @@ the baseline's changes.
 ``wchar``/``rchar`` counters of ``/proc/<pid>/io`` (the database file, its write-ahead log and the JSON lines
 alike, whether or not the page cache absorbed them), for the run's whole process and for the baseline's work in
 this process. On a PostgreSQL state the server does the writing, so the option is refused there.
+``--statements`` runs each of our commands under ``benchmarks/statements.py`` and keeps, per phase, its table of
+every SQL statement's and commit's seconds and bytes in the workdir (``statements-<phase>.md``).
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+#: the per-statement timing aid, ``--statements``
+STATEMENTS = Path(__file__).resolve().parent / "statements.py"
 
 # --- the data ----------------------------------------------------------------------------------------------
 
@@ -367,10 +372,13 @@ def timed_run(
     profile: Path | None = None,
     log: list[str] | None = None,
     io: dict[str, float] | None = None,
+    statements: Path | None = None,
 ) -> tuple[float, float, dict[str, Any]]:
     """Wall seconds and peak RSS (MB) of one ``audience-sync run`` process, and its JSON result. ``log``: run
     with ``--log-level info`` and append its log lines there. ``io``: set its ``written`` and ``read`` to the MB
-    the process wrote and read (a reaped child's counters are added to its parent's, read around the run)."""
+    the process wrote and read (a reaped child's counters are added to its parent's, read around the run).
+    ``statements``: run the command under ``benchmarks/statements.py`` and write its table of every statement's
+    seconds and bytes there."""
     prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
     code = (
         "import pathlib, resource, subprocess, sys, time\n"
@@ -383,7 +391,7 @@ def timed_run(
         "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode, w2 - w, r2 - r)\n"
         "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr)"
     )
-    target = ["-m", "audience_sync"]
+    target = [str(STATEMENTS), "--top", "20", "--"] if statements is not None else ["-m", "audience_sync"]
     proc = subprocess.run(
         [sys.executable, "-c", code, *prefix, *target, "run", "--json", "--config", str(config)]
         + (["--log-level", "info"] if log is not None else []),
@@ -400,6 +408,9 @@ def timed_run(
         log.extend(proc.stderr.splitlines())
     if io is not None:
         io["written"], io["read"] = int(written) / 1e6, int(read) / 1e6
+    if statements is not None:
+        table = [line for line in proc.stderr.splitlines() if line.startswith(("|", "# the command"))]
+        statements.write_text("\n".join(table) + "\n")
     return float(seconds), int(rss_kb) / 1024, json.loads(rest)
 
 
@@ -544,11 +555,10 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                 landed_check = args.smoke and args.source in ("duckdb", "postgres-db") and not args.stream
                 log: list[str] | None = [] if landed_check else None
                 ours_io: dict[str, float] | None = {} if args.io else None
-                ours, rss, result = (
-                    timed_run(config, work, profile, log, ours_io)
-                    if ours_io is not None
-                    else timed_run(config, work, profile, log)
-                )
+                extra: dict[str, Any] = {} if ours_io is None else {"io": ours_io}
+                if args.statements:
+                    extra["statements"] = work / f"statements-{phase.replace(' ', '_').replace('%', 'pct')}.md"
+                ours, rss, result = timed_run(config, work, profile, log, **extra)
                 if log is not None and sum(": landed " in line for line in log) != audiences + 1:
                     raise SystemExit(f"{phase}: not every computation was landed: {log}")
                 io_before = io_bytes()
@@ -604,6 +614,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--workdir", default=None, help="keep files here (default: a temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL schema")
     parser.add_argument("--profile", action="store_true", help="cProfile each run into the workdir")
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="run each of our commands under benchmarks/statements.py: a table of every statement's seconds and "
+        "bytes per phase in the workdir (statements-<phase>.md)",
+    )
     parser.add_argument("--smoke", action="store_true", help="fail unless every run sent what the baseline sent")
     parser.add_argument("--skip-unchanged", action="store_true", help="leave out the no-change phase")
     parser.add_argument(

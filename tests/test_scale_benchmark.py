@@ -83,15 +83,19 @@ def test_scale_benchmark_sqlite(tmp_path: Path, source: str, request: pytest.Fix
     if source == "postgres-db":
         request.getfixturevalue("pg_server")
         args += _pg_args()
-    # one source runs its commands as the benchmark does, fresh interpreters timed by a wrapper process, and counts
-    # what each side wrote and read
+    # one source runs its commands as the benchmark does, fresh interpreters timed by a wrapper process (under the
+    # per-statement timing aid), and counts what each side wrote and read
     real = source == "sqlite-file"
-    rows = _scale(forked=not real).main([*args, "--workdir", str(tmp_path), *(["--io"] if real else [])])
+    options = ["--io", "--statements"] if real else []
+    rows = _scale(forked=not real).main([*args, "--workdir", str(tmp_path), *options])
     _check(rows, source != "state")
     if real:  # the initial phase writes every change as a line on both sides, and ours reads its own modules
         initial = rows[0]
         assert float(str(initial["ours_written_mb"])) > 0 and float(str(initial["baseline_written_mb"])) > 0
         assert float(str(initial["ours_read_mb"])) > float(str(initial["baseline_read_mb"])) >= 0
+        for phase in ("initial", "5_pct_churn"):
+            table = (tmp_path / f"statements-{phase}.md").read_text()
+            assert table.startswith("# the command:") and "`INSERT INTO diffs" in table and "`COMMIT`" in table
 
 
 def test_scale_benchmark_io_needs_a_sqlite_state(capsys: pytest.CaptureFixture[str]) -> None:
