@@ -640,6 +640,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         help="also report the MB each side wrote and read through the kernel (SQLite state only)",
     )
     args = parser.parse_args(argv)
+    if args.statements and not args.workdir:
+        parser.error("--statements writes its tables into the workdir: give --workdir")
     if args.io and args.engine != "sqlite":
         parser.error("--io counts what a process writes; on a PostgreSQL state the server writes: use --engine sqlite")
     print(f"# {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, load {load()}")

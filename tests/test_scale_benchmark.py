@@ -98,10 +98,15 @@ def test_scale_benchmark_sqlite(tmp_path: Path, source: str, request: pytest.Fix
             assert table.startswith("# the command:") and "`INSERT INTO diffs" in table and "`COMMIT`" in table
 
 
-def test_scale_benchmark_io_needs_a_sqlite_state(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("options", "needs"), [(["--engine", "postgresql", "--io"], "--io"), (["--statements"], "--workdir")]
+)
+def test_scale_benchmark_refuses_options_it_cannot_honour(
+    options: list[str], needs: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exc:
-        _scale().main(["--engine", "postgresql", "--io"])
-    assert exc.value.code == 2 and "--io" in capsys.readouterr().err
+        _scale().main(options)
+    assert exc.value.code == 2 and needs in capsys.readouterr().err
 
 
 @pytest.mark.postgres
