@@ -1,10 +1,14 @@
-"""Benchmark aid (run by hand, not a test): one audience-sync command with every SQL statement and commit timed.
+"""Benchmark aid (run by hand, not a test): one audience-sync command with every statement it runs through
+SQLAlchemy, and every commit, timed.
 
-Runs the command in this process (``python benchmarks/statements.py [--top N] -- run --json --config FILE``) and
-prints, on stderr, per statement text (the first 110 characters, whitespace folded) and for the commits: the
-seconds spent in the driver, how many times it ran, and the MB this process wrote and read through the kernel
-meanwhile (``wchar``/``rchar`` of ``/proc/self/io``: the database file and its write-ahead log, pages the
-statement spilled, a checkpoint a commit ran). The command's own output goes to stdout as usual.
+Runs the command in this process, its imports frozen as the program freezes them
+(``python benchmarks/statements.py [--top N] -- run --json --config FILE``), and prints on stderr, per statement
+text (whitespace folded; a long one shown by its start and its end) and for the commits: the seconds spent in the
+driver, how many times it ran, and the MB the whole process wrote and read through the kernel meanwhile
+(``wchar``/``rchar`` of ``/proc/self/io``: the database file and its write-ahead log, pages the statement spilled,
+a checkpoint a commit ran, and whatever another thread did at the same time). The command's own output goes to
+stdout as usual. Work done on a driver's own connection is not seen: ``COPY`` of a landing or a pipe, DuckDB's
+and ADBC's cursors.
 
 On a SQLite state database this says where a run's time and bytes go, statement by statement (the I/O counters
 are meaningful there only: a PostgreSQL server does its own writing). The numbers are the driver's time as seen
@@ -14,6 +18,7 @@ from Python, on a machine that may be doing other work: compare runs of the same
 from __future__ import annotations
 
 import argparse
+import gc
 import re
 import sys
 import time
@@ -51,9 +56,15 @@ class Tally:
 TALLIES: dict[str, Tally] = {}
 
 
-def _label(statement: str) -> str:
-    # a table cell: SQL's || would end it
-    return re.sub(r"\s+", " ", statement).strip()[:110].replace("|", "\\|")
+def _key(statement: str) -> str:
+    """A statement's text with its whitespace folded: statements that differ only past their start stay apart."""
+    return re.sub(r"\s+", " ", statement).strip()
+
+
+def _label(key: str) -> str:
+    """How a statement is shown: its start and, when long, its end; escaped for a table cell (SQL's ``||``)."""
+    shown = key if len(key) <= 150 else f"{key[:100]} … {key[-45:]}"
+    return shown.replace("|", "\\|")
 
 
 def install() -> None:
@@ -66,7 +77,7 @@ def install() -> None:
     @event.listens_for(Engine, "after_cursor_execute")
     def after(conn: Connection, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool) -> None:
         started, start_io = conn.info["statement_starts"].pop()
-        TALLIES.setdefault(_label(statement), Tally()).add(time.perf_counter() - started, start_io, io_bytes())
+        TALLIES.setdefault(_key(statement), Tally()).add(time.perf_counter() - started, start_io, io_bytes())
 
     commit: Callable[[default.DefaultDialect, Any], None] = default.DefaultDialect.do_commit
 
@@ -89,12 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     install()
     from audience_sync.cli.main import main as audience_sync
 
+    gc.freeze()  # as the program does before its command (cli/main.py): the same collector work, the same exit
     started, start_io = time.perf_counter(), io_bytes()
     code = 0
     try:
         audience_sync(list(command))
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+        code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     seconds, end_io = time.perf_counter() - started, io_bytes()
     print(
         f"# the command: {seconds:.2f} s, exit {code}, written {(end_io[0] - start_io[0]) / 1e6:,.0f} MB, "
@@ -104,10 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| s | runs | written MB | read MB | statement |", file=sys.stderr)
     print("|---:|---:|---:|---:|---|", file=sys.stderr)
     ranked = sorted(TALLIES.items(), key=lambda item: -item[1].seconds)[: args.top]
-    for label, tally in ranked:
+    for key, tally in ranked:
         print(
             f"| {tally.seconds:.3f} | {tally.runs} | {tally.written / 1e6:,.1f} | {tally.read / 1e6:,.1f} | "
-            f"`{label}` |",
+            f"`{_label(key)}` |",
             file=sys.stderr,
         )
     return code
