@@ -44,7 +44,8 @@ the baseline's changes.
 alike, whether or not the page cache absorbed them), for the run's whole process and for the baseline's work in
 this process. On a PostgreSQL state the server does the writing, so the option is refused there.
 ``--statements`` runs each of our commands under ``benchmarks/statements.py`` and keeps, per phase, its table of
-every SQL statement's and commit's seconds and bytes in the workdir (``statements-<phase>.md``).
+the seconds and bytes of each statement run through SQLAlchemy and of the commits in the workdir
+(``statements-<phase>.md``).
 """
 
 from __future__ import annotations
@@ -558,10 +559,8 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                 landed_check = args.smoke and args.source in ("duckdb", "postgres-db") and not args.stream
                 log: list[str] | None = [] if landed_check else None
                 ours_io: dict[str, float] | None = {} if args.io else None
-                extra: dict[str, Any] = {} if ours_io is None else {"io": ours_io}
-                if args.statements:
-                    extra["statements"] = work / f"statements-{phase.replace(' ', '_').replace('%', 'pct')}.md"
-                ours, rss, result = timed_run(config, work, profile, log, **extra)
+                table = work / f"statements-{phase.replace(' ', '_').replace('%', 'pct')}.md"
+                ours, rss, result = timed_run(config, work, profile, log, ours_io, table if args.statements else None)
                 if log is not None and sum(": landed " in line for line in log) != audiences + 1:
                     raise SystemExit(f"{phase}: not every computation was landed: {log}")
                 io_before = io_bytes() if args.io else (0, 0)

@@ -30,11 +30,17 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scale.py"
 
 
 def _forked_run(
-    config: Path, cwd: Path, profile: Path | None = None, log: list[str] | None = None
+    config: Path,
+    cwd: Path,
+    profile: Path | None = None,
+    log: list[str] | None = None,
+    io: dict[str, float] | None = None,
+    statements: Path | None = None,
 ) -> tuple[float, float, dict[str, Any]]:
     """The benchmark's ``timed_run``, its command forked from the tests' fork server: the same ``audience-sync run
-    --json`` process, without an interpreter's start-up and imports per phase (nothing here is timed)."""
-    assert profile is None
+    --json`` process, without an interpreter's start-up and imports per phase (nothing here is timed, nor
+    counted: the runs that use ``--io`` or ``--statements`` are not forked)."""
+    assert profile is None and io is None and statements is None
     args = ["run", "--json", "--config", str(config)] + (["--log-level", "info"] if log is not None else [])
     done = run_cli(*args, cwd=cwd)
     assert done.returncode == 0, done.stderr[-2000:]
